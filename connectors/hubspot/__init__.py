@@ -1,0 +1,5 @@
+"""HubSpot connector."""
+
+from connectors.hubspot.connector import HubSpotConnector
+
+__all__ = ["HubSpotConnector"]

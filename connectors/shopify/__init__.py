@@ -1,0 +1,5 @@
+"""Shopify connector."""
+
+from connectors.shopify.connector import ShopifyConnector
+
+__all__ = ["ShopifyConnector"]

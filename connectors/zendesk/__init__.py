@@ -1,0 +1,5 @@
+"""Zendesk connector."""
+
+from connectors.zendesk.connector import ZendeskConnector
+
+__all__ = ["ZendeskConnector"]

@@ -1,0 +1,149 @@
+"""The application factory: one ``create_app()``, blueprints, nothing at import time.
+
+gunicorn: ``gunicorn "cx_connector:create_app()"``. The configuration file is found
+as the CLI finds it (``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cx_connector import db, inbox, logs
+from cx_connector.config import Config, load_config
+from cx_connector.errors import CxError, DatabaseUnavailable, NotFound, SignatureError
+from cx_connector.runtime import Runtime, build
+
+log = logging.getLogger("cx_connector.http")
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["cx"]
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+webhooks = Blueprint("webhooks", __name__)
+
+
+@webhooks.post("/webhooks/<source>")
+def receive(source: str) -> Any:
+    rt = runtime()
+    connector = rt.connectors.get(source)
+    if connector is None:
+        raise NotFound(f"no enabled connector at /webhooks/{source}")
+    body = request.get_data(cache=False)  # raises 413 when Content-Length is above the limit
+    if len(body) >= rt.config.webhooks.max_body_bytes:  # a chunked body is cut at the limit
+        raise RequestEntityTooLarge(f"webhook bodies are limited to "
+                                    f"{rt.config.webhooks.max_body_bytes - 1} bytes")
+    try:
+        receipt = inbox.receive(rt.engine, connector, body, dict(request.headers),
+                                method=request.method, url=request.url, now=rt.now())
+    except SignatureError as exc:
+        log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})
+        raise
+    log.info("webhook received", extra={"source": source, "status": receipt.status,
+                                        "delivery_id": receipt.delivery_id,
+                                        "touchpoints": receipt.touchpoints})
+    out = {"status": receipt.status, "delivery_id": receipt.delivery_id,
+           "touchpoints": receipt.touchpoints}
+    if receipt.error:
+        out["error"] = receipt.error
+    return jsonify(out), 200
+
+
+# --- health ------------------------------------------------------------------------------------
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> Any:
+    try:
+        with runtime().engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sa_exc.SQLAlchemyError as exc:
+        log.warning("health check failed", extra={"error": type(exc).__name__})
+        return jsonify({"status": "unavailable", "database": "unreachable"}), 503
+    return jsonify({"status": "ok", "database": "ok"})
+
+
+# --- errors and request logging ------------------------------------------------------------------
+
+
+def _error(exc: BaseException) -> Any:
+    if isinstance(exc, CxError):
+        resp = jsonify(exc.to_json())
+        resp.status_code = exc.http_status
+        if exc.http_status == 503:
+            resp.headers["Retry-After"] = "10"
+        return resp
+    if isinstance(exc, HTTPException):
+        resp = jsonify({"error": (exc.name or "error").lower().replace(" ", "_"),
+                        "message": exc.description})
+        resp.status_code = exc.code or 500
+        return resp
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
+        return _error(DatabaseUnavailable("database unavailable: try again shortly"))
+    log.exception("unhandled error")
+    resp = jsonify({"error": "internal_error",
+                    "message": "unexpected error; see the server log for request id "
+                               f"{logs.request_id.get()}"})
+    resp.status_code = 500
+    return resp
+
+
+def _before() -> None:
+    rid = request.headers.get("X-Request-Id", "")
+    rid = rid if rid and len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
+    g.request_id = rid
+    g.started = time.perf_counter()
+    logs.request_id.set(rid)
+
+
+def _after(resp: Any) -> Any:
+    resp.headers["X-Request-Id"] = g.get("request_id", "")
+    started = g.get("started")
+    if started is not None and request.path != "/healthz":
+        log.info("request", extra={"method": request.method, "path": request.path,
+                                   "status": resp.status_code,
+                                   "ms": round((time.perf_counter() - started) * 1000, 2)})
+    return resp
+
+
+def create_app(config_path: str | None = None, *, config: Config | None = None,
+               rt: Runtime | None = None, configure_logging: bool = True) -> Flask:
+    """Build the WSGI app.
+
+    Refuses to start (raises :class:`~cx_connector.errors.NotMigrated`) on a database
+    whose schema is not this release's; starts anyway when the database is merely
+    unreachable, answering 503 until it is back.
+    """
+    if rt is None:
+        config = config or load_config(config_path)
+        rt = build(config)
+    config = rt.config
+    if configure_logging:
+        logs.configure(config.logging.level, config.logging.format, config.secrets())
+    try:
+        db.check_migrated(rt.engine)
+    except DatabaseUnavailable as exc:
+        log.warning("starting without a database: %s", exc.message)
+
+    app = Flask("cx_connector")
+    app.config["MAX_CONTENT_LENGTH"] = config.webhooks.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["cx"] = rt
+    app.register_blueprint(webhooks)
+    app.register_blueprint(health)
+    app.register_error_handler(Exception, _error)
+    app.before_request(_before)
+    app.after_request(_after)
+    return app

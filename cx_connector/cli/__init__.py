@@ -1,0 +1,27 @@
+"""``cx-connector``: the command-line interface (click). ``--help`` on every command."""
+
+from __future__ import annotations
+
+import click
+
+from cx_connector import __version__
+from cx_connector.cli import configcheck, customers, database, demo, events, imports, serve
+from cx_connector.cli.base import Group, State
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              metavar="PATH",
+              help="Configuration file (default: $CX_CONNECTOR_CONFIG, else ./cx-connector.yaml).")
+@click.version_option(__version__, prog_name="cx-connector")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Customer-experience scores from HubSpot, Zendesk and Shopify, written back where
+    your staff work."""
+    ctx.obj = State(config_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
+                events.events, customers.customers):
+    main.add_command(command)

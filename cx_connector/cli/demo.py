@@ -1,0 +1,116 @@
+"""``cx-connector demo``: the whole pipeline on bundled sample events, offline.
+
+No configuration file and no platform account: every installed connector is
+enabled with its demo settings, its bundled sample deliveries are signed and
+posted to the real webhook endpoint (in-process), and what was stored is printed.
+Later capabilities add their step here (scoring, KPIs, write-back dry run).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+
+from cx_connector import db, logs, registry
+from cx_connector.cli.base import emit_json, table
+from cx_connector.config import config_from_mapping
+from cx_connector.errors import ConfigError
+from cx_connector.models import customers, deliveries, touchpoints
+from cx_connector.runtime import Runtime, build
+
+
+def demo_config(database_url: str) -> Any:
+    sections = {}
+    for name, cls in registry.available().items():
+        settings = cls.demo_settings()
+        if settings:
+            sections[name] = settings
+    return config_from_mapping({
+        "database_url": database_url,
+        "admin_token": "demo-admin-token-not-for-production",
+        "writeback": {"dry_run": True},
+        "logging": {"level": "WARNING"},
+        "connectors": sections,
+    }, env={}, origin="<demo>")
+
+
+def ingest_samples(rt: Runtime) -> list[dict]:
+    """Sign every bundled sample and POST it to /webhooks/<source>."""
+    from cx_connector.app import create_app
+
+    app = create_app(rt=rt, configure_logging=False)
+    client = app.test_client()
+    results = []
+    for name, connector in rt.connectors.items():
+        for sample in connector.sample_deliveries():
+            url = f"http://localhost/webhooks/{name}"
+            headers = dict(sample.headers)
+            headers.update(connector.sign(sample.body, headers, method="POST", url=url, now=rt.now()))
+            headers.setdefault("Content-Type", "application/json")
+            resp = client.post(f"/webhooks/{name}", data=sample.body, headers=headers)
+            body = resp.get_json(silent=True) or {}
+            results.append({"sample": sample.name, "http": resp.status_code,
+                            "status": body.get("status"), "touchpoints": body.get("touchpoints"),
+                            "error": body.get("error") or body.get("message")})
+    return results
+
+
+def stored_touchpoints(rt: Runtime) -> list[dict]:
+    with db.read(rt.engine) as conn:
+        rows = conn.execute(
+            select(touchpoints.c.source, touchpoints.c.touchpoint_id, touchpoints.c.occurred_at,
+                   touchpoints.c.kind, touchpoints.c.stage, touchpoints.c.channel,
+                   touchpoints.c.value, touchpoints.c.currency, touchpoints.c.rating_type,
+                   touchpoints.c.rating_score, touchpoints.c.customer_id,
+                   customers.c.email.label("email"))
+            .select_from(touchpoints.outerjoin(customers, customers.c.id == touchpoints.c.customer_id))
+            .order_by(touchpoints.c.customer_id, touchpoints.c.occurred_at)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+@click.command("demo")
+@click.option("--database-url", default=None,
+              help="Keep the demo data in this database (default: a temporary SQLite file).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def demo(database_url: str | None, as_json: bool) -> None:
+    """Run the pipeline on the bundled sample events (SQLite, no accounts needed)."""
+    with tempfile.TemporaryDirectory(prefix="cx-demo-") as tmp:
+        url = database_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
+        try:
+            config = demo_config(url)
+        except ConfigError as exc:  # a third-party connector with broken demo settings
+            raise click.ClickException(str(exc)) from None
+        logs.configure("ERROR", "text", config.secrets())
+        rt = build(config)
+        db.upgrade(rt.engine)
+        report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
+        report["deliveries"] = ingest_samples(rt)
+        report["touchpoints"] = stored_touchpoints(rt)
+        with db.read(rt.engine) as conn:
+            report["inbox"] = dict(conn.execute(
+                select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all())
+        rt.engine.dispose()
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"cx-connector demo: {len(report['deliveries'])} sample deliveries from "
+               f"{', '.join(config.connectors)} posted to /webhooks/<source>\n")
+    click.echo("Inbox: " + ", ".join(f"{k} {v}" for k, v in sorted(report["inbox"].items())))
+    failed = [d for d in report["deliveries"] if d["http"] != 200 or d["status"] == "failed"]
+    for d in failed:
+        click.echo(f"  {d['sample']}: HTTP {d['http']} {d['status'] or ''} {d['error'] or ''}")
+    click.echo(f"\nTouchpoints stored ({len(report['touchpoints'])}):")
+    rows = []
+    for t in report["touchpoints"]:
+        detail = ""
+        if t["value"] is not None:
+            detail = f"{t['value']} {t['currency'] or ''}".strip()
+        if t["rating_type"]:
+            detail = f"{t['rating_type']} {t['rating_score']}"
+        rows.append({**t, "customer": f"#{t['customer_id']} {t['email'] or ''}".strip(),
+                     "when": f"{t['occurred_at']:%Y-%m-%d %H:%M}", "detail": detail})
+    table(rows, ["customer", "when", "source", "kind", "stage", "channel", "detail"])

@@ -1,0 +1,335 @@
+"""Loading the one YAML configuration file.
+
+This module is the only place that reads the environment. The file is found at
+``--config``, else ``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``.
+``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the
+environment *after* YAML parsing (so a secret containing ``:`` or ``#`` cannot
+change the document's structure); ``$${`` escapes a literal ``${``.
+
+Validation happens once, here, with marshmallow. Unknown keys are errors, and
+every problem is reported with its key path (``connectors.shopify.client_secret:
+missing``) in one :class:`~cx_connector.errors.ConfigError` (CLI exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
+
+from cx_connector import registry
+from cx_connector.errors import ConfigError
+from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
+
+DEFAULT_PATH = "cx-connector.yaml"
+ENV_PATH = "CX_CONNECTOR_CONFIG"
+DEFAULT_DATABASE_URL = "sqlite:///cx-connector.db"
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_VAR_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# --- typed results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    score_every: timedelta = timedelta(minutes=15)
+    sync_every: timedelta = timedelta(minutes=5)
+    enrich_every: timedelta = timedelta(minutes=5)
+    full_score_at: str = "03:00"
+
+
+@dataclass(frozen=True)
+class Writeback:
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    max_body_bytes: int = 1024 * 1024
+    signature_tolerance: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_token: str | None = None
+    schedule: Schedule = field(default_factory=Schedule)
+    writeback: Writeback = field(default_factory=Writeback)
+    webhooks: Webhooks = field(default_factory=Webhooks)
+    logging: Logging = field(default_factory=Logging)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    #: validated settings object per *enabled* connector, by connector name
+    connectors: Mapping[str, Any] = field(default_factory=dict)
+    #: where the configuration came from (a path, or "<mapping>")
+    origin: str = "<mapping>"
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value (for log scrubbing and the leak tests)."""
+        values = [self.admin_token] if self.admin_token else []
+        password = urlsplit(self.database_url).password
+        if password:
+            values.append(password)
+        for name, settings in self.connectors.items():
+            values += registry.available()[name](settings).secrets()
+        return [v for v in values if v]
+
+
+# --- field types ------------------------------------------------------------------
+
+
+class Duration(fields.Field):
+    """``15m``, ``1h30m``, ``90s``, ``2d``, ``1w`` or a number of seconds."""
+
+    default_error_messages = {"invalid": "not a duration (use e.g. 30s, 15m, 1h, 1d)"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> timedelta:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and value.strip().isdigit():
+            seconds = float(value.strip())
+        elif isinstance(value, str):
+            text = value.strip().lower().replace(" ", "")
+            parts = _DURATION_RE.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise self.make_error("invalid")
+            seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        else:
+            raise self.make_error("invalid")
+        if seconds <= 0:
+            raise ValidationError("must be longer than zero")
+        return timedelta(seconds=seconds)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ScheduleSchema(_Strict):
+    score_every = Duration(load_default=Schedule.score_every)
+    sync_every = Duration(load_default=Schedule.sync_every)
+    enrich_every = Duration(load_default=Schedule.enrich_every)
+    full_score_at = fields.String(load_default=Schedule.full_score_at,
+                                  validate=validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$",
+                                                           error="use HH:MM (24 h, UTC)"))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Schedule:
+        return Schedule(**data)
+
+
+class WritebackSchema(_Strict):
+    dry_run = fields.Boolean(load_default=False)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Writeback:
+        return Writeback(**data)
+
+
+class WebhooksSchema(_Strict):
+    max_body_bytes = fields.Integer(load_default=Webhooks.max_body_bytes,
+                                    validate=validate.Range(min=1024, max=64 * 1024 * 1024))
+    signature_tolerance = Duration(load_default=Webhooks.signature_tolerance)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Webhooks:
+        return Webhooks(**data)
+
+
+class LoggingSchema(_Strict):
+    level = fields.String(load_default="INFO",
+                          validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "text"]))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Logging:
+        return Logging(**data)
+
+
+def _connectors_schema() -> type[Schema]:
+    available = registry.available()
+    attrs: dict[str, Any] = {
+        name: fields.Nested(cls.settings_schema, required=False) for name, cls in available.items()
+    }
+    attrs["Meta"] = type("Meta", (), {"unknown": RAISE})
+    return type("ConnectorsSchema", (Schema,), attrs)
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs hosting platforms hand out (``postgres://``) and pick psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+class ConfigSchema(_Strict):
+    database_url = fields.String(load_default=DEFAULT_DATABASE_URL)
+    admin_token = fields.String(load_default=None, allow_none=True)
+    schedule = fields.Nested(ScheduleSchema, load_default=Schedule)
+    writeback = fields.Nested(WritebackSchema, load_default=Writeback)
+    webhooks = fields.Nested(WebhooksSchema, load_default=Webhooks)
+    logging = fields.Nested(LoggingSchema, load_default=Logging)
+    scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
+    connectors = fields.Raw(load_default=dict)
+
+    @validates("database_url")
+    def _db(self, value: str, **_: Any) -> None:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgres", "postgresql"):
+            raise ValidationError("use sqlite:///path.db or postgresql://user:pass@host/db")
+
+    @validates("admin_token")
+    def _token(self, value: str | None, **_: Any) -> None:
+        if value is not None and len(value) < 16:
+            raise ValidationError("too short: use at least 16 random characters "
+                                  "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> dict:
+        data["database_url"] = normalise_database_url(data["database_url"])
+        return data
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _flatten(errors: Any, prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(errors, dict):
+        for key, sub in errors.items():
+            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key == "_schema":
+                path = prefix
+            out += _flatten(sub, path)
+    elif isinstance(errors, list):
+        for item in errors:
+            out += _flatten(item, prefix)
+    else:
+        msg = str(errors)
+        msg = {
+            "Missing data for required field.": "missing",
+            "Unknown field.": "unknown key (misspelt? see config/cx-connector.example.yaml)",
+            "Field may not be null.": "missing (empty value)",
+        }.get(msg, msg)
+        out.append((prefix, msg))
+    return out
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}.{i}", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def repl(m: re.Match) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable {name} is not set "
+                               f"(set it, or write ${{{name}:-default}})"))
+        return ""
+
+    return _VAR_RE.sub(repl, value)
+
+
+def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
+                        origin: str = "<mapping>") -> Config:
+    """Validate an already-parsed configuration document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the file must be a YAML mapping of keys to values")], origin)
+    problems: list[tuple[str, str]] = []
+    data = _interpolate(raw, os.environ if env is None else env, "", problems)
+
+    try:
+        loaded = ConfigSchema().load(data)
+    except ValidationError as exc:
+        problems += _flatten(exc.messages)
+        loaded = None
+
+    connectors: dict[str, Any] = {}
+    section = data.get("connectors", {})
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        problems.append(("connectors", "must be a mapping of connector name to its settings"))
+    else:
+        known = registry.available()
+        for name, settings in section.items():
+            if name not in known:
+                problems.append((f"connectors.{name}",
+                                 f"unknown connector (installed: {', '.join(known) or 'none'})"))
+                continue
+            if settings is None:
+                settings = {}
+            try:
+                connectors[name] = known[name].settings_schema().load(settings)
+            except ValidationError as exc:
+                problems += _flatten(exc.messages, f"connectors.{name}")
+
+    if problems:
+        # a key whose environment variable is missing reports that, not the empty value's fault
+        unset = {path for path, msg in problems if msg.startswith("environment variable")}
+        problems = [(path, msg) for path, msg in problems
+                    if path not in unset or msg.startswith("environment variable")]
+        raise ConfigError(problems, origin)
+    assert loaded is not None
+    loaded["connectors"] = connectors
+    return Config(origin=origin, **loaded)
+
+
+def resolve_path(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(path or env.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Find, read, interpolate and validate the configuration file."""
+    env = os.environ if env is None else env
+    explicit = path or env.get(ENV_PATH)
+    p = resolve_path(path, env)
+    if not p.exists():
+        hint = ("" if explicit else
+                f" (looked for --config, then ${ENV_PATH}, then ./{DEFAULT_PATH}; "
+                "start from config/cx-connector.example.yaml)")
+        raise ConfigError([("", f"configuration file {p} not found{hint}")], str(p))
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("", f"cannot read {p}: {exc}")], str(p)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")],
+                          str(p)) from None
+    return config_from_mapping(raw, env, origin=str(p))

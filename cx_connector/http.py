@@ -1,0 +1,116 @@
+"""The HTTP-session helper connectors use to call their platform's API.
+
+One place decides timeouts, the User-Agent and how an HTTP answer maps onto the
+error tree (:func:`raise_for_status`), so every client reports failures the same
+way and the outbox can tell a retryable failure from a permanent one.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
+
+import requests
+
+from cx_connector import __version__
+from cx_connector.errors import (
+    PlatformAPIError,
+    PlatformAuthError,
+    PlatformRateLimited,
+    PlatformRecordGone,
+    PlatformUnavailable,
+    PlatformValidationError,
+)
+
+USER_AGENT = f"cx-connector/{__version__} (+https://github.com/cx-connector/cx-connector)"
+DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+
+
+class Session(requests.Session):
+    """A ``requests.Session`` with a base URL, default timeout and error mapping.
+
+    ``session.call("POST", "/crm/v3/...", json=...)`` returns the response for a
+    2xx and raises a :class:`~cx_connector.errors.PlatformAPIError` subclass
+    otherwise (connection errors and timeouts included).
+    """
+
+    def __init__(self, platform: str, base_url: str, headers: Mapping[str, str] | None = None,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        super().__init__()
+        self.platform = platform
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers["User-Agent"] = USER_AGENT
+        self.headers["Accept"] = "application/json"
+        self.headers.update(headers or {})
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    def call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", self.timeout)
+        try:
+            resp = self.request(method, self.url(path), **kw)
+        except requests.Timeout as exc:
+            raise PlatformUnavailable(f"{self.platform}: {method} {path} timed out; will retry",
+                                      platform=self.platform) from exc
+        except requests.ConnectionError as exc:
+            raise PlatformUnavailable(f"{self.platform}: cannot connect for {method} {path}: "
+                                      f"{type(exc).__name__}; will retry",
+                                      platform=self.platform) from exc
+        return raise_for_status(resp, self.platform)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: either a number (``2.0``) or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _snippet(resp: requests.Response) -> str:
+    try:
+        text = resp.text
+    except Exception:  # undecodable body
+        return ""
+    return text[:500]
+
+
+def raise_for_status(resp: requests.Response, platform: str) -> requests.Response:
+    """Map an HTTP status onto the error tree; return the response when it is 2xx."""
+    status = resp.status_code
+    if 200 <= status < 300:
+        return resp
+    body = _snippet(resp)
+    where = f"{platform}: {resp.request.method if resp.request else ''} {resp.url} -> {status}"
+    kw = {"platform": platform, "status": status, "body": body}
+    if status in (401, 403):
+        raise PlatformAuthError(
+            f"{where}: the access token was refused or lacks a scope; check "
+            f"connectors.{platform} credentials and the app's scopes", **kw)
+    if status == 429:
+        raise PlatformRateLimited(f"{where}: rate limited; backing off",
+                                  retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                                  **kw)
+    if status in (404, 410):
+        raise PlatformRecordGone(f"{where}: the record does not exist (deleted or merged)", **kw)
+    if status in (400, 409, 422):
+        raise PlatformValidationError(f"{where}: refused as invalid: {body[:200]}", **kw)
+    if status >= 500 or status in (408, 425):
+        raise PlatformUnavailable(f"{where}: platform error; will retry", **kw)
+    raise PlatformAPIError(f"{where}: unexpected answer: {body[:200]}", **kw)

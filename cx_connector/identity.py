@@ -1,0 +1,258 @@
+"""Identity resolution: one customer across every platform.
+
+A customer is reached through identities: a platform record id (``kind='id'``,
+``source`` = the platform), a normalised email or a normalised phone number (no
+source: an address is the same person whichever system typed it). When a new
+fact connects identities that belong to two customers, the customers are merged:
+the older one survives, the other is kept with ``merged_into_id`` pointing at it
+(history stays), everything that referenced it is repointed, and the merge is in
+the audit log.
+
+Runs inside the webhook's transaction, so it only touches the database; lookups
+on the platforms' APIs happen in the enrichment job, never here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from cx_connector import audit
+from cx_connector.connector import CustomerRef, Link, Merge
+from cx_connector.db import insert_ignore
+from cx_connector.models import (
+    alert_states,
+    customers,
+    identities,
+    outbox,
+    scores,
+    touchpoints,
+)
+
+Key = tuple[str, str, str]  # (kind, source, value)
+PROFILE_FIELDS = ("email", "phone", "name")
+
+
+def keys_for(source: str, ref: CustomerRef) -> list[Key]:
+    keys: list[Key] = [("id", source, ref.source_id)]
+    if ref.email:
+        keys.append(("email", "", ref.email))
+    if ref.phone:
+        keys.append(("phone", "", ref.phone))
+    return keys
+
+
+def lookup(conn: Connection, keys: Iterable[Key]) -> dict[Key, int]:
+    """Customer id per known key (one query, however many keys)."""
+    keys = list(dict.fromkeys(keys))
+    found: dict[Key, int] = {}
+    for i in range(0, len(keys), 300):
+        chunk = keys[i:i + 300]
+        cond = or_(*(and_(identities.c.kind == k, identities.c.source == s, identities.c.value == v)
+                     for k, s, v in chunk))
+        for kind, source, value, cid in conn.execute(
+                select(identities.c.kind, identities.c.source, identities.c.value,
+                       identities.c.customer_id).where(cond)):
+            found[(kind, source, value)] = cid
+    return found
+
+
+def customer_for(conn: Connection, source: str, source_id: str) -> int | None:
+    return lookup(conn, [("id", source, source_id)]).get(("id", source, source_id))
+
+
+def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, datetime]], *,
+            now: datetime, actor: str = "webhook") -> dict[str, int]:
+    """Customer id for every ``ref.source_id``, creating, linking and merging as needed.
+
+    ``refs`` pairs each reference with the time of the fact it came from; profile
+    fields (email, phone, name) are taken from the newest fact that carries them.
+    """
+    merged_refs: dict[str, list[tuple[CustomerRef, datetime]]] = {}
+    for ref, at in refs:
+        merged_refs.setdefault(ref.source_id, []).append((ref, at))
+    known = lookup(conn, [k for group in merged_refs.values() for ref, _ in group
+                          for k in keys_for(source, ref)])
+    result: dict[str, int] = {}
+    for source_id, group in merged_refs.items():
+        keys = list(dict.fromkeys(k for ref, _ in group for k in keys_for(source, ref)))
+        found = {known[k] for k in keys if k in known}
+        if not found:
+            cid = _create(conn, now)
+        elif len(found) == 1:
+            cid = found.pop()
+        else:
+            cid = merge(conn, found, now=now, actor=actor,
+                        reason=f"{source} record {source_id} links them")
+        missing = [k for k in keys if known.get(k) != cid]
+        if missing:
+            cid = _attach(conn, cid, [k for k in missing if k not in known], now=now, actor=actor)
+        for k in keys:
+            known[k] = cid
+        for k, v in list(known.items()):  # keys of customers merged away now mean cid
+            if v in found:
+                known[k] = cid
+        for ref, at in group:
+            _update_profile(conn, cid, ref, at)
+        result[source_id] = cid
+    return result
+
+
+def _create(conn: Connection, now: datetime) -> int:
+    return conn.execute(customers.insert().values(
+        created_at=now, updated_at=now, profile_times={}, changed_at=now,
+    ).returning(customers.c.id)).scalar_one()
+
+
+def _attach(conn: Connection, cid: int, keys: list[Key], *, now: datetime, actor: str) -> int:
+    """Add identities to a customer; if another transaction took one first, merge with it."""
+    if not keys:
+        return cid
+    conn.execute(insert_ignore(conn, identities, ["kind", "source", "value"]),
+                 [{"customer_id": cid, "kind": k, "source": s, "value": v, "created_at": now}
+                  for k, s, v in keys])
+    owners = set(lookup(conn, keys).values())
+    if owners - {cid}:
+        cid = merge(conn, owners | {cid}, now=now, actor=actor,
+                    reason="identity claimed concurrently")
+    return cid
+
+
+def _update_profile(conn: Connection, cid: int, ref: CustomerRef, at: datetime) -> None:
+    given = {f: getattr(ref, f) for f in PROFILE_FIELDS if getattr(ref, f)}
+    if not given:
+        return
+    row = conn.execute(select(customers.c.email, customers.c.phone, customers.c.name,
+                              customers.c.profile_times).where(customers.c.id == cid)).one()
+    times = dict(row.profile_times or {})
+    stamp = at.isoformat()
+    changes = {}
+    for f, value in given.items():
+        current, when = getattr(row, f), times.get(f)
+        # newest fact wins; equal times are broken by value, so arrival order never matters
+        newer = current is None or when is None or (stamp, value) > (when, current)
+        if newer and (current != value or when != stamp):
+            changes[f] = value
+            times[f] = stamp
+    if changes:
+        conn.execute(update(customers).where(customers.c.id == cid)
+                     .values(**changes, profile_times=times))
+
+
+def merge(conn: Connection, customer_ids: Iterable[int], *, now: datetime, actor: str,
+          reason: str) -> int:
+    """Merge customers into the oldest; returns the survivor's id."""
+    ids = sorted(set(customer_ids))
+    survivor, others = ids[0], ids[1:]
+    if not others:
+        return survivor
+    conn.execute(update(identities).where(identities.c.customer_id.in_(others))
+                 .values(customer_id=survivor))
+    conn.execute(update(touchpoints).where(touchpoints.c.customer_id.in_(others))
+                 .values(customer_id=survivor))
+    conn.execute(update(outbox).where(outbox.c.customer_id.in_(others))
+                 .values(customer_id=survivor))
+    conn.execute(scores.delete().where(scores.c.customer_id.in_(others)))
+    conn.execute(alert_states.delete().where(alert_states.c.customer_id.in_(others)))
+    conn.execute(update(customers).where(customers.c.merged_into_id.in_(others))
+                 .values(merged_into_id=survivor))
+    rows = conn.execute(select(customers).where(customers.c.id.in_(ids))).mappings().all()
+    by_id = {r["id"]: r for r in rows}
+    # the survivor keeps, per profile field, the newest value any of them had
+    times = dict(by_id[survivor]["profile_times"] or {})
+    values = {f: by_id[survivor][f] for f in PROFILE_FIELDS}
+    for oid in others:
+        other = by_id.get(oid)
+        if other is None:
+            continue
+        for f in PROFILE_FIELDS:
+            t = (other["profile_times"] or {}).get(f)
+            if other[f] is not None and (values[f] is None or (t or "") > (times.get(f) or "")):
+                values[f], times[f] = other[f], t
+    conn.execute(update(customers).where(customers.c.id.in_(others))
+                 .values(merged_into_id=survivor, changed_at=None, updated_at=now))
+    conn.execute(update(customers).where(customers.c.id == survivor)
+                 .values(**values, profile_times=times, changed_at=now, updated_at=now))
+    audit.record(conn, actor=actor, action="customers_merged", at=now, customer_id=survivor,
+                 details={"survivor": survivor, "merged": others, "reason": reason})
+    return survivor
+
+
+def apply_merge(conn: Connection, action: Merge, *, now: datetime, actor: str = "webhook") -> int | None:
+    """A platform merged records (e.g. HubSpot ``contact.merge``): repoint their identities.
+
+    The merged-away ids are marked gone (no write-back goes to them again); the
+    surviving id is linked to the merged customer.
+    """
+    into: Key = ("id", action.source, action.into_id)
+    old: list[Key] = [("id", action.source, i) for i in action.merged_ids if i != action.into_id]
+    known = lookup(conn, [into, *old])
+    owners = set(known.values())
+    if not owners:
+        cid = _create(conn, now)
+    else:
+        cid = merge(conn, owners, now=now, actor=actor,
+                    reason=f"{action.source} merged {', '.join(action.merged_ids)} into {action.into_id}")
+    cid = _attach(conn, cid, [k for k in (into, *old) if k not in known], now=now, actor=actor)
+    if old:
+        conn.execute(update(identities).where(
+            identities.c.kind == "id", identities.c.source == action.source,
+            identities.c.value.in_([v for _, _, v in old])).values(gone_at=now))
+    conn.execute(update(identities).where(
+        identities.c.kind == "id", identities.c.source == action.source,
+        identities.c.value == action.into_id).values(gone_at=None))
+    conn.execute(update(customers).where(customers.c.id == cid).values(changed_at=now))
+    audit.record(conn, actor=actor, action="platform_merge", at=now, customer_id=cid,
+                 source=action.source, external_id=action.into_id,
+                 details={"merged_ids": list(action.merged_ids)})
+    return cid
+
+
+def apply_link(conn: Connection, action: Link, *, now: datetime, actor: str = "webhook") -> int:
+    """``source/source_id`` belongs to the person described by ``action.customer``."""
+    cid = resolve(conn, action.source, [(action.customer, now)], now=now, actor=actor)[
+        action.customer.source_id]
+    key: Key = ("id", action.source, action.source_id)
+    owner = lookup(conn, [key]).get(key)
+    if owner is None:
+        cid = _attach(conn, cid, [key], now=now, actor=actor)
+    elif owner != cid:
+        cid = merge(conn, {owner, cid}, now=now, actor=actor,
+                    reason=f"{action.source} {action.source_id} belongs to {action.customer.source_id}")
+    return cid
+
+
+def mark_changed(conn: Connection, customer_ids: Iterable[int], now: datetime) -> None:
+    ids = sorted(set(customer_ids))
+    for i in range(0, len(ids), 500):
+        conn.execute(update(customers).where(customers.c.id.in_(ids[i:i + 500]))
+                     .values(changed_at=now, updated_at=now))
+
+
+def find_customer(conn: Connection, ref: str) -> int | None:
+    """A customer id from what an admin types: an id, an email, a phone, or ``source:id``."""
+    ref = ref.strip()
+    cid = None
+    if ref.isdigit():
+        cid = conn.execute(select(customers.c.id).where(customers.c.id == int(ref))).scalar()
+    if cid is None and "@" in ref:
+        cid = lookup(conn, [("email", "", ref.lower())]).get(("email", "", ref.lower()))
+    if cid is None and ":" in ref:
+        source, _, value = ref.partition(":")
+        cid = customer_for(conn, source, value)
+    if cid is None:
+        from cx_connector.touchpoint import normalise_phone
+        phone = normalise_phone(ref)
+        if phone:
+            cid = lookup(conn, [("phone", "", phone)]).get(("phone", "", phone))
+    # follow merges to the surviving customer
+    seen = set()
+    while cid is not None and cid not in seen:
+        seen.add(cid)
+        nxt = conn.execute(select(customers.c.merged_into_id).where(customers.c.id == cid)).scalar()
+        if nxt is None:
+            break
+        cid = nxt
+    return cid

@@ -1,0 +1,224 @@
+"""The webhook inbox: verify, dedupe, keep the raw delivery, normalise, store, link.
+
+Order of work for one request (one database transaction, committed before the
+200 goes out, so an acknowledged event survives the process being killed):
+
+1. signature check on the raw bytes (bad: :class:`SignatureError`, nothing stored);
+2. delivery dedupe on ``(source, delivery_key)``: a redelivery is answered 200
+   and changes nothing;
+3. the raw delivery is stored;
+4. the connector normalises it (pure); a malformed payload, or a bug, keeps the
+   delivery with status ``failed`` and the error; an unknown event is ``ignored``;
+5. touchpoints are stored, deduplicated on ``(source, touchpoint_id)``;
+6. identities are resolved and the customers marked for rescoring.
+
+Only a database outage escapes as :class:`DatabaseUnavailable` (HTTP 503), in
+which case nothing was written and the platform retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import exc as sa_exc
+
+from cx_connector import db, identity, privacy
+from cx_connector.connector import (
+    Connector,
+    Delivery,
+    Export,
+    Forget,
+    ForgetAll,
+    Headers,
+    Link,
+    Merge,
+    Normalised,
+    Touchpoint,
+)
+from cx_connector.errors import PayloadError
+from cx_connector.models import deliveries, touchpoints
+
+log = logging.getLogger(__name__)
+
+#: headers never stored with a delivery (credentials of proxies or endpoint auth)
+_DROP_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate."""
+
+    status: str
+    delivery_id: int | None = None
+    touchpoints: int = 0
+    error: str | None = None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[str, str], *,
+            method: str = "POST", url: str = "", now: datetime | None = None) -> Receipt:
+    """Handle one webhook request end to end (see module docstring)."""
+    now = now or now_utc()
+    headers = Headers(headers)  # case-insensitive, whatever the server or HTTP version did
+    connector.verify(body, headers, method=method, url=url, now=now)
+    delivery = Delivery(source=connector.name, body=body, headers=headers, received_at=now,
+                        method=method, url=url)
+    try:
+        key = connector.delivery_key(delivery)[:255]
+    except Exception:  # a malformed body must still be stored, not rejected
+        key = "sha256:" + hashlib.sha256(body).hexdigest()
+    try:
+        topic = (connector.topic(delivery) or "")[:128]
+    except Exception:
+        topic = ""
+    with db.write(engine) as conn:
+        delivery_id = conn.execute(
+            db.insert_ignore(conn, deliveries, ["source", "delivery_key"]).values(
+                source=connector.name, delivery_key=key, topic=topic, received_at=now,
+                headers={k: v for k, v in delivery.headers.items()
+                         if k.lower() not in _DROP_HEADERS},
+                body=body, status="received", attempts=0, touchpoints=0,
+            ).returning(deliveries.c.id)).scalar()
+        if delivery_id is None:
+            return Receipt("duplicate")
+        return process(conn, connector, delivery_id, delivery, now=now, actor="webhook")
+
+
+def process(conn: Connection, connector: Connector, delivery_id: int, delivery: Delivery, *,
+            now: datetime, actor: str) -> Receipt:
+    """Normalise and store one stored delivery; records the outcome on its row."""
+    status, error, stored = "processed", None, 0
+    try:
+        result = connector.normalise(delivery, now=now)
+        if not isinstance(result, Normalised):
+            raise TypeError(f"{type(connector).__name__}.normalise returned {type(result).__name__}")
+    except PayloadError as exc:
+        status, error = "failed", exc.message
+    except Exception as exc:  # a connector bug must not lose the delivery or answer 500
+        log.exception("normaliser crashed", extra={"source": connector.name, "delivery": delivery_id})
+        status, error = "failed", f"internal error while normalising: {type(exc).__name__}: {exc}"
+    else:
+        if result.ignored:
+            status, error = "ignored", result.ignored
+        else:
+            savepoint = conn.begin_nested()
+            try:
+                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
+                               actor=actor)
+                savepoint.commit()
+            except PayloadError as exc:
+                savepoint.rollback()
+                status, error = "failed", exc.message
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                if db.is_connection_error(exc):
+                    raise
+                savepoint.rollback()
+                status, error = "failed", f"could not store: {exc.orig}"
+            except (sa_exc.StatementError, ValueError, TypeError, KeyError) as exc:
+                savepoint.rollback()
+                log.exception("storing touchpoints failed", extra={"source": connector.name})
+                status, error = "failed", f"could not store: {type(exc).__name__}: {exc}"
+    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+        status=status, error=error, touchpoints=stored, processed_at=now,
+        attempts=deliveries.c.attempts + 1))
+    return Receipt(status, delivery_id, stored, error)
+
+
+def touchpoint_row(tp: Touchpoint, customer_id: int | None, delivery_id: int | None,
+                   now: datetime) -> dict:
+    return {
+        "source": tp.source,
+        "touchpoint_id": tp.touchpoint_id,
+        "customer_id": customer_id,
+        "customer_source_id": tp.customer.source_id,
+        "occurred_at": tp.occurred_at,
+        "kind": tp.kind,
+        "stage": tp.stage,
+        "channel": tp.channel,
+        "value": tp.value,
+        "currency": tp.currency,
+        "rating_type": tp.rating.type if tp.rating else None,
+        "rating_score": tp.rating.score if tp.rating else None,
+        "rating_scale_max": tp.rating.scale_max if tp.rating else None,
+        "products": [{k: v for k, v in p.__dict__.items() if v is not None} for p in tp.products],
+        "attributes": tp.attributes,
+        "delivery_id": delivery_id,
+        "created_at": now,
+    }
+
+
+def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
+          now: datetime, actor: str) -> int:
+    """Store touchpoints and apply actions; returns how many touchpoints were new."""
+    tps = list(result.touchpoints)
+    for tp in tps:
+        if tp.source != source:
+            raise PayloadError(f"touchpoint {tp.touchpoint_id} claims source {tp.source!r} "
+                               f"but arrived on /webhooks/{source}")
+    new = 0
+    if tps:
+        # identities are resolved only for facts not stored yet: a redelivered fact
+        # must not move anything
+        existing = set()
+        ids = [tp.touchpoint_id for tp in tps]
+        for i in range(0, len(ids), 500):
+            existing |= set(conn.execute(select(touchpoints.c.touchpoint_id).where(
+                touchpoints.c.source == source,
+                touchpoints.c.touchpoint_id.in_(ids[i:i + 500]))).scalars())
+        seen: set[str] = set()
+        fresh = []
+        for tp in tps:
+            if tp.touchpoint_id not in existing and tp.touchpoint_id not in seen:
+                seen.add(tp.touchpoint_id)
+                fresh.append(tp)
+        if fresh:
+            owners = identity.resolve(conn, source, [(tp.customer, tp.occurred_at) for tp in fresh],
+                                      now=now, actor=actor)
+            rows = [touchpoint_row(tp, owners[tp.customer.source_id], delivery_id, now)
+                    for tp in fresh]
+            inserted = conn.execute(
+                db.insert_ignore(conn, touchpoints, ["source", "touchpoint_id"])
+                .returning(touchpoints.c.customer_id), rows).scalars().all()
+            new = len(inserted)
+            identity.mark_changed(conn, [c for c in inserted if c is not None], now)
+    for action in result.actions:
+        apply_action(conn, action, now=now, actor=actor)
+    return new
+
+
+def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> None:
+    if isinstance(action, Merge):
+        identity.apply_merge(conn, action, now=now, actor=actor)
+    elif isinstance(action, Link):
+        identity.apply_link(conn, action, now=now, actor=actor)
+    elif isinstance(action, Forget | ForgetAll | Export):
+        privacy.apply(conn, action, now=now, actor=actor)
+    else:
+        raise TypeError(f"unknown action {type(action).__name__}")
+
+
+def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int, *,
+           now: datetime | None = None, actor: str = "cli") -> Receipt:
+    """Normalise a stored delivery again (after a fix); the signature was checked on receipt."""
+    now = now or now_utc()
+    with db.write(engine) as conn:
+        row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().first()
+        if row is None:
+            return Receipt("missing", delivery_id, error=f"no delivery {delivery_id}")
+        if row["body"] is None:
+            return Receipt("redacted", delivery_id, error="the body was erased for privacy")
+        connector = connectors.get(row["source"])
+        if connector is None:
+            return Receipt("failed", delivery_id,
+                           error=f"connector {row['source']} is not enabled in the configuration")
+        delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
+                            received_at=row["received_at"])
+        return process(conn, connector, delivery_id, delivery, now=now, actor=actor)

@@ -1,0 +1,1 @@
+"""Scoring: retention, cross-sell and CX scores per customer (see the scoring issue)."""

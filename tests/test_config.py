@@ -1,0 +1,130 @@
+"""Configuration: file lookup, ${VAR} interpolation, validation with key paths, exit code 2."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cx_connector.cli import main
+from cx_connector.config import config_from_mapping, load_config
+from cx_connector.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "cx-connector.example.yaml"
+
+
+def problems(raw, env=None):
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(raw, env=env or {})
+    return dict(info.value.problems)
+
+
+def test_defaults():
+    c = config_from_mapping({}, env={})
+    assert c.database_url == "sqlite:///cx-connector.db"
+    assert c.schedule.score_every == timedelta(minutes=15)
+    assert c.writeback.dry_run is False
+    assert c.connectors == {}
+    assert c.webhooks.max_body_bytes == 1024 * 1024
+
+
+def test_missing_secret_names_key_path():
+    p = problems({"connectors": {"shopify": {"shop": "x.myshopify.com", "access_token": "t"}}})
+    assert p == {"connectors.shopify.client_secret": "missing"}
+
+
+def test_unknown_keys_are_errors_at_every_level():
+    p = problems({"databse_url": "sqlite://", "schedule": {"score_evry": "5m"},
+                  "connectors": {"shopfiy": {}, "generic": {"secret": "x" * 20, "extra": 1}}})
+    assert p["databse_url"].startswith("unknown key")
+    assert p["schedule.score_evry"].startswith("unknown key")
+    assert p["connectors.shopfiy"].startswith("unknown connector")
+    assert p["connectors.generic.extra"].startswith("unknown key")
+
+
+def test_every_problem_reported_at_once():
+    p = problems({"schedule": {"score_every": "soon", "sync_every": "-5m"},
+                  "admin_token": "short", "database_url": "mysql://x"})
+    assert set(p) == {"schedule.score_every", "schedule.sync_every", "admin_token", "database_url"}
+
+
+@pytest.mark.parametrize("text,seconds", [("15m", 900), ("1h30m", 5400), ("90s", 90), ("2d", 172800),
+                                          ("1w", 604800), (45, 45), ("120", 120)])
+def test_durations(text, seconds):
+    c = config_from_mapping({"schedule": {"sync_every": text}}, env={})
+    assert c.schedule.sync_every == timedelta(seconds=seconds)
+
+
+def test_env_interpolation_with_defaults_and_escape():
+    env = {"SECRET": "s3cr3t:with#chars", "EMPTY": ""}
+    c = config_from_mapping({
+        "admin_token": "${ADMIN:-fallback-token-0123456789}",
+        "database_url": "sqlite:///${EMPTY:-x}.db",
+        "connectors": {"generic": {"secret": "${SECRET}-and-more-$${LITERAL}"}},
+    }, env=env)
+    assert c.admin_token == "fallback-token-0123456789"
+    assert c.database_url == "sqlite:///x.db"
+    assert c.connectors["generic"].secret == "s3cr3t:with#chars-and-more-${LITERAL}"
+
+
+def test_unset_env_var_is_an_error_naming_key_and_variable():
+    p = problems({"connectors": {"generic": {"secret": "${GENERIC_SECRET}"}}})
+    assert "GENERIC_SECRET" in p["connectors.generic.secret"]
+
+
+def test_postgres_urls_use_psycopg3():
+    c = config_from_mapping({"database_url": "postgres://u:p@h/db"}, env={})
+    assert c.database_url == "postgresql+psycopg://u:p@h/db"
+    assert "p" in c.secrets()
+
+
+def test_file_lookup_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cx-connector.yaml").write_text("writeback: {dry_run: true}\n")
+    (tmp_path / "other.yaml").write_text("writeback: {dry_run: false}\nadmin_token: ${T}\n")
+    assert load_config(env={}).writeback.dry_run is True
+    env = {"CX_CONNECTOR_CONFIG": str(tmp_path / "other.yaml"), "T": "t" * 20}
+    assert load_config(env=env).writeback.dry_run is False
+    assert load_config(tmp_path / "cx-connector.yaml", env=env).writeback.dry_run is True
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("connectors:\n  generic: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad, env={})
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    env = {k: "x" * 24 for k in ("CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN",
+                                 "ZENDESK_API_TOKEN", "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN",
+                                 "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")}
+    c = load_config(EXAMPLE, env=env)
+    assert set(c.connectors) == {"generic", "hubspot", "zendesk", "shopify"}
+    text = EXAMPLE.read_text()
+    for key in ("database_url", "admin_token", "score_every", "sync_every", "dry_run", "client_secret",
+                "access_token", "webhook_url", "api_base_url", "batch_size", "subdomain", "api_token",
+                "webhook_secret", "shop", "api_version", "secret"):
+        assert f"{key}:" in text
+
+
+def test_cli_exits_2_with_key_path(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("connectors:\n  shopify:\n    shop: acme.myshopify.com\n    access_token: t\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    assert result.exit_code == 2
+    assert "connectors.shopify.client_secret: missing" in result.output
+
+
+def test_cli_check_config_ok_hides_secrets(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("database_url: postgresql://user:hunter2pass@db/cx\n"
+                   "connectors:\n  generic:\n    secret: generic-secret-0123456789\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    assert result.exit_code == 0, result.output
+    assert "generic" in result.output
+    assert "hunter2pass" not in result.output and "generic-secret-0123456789" not in result.output

@@ -1,0 +1,188 @@
+"""The webhook inbox end to end through the real endpoint (generic connector)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+from sqlalchemy import select, text
+
+from cx_connector import inbox
+from cx_connector.models import deliveries
+from tests.conftest import count
+
+SECRET = b"generic-test-secret-0123456789"
+
+
+def tp(tid="order:1:placed", email="ann@example.com", kind="order_placed", **kw):
+    body = {"touchpoint_id": tid, "occurred_at": "2026-05-01T10:00:00Z",
+            "customer": {"source_id": email.split("@")[0], "email": email}, "kind": kind}
+    body.update(kw)
+    return body
+
+
+def independent_signature(body: bytes) -> str:
+    return base64.b64encode(hmac.new(SECRET, body, hashlib.sha256).digest()).decode()
+
+
+def test_known_answer_signature_vector(client, engine):
+    # computed once with `printf '%s' '<body>' | openssl dgst -sha256 -hmac <secret> -binary | base64`
+    body = b'{"touchpoint_id":"kat:1","occurred_at":"2026-05-01T10:00:00Z",' \
+           b'"customer":{"source_id":"kat"},"kind":"contact_created"}'
+    assert independent_signature(body) == "EAM9E7UD1gYW/saR88TCRlDBMurM8Y89muFR8T67zHg="
+    r = client.post("/webhooks/generic", data=body,
+                    headers={"X-CX-Signature": "EAM9E7UD1gYW/saR88TCRlDBMurM8Y89muFR8T67zHg="})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "processed"
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"X-CX-Signature": "not base64!!"},
+    {"X-CX-Signature": base64.b64encode(b"x" * 32).decode()},
+])
+def test_bad_signature_is_401_and_stores_nothing(client, engine, headers):
+    r = client.post("/webhooks/generic", data=json.dumps(tp()), headers=headers)
+    assert r.status_code == 401
+    assert r.get_json()["error"] == "invalid_signature"
+    assert count(engine, "deliveries") == 0 and count(engine, "touchpoints") == 0
+
+
+def test_tampered_body_is_401(client, engine):
+    body = json.dumps(tp()).encode()
+    sig = independent_signature(body)
+    r = client.post("/webhooks/generic", data=body.replace(b"ann", b"eve"),
+                    headers={"x-cx-signature": sig})
+    assert r.status_code == 401
+    assert count(engine, "deliveries") == 0
+
+
+def test_header_names_are_case_insensitive(client):
+    body = json.dumps(tp()).encode()
+    r = client.post("/webhooks/generic", data=body, headers={"x-cx-SIGNATURE": independent_signature(body)})
+    assert r.status_code == 200
+
+
+def test_valid_delivery_stores_raw_body_touchpoint_and_customer(post_signed, engine):
+    r = post_signed("generic", tp(value="19.99", currency="EUR"))
+    assert r.status_code == 200
+    assert r.get_json() == {"status": "processed", "delivery_id": 1, "touchpoints": 1}
+    with engine.connect() as conn:
+        d = conn.execute(select(deliveries)).mappings().one()
+        row = conn.execute(text("SELECT kind, stage, customer_id, value FROM touchpoints")).one()
+    assert d["status"] == "processed" and json.loads(d["body"])["touchpoint_id"] == "order:1:placed"
+    assert row.kind == "order_placed" and row.stage == "purchase" and row.customer_id == 1
+    assert count(engine, "customers", "WHERE changed_at IS NOT NULL") == 1
+
+
+def test_redelivery_is_200_and_adds_nothing(post_signed, engine):
+    body = json.dumps(tp())
+    first = post_signed("generic", body, {"X-CX-Delivery-Id": "d-1"})
+    again = post_signed("generic", body, {"X-CX-Delivery-Id": "d-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.get_json()["status"] == "duplicate"
+    assert count(engine, "deliveries") == 1 and count(engine, "touchpoints") == 1
+
+
+def test_same_fact_in_a_new_delivery_is_one_touchpoint(post_signed, engine):
+    post_signed("generic", [tp(), tp("order:2:placed")], {"X-CX-Delivery-Id": "a"})
+    r = post_signed("generic", [tp("order:2:placed"), tp("order:3:placed")], {"X-CX-Delivery-Id": "b"})
+    assert r.get_json()["touchpoints"] == 1
+    assert count(engine, "deliveries") == 2 and count(engine, "touchpoints") == 3
+
+
+@pytest.mark.parametrize("body,needle", [
+    (b"{not json", "not valid JSON"),
+    (b'"a string"', "expected a touchpoint object"),
+    (json.dumps(tp(kind="teleported")).encode(), "kind"),
+    (json.dumps(tp(occurred_at="2026-05-01T10:00:00")).encode(), "occurred_at"),
+    (json.dumps({**tp(), "customer": {"source_id": "x", "email": "not-an-email"}}).encode(),
+     "customer.email"),
+    (json.dumps(tp(kind="nps_response")).encode(), "rating"),
+    (json.dumps(tp(source="shopify")).encode(), "source"),
+])
+def test_malformed_payload_is_stored_failed_with_its_error(post_signed, engine, body, needle):
+    r = post_signed("generic", body)
+    assert r.status_code == 200
+    out = r.get_json()
+    assert out["status"] == "failed" and needle in out["error"]
+    with engine.connect() as conn:
+        d = conn.execute(select(deliveries)).mappings().one()
+    assert d["status"] == "failed" and needle in d["error"] and d["body"] == body
+    assert count(engine, "touchpoints") == 0
+
+
+def test_failed_delivery_is_replayable_after_the_cause_is_fixed(post_signed, rt, engine, monkeypatch):
+    connector = rt.connectors["generic"]
+    original = type(connector).normalise
+
+    def broken(self, delivery, *, now):
+        raise RuntimeError("bug in normaliser")
+
+    monkeypatch.setattr(type(connector), "normalise", broken)
+    r = post_signed("generic", tp())
+    assert r.status_code == 200 and r.get_json()["status"] == "failed"
+    assert "RuntimeError: bug in normaliser" in r.get_json()["error"]
+    monkeypatch.setattr(type(connector), "normalise", original)
+    receipt = inbox.replay(engine, rt.connectors, r.get_json()["delivery_id"], now=rt.now())
+    assert receipt.status == "processed" and receipt.touchpoints == 1
+    with engine.connect() as conn:
+        d = conn.execute(select(deliveries)).mappings().one()
+    assert d["status"] == "processed" and d["error"] is None and d["attempts"] == 2
+
+
+def test_unknown_or_disabled_connector_is_404(client, database_url):
+    assert client.post("/webhooks/nosuch", data=b"{}").status_code == 404
+    from cx_connector.app import create_app
+    from cx_connector.runtime import build
+    from tests.conftest import make_config
+
+    rt = build(make_config(database_url, connectors={}))
+    r = create_app(rt=rt, configure_logging=False).test_client().post("/webhooks/generic", data=b"{}")
+    assert r.status_code == 404 and "no enabled connector" in r.get_json()["message"]
+    rt.engine.dispose()
+
+
+def test_oversized_body_is_413_before_anything_else(client, engine):
+    big = b"[" + b" " * (1024 * 1024) + b"]"
+    r = client.post("/webhooks/generic", data=big, headers={"X-CX-Signature": independent_signature(big)})
+    assert r.status_code == 413
+    assert count(engine, "deliveries") == 0
+
+
+def test_oversized_chunked_body_is_413(client, engine):
+    import io
+
+    r = client.post("/webhooks/generic", input_stream=io.BytesIO(b" " * (1100 * 1024)),
+                    headers={"Transfer-Encoding": "chunked"},
+                    environ_overrides={"wsgi.input_terminated": True})
+    assert r.status_code == 413
+    assert count(engine, "deliveries") == 0
+
+
+def test_database_outage_is_503_and_health_says_so(client, rt, monkeypatch):
+    from sqlalchemy import create_engine
+
+    dead = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none",
+                         connect_args={"connect_timeout": 1})
+    monkeypatch.setattr(rt, "engine", dead)
+    body = json.dumps(tp()).encode()
+    r = client.post("/webhooks/generic", data=body, headers={"X-CX-Signature": independent_signature(body)})
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert client.get("/healthz").status_code == 503
+
+
+def test_healthz_ok(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json()["database"] == "ok"
+    assert r.headers["X-Request-Id"]
+
+
+def test_errors_are_json_never_html(client):
+    r = client.get("/no/such/page")
+    assert r.status_code == 404 and r.is_json
+    r = client.get("/webhooks/generic")
+    assert r.status_code == 405 and r.is_json
