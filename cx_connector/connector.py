@@ -191,6 +191,8 @@ class Connector:
     settings_schema: ClassVar[type[Schema]] = SettingsSchema
     #: names of settings that are secrets (never logged, never shown)
     secret_settings: ClassVar[tuple[str, ...]] = ()
+    #: whether scores are written back to this platform's records
+    writes_back: ClassVar[bool] = False
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings

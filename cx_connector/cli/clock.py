@@ -1,0 +1,47 @@
+"""``cx-connector scheduler``: the clock process (Procfile ``clock``)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any
+
+import click
+
+from cx_connector import logs, scheduler
+from cx_connector.cli.base import State, emit_json, pass_state
+
+
+@click.command("scheduler")
+@click.option("--once", is_flag=True, help="Run every job once, print the runs and exit.")
+@click.option("--job", "only", default=None, help="With --once: run only this job id.")
+@pass_state
+def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
+    """Run the periodic jobs (scoring, write-back, enrichment) until stopped.
+
+    Start exactly one per deployment; a second one is harmless (database leases keep
+    each job to one run at a time) but idle.
+    """
+    rt = state.runtime()
+    config = state.config()
+    logs.configure(config.logging.level, config.logging.format, config.secrets())
+    jobs = scheduler.jobs()
+    if once:
+        if only and only not in {j.id for j in jobs}:
+            raise click.BadParameter(f"no job {only!r} (jobs: {', '.join(j.id for j in jobs)})",
+                                     param_hint="--job")
+        runs = [scheduler.run_job(rt, j.id, j.func, lease=j.lease or None)
+                for j in jobs if only in (None, j.id)]
+        emit_json(runs)
+        if any(r["status"] == "failed" for r in runs):
+            raise SystemExit(1)
+        return
+    sched = scheduler.build(rt)
+
+    def stop(signum: int, _frame: Any) -> None:
+        sched.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    click.echo(f"scheduler running: {', '.join(j.id for j in jobs) or 'no jobs'}", err=True)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        sched.start()

@@ -1,0 +1,106 @@
+"""The clock process: APScheduler 3 running the periodic jobs.
+
+APScheduler lives only here (``cx-connector scheduler``, the Procfile's ``clock``),
+never in gunicorn workers. Every job is a plain function ``job(rt) -> dict`` that
+tests and CLI commands call directly; :func:`run_job` wraps it with a database
+lease (one run at a time across processes), a ``job_runs`` row (status, duration,
+details or error) and logging. Jobs coalesce and never overlap
+(``max_instances=1``); each has an explicit id.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+
+from cx_connector import db, leases
+from cx_connector.config import Config
+from cx_connector.models import job_runs
+from cx_connector.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+JobFunc = Callable[[Runtime], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    func: JobFunc
+    every: Callable[[Config], timedelta]
+    #: the lease that serialises runs; jobs sharing a lease never run together
+    lease: str = ""
+
+
+def jobs() -> list[Job]:
+    """The periodic jobs, in the order they are first run at start-up."""
+    out: list[Job] = []
+    return out
+
+
+def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None,
+            ttl: timedelta = timedelta(minutes=5)) -> dict[str, Any]:
+    """Run one job under its lease and record the run. Returns the run's record.
+
+    ``status`` is ``skipped`` when another process holds the lease.
+    """
+    started = rt.now()
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"job": job_id, "started_at": started}
+    with leases.Held(rt.engine, lease or f"job:{job_id}", ttl) as ok:
+        if not ok:
+            record.update(status="skipped", details={"reason": "another process is running it"})
+            _record(rt, record, t0)
+            log.info("job skipped: lease held elsewhere", extra={"job": job_id})
+            return record
+        with db.write(rt.engine) as conn:
+            run_id = conn.execute(job_runs.insert().values(
+                job=job_id, started_at=started, status="running", details={},
+                host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
+        try:
+            details = func(rt) or {}
+            record.update(status="ok", details=details)
+        except Exception as exc:
+            log.exception("job failed", extra={"job": job_id})
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          details={"traceback": traceback.format_exc(limit=5)})
+        record["id"] = run_id
+        _record(rt, record, t0)
+    return record
+
+
+def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
+    record["duration_ms"] = int((time.perf_counter() - t0) * 1000)
+    record["finished_at"] = rt.now()
+    with db.write(rt.engine) as conn:
+        values = {"finished_at": record["finished_at"], "status": record["status"],
+                  "duration_ms": record["duration_ms"], "details": record.get("details", {}),
+                  "error": record.get("error")}
+        if "id" in record:
+            conn.execute(update(job_runs).where(job_runs.c.id == record["id"]).values(**values))
+        else:
+            record["id"] = conn.execute(job_runs.insert().values(
+                job=record["job"], started_at=record["started_at"], host=socket.gethostname(),
+                **values).returning(job_runs.c.id)).scalar_one()
+
+
+def build(rt: Runtime) -> Any:
+    """A BlockingScheduler with every job (each runs once right away, then on its interval)."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    sched = BlockingScheduler(timezone="UTC", job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": 600})
+    for job in jobs():
+        sched.add_job(run_job, "interval", seconds=job.every(rt.config).total_seconds(),
+                      id=job.id, name=job.id, args=(rt, job.id, job.func),
+                      kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
+                      replace_existing=True)
+    return sched
