@@ -51,7 +51,7 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
 
 __all__ = [
     "CHANNELS", "KINDS", "STAGES", "Connector", "CustomerRef", "Delivery", "Export", "Forget",
-    "ForgetAll", "Headers", "Link", "Merge", "Normalised", "Product", "Rating", "SampleDelivery",
+    "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product", "Rating", "SampleDelivery",
     "SettingsSchema", "Touchpoint", "normalise_email", "normalise_phone", "parse_json",
 ]
 
@@ -161,6 +161,20 @@ class Normalised:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """What a platform said about records the enrichment job asked for.
+
+    ``found``: one :class:`Link` per record, whose ``customer`` carries the contact
+    details (for a plain contact ``customer.source_id == source_id``; for a deal or
+    ticket it is the associated contact). ``missing``: ids the platform no longer
+    has (deleted or merged away); they are marked gone and never written to.
+    """
+
+    found: tuple[Link, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SampleDelivery:
     """A bundled example request (unsigned): used by ``cx-connector demo`` and tests."""
 
@@ -260,7 +274,17 @@ class Connector:
         """Link to the record in the platform's UI, for the admin pages."""
         return None
 
-    # -- enrichment (issue: connectors) ---------------------------------------------
+    # -- enrichment ---------------------------------------------------------------------
+    #: how many ids one :meth:`lookup` call may take (the platform's batch maximum);
+    #: 0 means the connector cannot look records up (the enrichment job skips it)
+    lookup_batch_size: ClassVar[int] = 0
+
+    def lookup(self, source_ids: list[str], *, now: datetime) -> Lookup:
+        """Fetch contact details for records seen without them (HubSpot ids, Zendesk
+        requester ids). Called by the enrichment job, never inside a webhook request.
+        Raises :class:`~cx_connector.errors.PlatformAPIError` subclasses."""
+        raise NotImplementedError
+
     # -- write-back (issue: write-back) ----------------------------------------------
     # -- backfill (issue: backfill) --------------------------------------------------
 
