@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar
@@ -50,9 +50,10 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
 )
 
 __all__ = [
-    "CHANNELS", "KINDS", "STAGES", "Connector", "CustomerRef", "Delivery", "Export", "Forget",
-    "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product", "Rating", "SampleDelivery",
-    "SettingsSchema", "Touchpoint", "normalise_email", "normalise_phone", "parse_json",
+    "CHANNELS", "KINDS", "STAGES", "CatalogueProduct", "Connector", "CustomerRef", "Delivery",
+    "Export", "Forget", "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product",
+    "Rating", "SampleDelivery", "SettingsSchema", "Touchpoint", "normalise_email",
+    "normalise_phone", "parse_json",
 ]
 
 Headers = CaseInsensitiveDict
@@ -140,7 +141,23 @@ class Export:
     request_id: str | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export
+@dataclass(frozen=True)
+class CatalogueProduct:
+    """A product's current catalogue entry (e.g. Shopify ``products/update``).
+
+    Order line items often lack the category (Shopify's carry no ``product_type``);
+    scoring takes the category from this catalogue when the touchpoint has none.
+    """
+
+    source: str
+    product_id: str
+    title: str | None = None
+    category: str | None = None
+    sku: str | None = None
+    updated_at: datetime | None = None
+
+
+Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,8 @@ class Connector:
     secret_settings: ClassVar[tuple[str, ...]] = ()
     #: whether scores are written back to this platform's records
     writes_back: ClassVar[bool] = False
+    #: how far a signed timestamp may be from now (set from ``webhooks.signature_tolerance``)
+    signature_tolerance: timedelta = timedelta(minutes=5)
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings

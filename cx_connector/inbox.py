@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 
 from cx_connector import db, identity, privacy
 from cx_connector.connector import (
+    CatalogueProduct,
     Connector,
     Delivery,
     Export,
@@ -41,7 +42,7 @@ from cx_connector.connector import (
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
-from cx_connector.models import deliveries, touchpoints
+from cx_connector.models import deliveries, products, touchpoints
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,26 @@ def apply_action(conn: Connection, action: object, *, now: datetime, actor: str)
         identity.apply_merge(conn, action, now=now, actor=actor)
     elif isinstance(action, Link):
         identity.apply_link(conn, action, now=now, actor=actor)
+    elif isinstance(action, CatalogueProduct):
+        catalogue(conn, action, now=now)
     elif isinstance(action, Forget | ForgetAll | Export):
         privacy.apply(conn, action, now=now, actor=actor)
     else:
         raise TypeError(f"unknown action {type(action).__name__}")
+
+
+def catalogue(conn: Connection, entry: CatalogueProduct, *, now: datetime) -> None:
+    """Upsert a catalogue entry; an older update arriving late does not win."""
+    at = entry.updated_at or now
+    row = {"source": entry.source, "product_id": entry.product_id, "title": entry.title,
+           "category": entry.category, "sku": entry.sku, "updated_at": at}
+    current = conn.execute(select(products.c.updated_at).where(
+        products.c.source == entry.source, products.c.product_id == entry.product_id)).scalar()
+    if current is None:
+        conn.execute(db.insert_ignore(conn, products, ["source", "product_id"]).values(**row))
+    elif current <= at:
+        conn.execute(update(products).where(products.c.source == entry.source,
+                                            products.c.product_id == entry.product_id).values(**row))
 
 
 def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int, *,

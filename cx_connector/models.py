@@ -209,6 +209,19 @@ class TouchpointRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class CatalogueEntry(Base):
+    """Product catalogue per source: the category of products whose line items lack one."""
+
+    __tablename__ = "products"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    title: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    category: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sku: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 # --- scores --------------------------------------------------------------------------------
 
 
@@ -381,6 +394,7 @@ deliveries = Delivery.__table__
 customers = Customer.__table__
 identities = Identity.__table__
 touchpoints = TouchpointRow.__table__
+products = CatalogueEntry.__table__
 scores = Score.__table__
 score_snapshots = ScoreSnapshot.__table__
 population_models = PopulationModel.__table__

@@ -45,5 +45,7 @@ def build(config: Config, *, engine: Engine | None = None,
     """Create the engine and the enabled connectors (no I/O beyond the engine object)."""
     available = registry.available()
     connectors = {name: available[name](settings) for name, settings in config.connectors.items()}
+    for connector in connectors.values():
+        connector.signature_tolerance = config.webhooks.signature_tolerance
     return Runtime(config=config, engine=engine or db.make_engine(config.database_url),
                    connectors=connectors, clock=clock)

@@ -186,3 +186,20 @@ def test_errors_are_json_never_html(client):
     assert r.status_code == 404 and r.is_json
     r = client.get("/webhooks/generic")
     assert r.status_code == 405 and r.is_json
+
+
+def test_catalogue_entries_keep_the_newest_update(engine):
+    from datetime import timedelta
+
+    from cx_connector import db
+    from cx_connector.connector import CatalogueProduct
+    from cx_connector.inbox import catalogue
+    from tests.conftest import NOW
+
+    with db.write(engine) as conn:
+        catalogue(conn, CatalogueProduct("shopify", "632910392", "IPod Nano", "Music players",
+                                         updated_at=NOW), now=NOW)
+        catalogue(conn, CatalogueProduct("shopify", "632910392", "IPod", "Old type",
+                                         updated_at=NOW - timedelta(days=1)), now=NOW)
+        row = conn.execute(text("SELECT title, category FROM products")).one()
+    assert tuple(row) == ("IPod Nano", "Music players")

@@ -182,6 +182,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_outbox_source_external_id'), ['source', 'external_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_status_next_attempt_at'), ['status', 'next_attempt_at'], unique=False)
 
+    op.create_table('products',
+    sa.Column('source', sa.String(length=32), nullable=False),
+    sa.Column('product_id', sa.String(length=255), nullable=False),
+    sa.Column('title', sa.String(length=255), nullable=True),
+    sa.Column('category', sa.String(length=255), nullable=True),
+    sa.Column('sku', sa.String(length=255), nullable=True),
+    sa.Column('updated_at', cx_connector.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('source', 'product_id', name=op.f('pk_products'))
+    )
     op.create_table('score_snapshots',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -242,6 +251,7 @@ def downgrade() -> None:
 
     op.drop_table('touchpoints')
     op.drop_table('scores')
+    op.drop_table('products')
     with op.batch_alter_table('score_snapshots', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_score_snapshots_customer_id_scored_at'))
 
