@@ -66,6 +66,19 @@ KINDS: dict[str, tuple[str, str]] = {
     "review_posted": ("advocacy", "a product or service review (rating optional)"),
 }
 
+# Attribute conventions: keys that connectors put into ``attributes`` so that scoring
+# can relate touchpoints of one thing (a ticket's opening and solving, an order's
+# placement and cancellation). Connectors set them whenever the platform says.
+ATTRIBUTE_KEYS: dict[str, str] = {
+    "ticket_id": "ticket touchpoints: the ticket (pairs opened/solved/reopened for resolution time)",
+    "order_id": "order_* and refund_issued: the order",
+    "checkout_token": "checkout_* and order_placed: the checkout (abandonment, conversion)",
+    "deal_id": "deal_* touchpoints: the deal",
+    "author": "ticket_commented/chat_message: 'customer' or 'staff' (contacts per issue)",
+    "via": "the platform's own channel name, before mapping to CHANNELS",
+    "reason": "ratings, cancellations, refunds: the reason/comment category when given",
+}
+
 RATING_KINDS = {"csat_rating": "csat", "nps_response": "nps", "ces_response": "ces"}
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
