@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from cx_connector import audit
 from cx_connector.connector import CustomerRef, Link, Merge
@@ -44,18 +44,21 @@ def keys_for(source: str, ref: CustomerRef) -> list[Key]:
     return keys
 
 
+_LOOKUP = (select(identities.c.kind, identities.c.source, identities.c.value,
+                  identities.c.customer_id)
+           .where(identities.c.value.in_(bindparam("values", expanding=True))))
+
+
 def lookup(conn: Connection, keys: Iterable[Key]) -> dict[Key, int]:
-    """Customer id per known key (one query, however many keys)."""
-    keys = list(dict.fromkeys(keys))
+    """Customer id per known key: one indexed ``value IN (...)`` query (the unique index
+    leads with ``value``), exact ``(kind, source, value)`` matches kept."""
+    wanted = set(keys)
+    values = sorted({v for _, _, v in wanted})
     found: dict[Key, int] = {}
-    for i in range(0, len(keys), 300):
-        chunk = keys[i:i + 300]
-        cond = or_(*(and_(identities.c.kind == k, identities.c.source == s, identities.c.value == v)
-                     for k, s, v in chunk))
-        for kind, source, value, cid in conn.execute(
-                select(identities.c.kind, identities.c.source, identities.c.value,
-                       identities.c.customer_id).where(cond)):
-            found[(kind, source, value)] = cid
+    for i in range(0, len(values), 500):
+        for kind, source, value, cid in conn.execute(_LOOKUP, {"values": values[i:i + 500]}):
+            if (kind, source, value) in wanted:
+                found[(kind, source, value)] = cid
     return found
 
 
@@ -70,75 +73,113 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
     ``refs`` pairs each reference with the time of the fact it came from; profile
     fields (email, phone, name) are taken from the newest fact that carries them.
     """
-    merged_refs: dict[str, list[tuple[CustomerRef, datetime]]] = {}
+    groups: dict[str, list[tuple[CustomerRef, datetime]]] = {}
     for ref, at in refs:
-        merged_refs.setdefault(ref.source_id, []).append((ref, at))
-    known = lookup(conn, [k for group in merged_refs.values() for ref, _ in group
+        groups.setdefault(ref.source_id, []).append((ref, at))
+    known = lookup(conn, [k for group in groups.values() for ref, _ in group
                           for k in keys_for(source, ref)])
     result: dict[str, int] = {}
-    for source_id, group in merged_refs.items():
+    created: set[int] = set()
+    merged_away: dict[int, int] = {}
+    for source_id, group in groups.items():
         keys = list(dict.fromkeys(k for ref, _ in group for k in keys_for(source, ref)))
         found = {known[k] for k in keys if k in known}
         if not found:
             cid = _create(conn, now)
+            created.add(cid)
         elif len(found) == 1:
             cid = found.pop()
         else:
             cid = merge(conn, found, now=now, actor=actor,
                         reason=f"{source} record {source_id} links them")
-        missing = [k for k in keys if known.get(k) != cid]
+        missing = [k for k in keys if k not in known]
         if missing:
-            cid = _attach(conn, cid, [k for k in missing if k not in known], now=now, actor=actor)
+            before = cid
+            cid = _attach(conn, cid, missing, now=now, actor=actor)
+            found.add(before)
+        merged_away.update({old: cid for old in found if old != cid})
+        for k, v in list(known.items()):  # keys of customers merged away now mean cid
+            if v in merged_away:
+                known[k] = cid
         for k in keys:
             known[k] = cid
-        for k, v in list(known.items()):  # keys of customers merged away now mean cid
-            if v in found:
-                known[k] = cid
-        for ref, at in group:
-            _update_profile(conn, cid, ref, at)
         result[source_id] = cid
+    if merged_away:  # an earlier ref's customer may have been merged by a later one
+        for sid, cid in result.items():
+            seen = set()
+            while cid in merged_away and cid not in seen:
+                seen.add(cid)
+                cid = merged_away[cid]
+            result[sid] = cid
+    _update_profiles(conn, groups, result, created)
     return result
 
 
+_CREATE = customers.insert().returning(customers.c.id)
+_PROFILES = (select(customers.c.id, customers.c.email, customers.c.phone, customers.c.name,
+                    customers.c.profile_times)
+             .where(customers.c.id.in_(bindparam("ids", expanding=True))))
+
+
 def _create(conn: Connection, now: datetime) -> int:
-    return conn.execute(customers.insert().values(
-        created_at=now, updated_at=now, profile_times={}, changed_at=now,
-    ).returning(customers.c.id)).scalar_one()
+    return conn.execute(_CREATE, {"created_at": now, "updated_at": now, "profile_times": {},
+                                  "changed_at": now}).scalar_one()
 
 
 def _attach(conn: Connection, cid: int, keys: list[Key], *, now: datetime, actor: str) -> int:
     """Add identities to a customer; if another transaction took one first, merge with it."""
     if not keys:
         return cid
-    conn.execute(insert_ignore(conn, identities, ["kind", "source", "value"]),
-                 [{"customer_id": cid, "kind": k, "source": s, "value": v, "created_at": now}
-                  for k, s, v in keys])
-    owners = set(lookup(conn, keys).values())
+    inserted = conn.execute(
+        insert_ignore(conn, identities, ["value", "kind", "source"]).returning(
+            identities.c.kind, identities.c.source, identities.c.value),
+        [{"customer_id": cid, "kind": k, "source": s, "value": v, "created_at": now}
+         for k, s, v in keys]).all()
+    if len(inserted) == len(keys):
+        return cid
+    owners = set(lookup(conn, keys).values())  # someone else claimed a key meanwhile
     if owners - {cid}:
         cid = merge(conn, owners | {cid}, now=now, actor=actor,
                     reason="identity claimed concurrently")
     return cid
 
 
-def _update_profile(conn: Connection, cid: int, ref: CustomerRef, at: datetime) -> None:
-    given = {f: getattr(ref, f) for f in PROFILE_FIELDS if getattr(ref, f)}
-    if not given:
+def _update_profiles(conn: Connection, groups: dict[str, list[tuple[CustomerRef, datetime]]],
+                     owners: dict[str, int], created: set[int]) -> None:
+    """Per profile field, keep the value of the newest fact that carries it."""
+    wanted = {owners[sid] for sid, group in groups.items()
+              if any(getattr(ref, f) for ref, _ in group for f in PROFILE_FIELDS)}
+    if not wanted:
         return
-    row = conn.execute(select(customers.c.email, customers.c.phone, customers.c.name,
-                              customers.c.profile_times).where(customers.c.id == cid)).one()
-    times = dict(row.profile_times or {})
-    stamp = at.isoformat()
-    changes = {}
-    for f, value in given.items():
-        current, when = getattr(row, f), times.get(f)
-        # newest fact wins; equal times are broken by value, so arrival order never matters
-        newer = current is None or when is None or (stamp, value) > (when, current)
-        if newer and (current != value or when != stamp):
-            changes[f] = value
-            times[f] = stamp
-    if changes:
-        conn.execute(update(customers).where(customers.c.id == cid)
-                     .values(**changes, profile_times=times))
+    current: dict[int, dict] = {cid: {"email": None, "phone": None, "name": None, "profile_times": {}}
+                                for cid in wanted & created}
+    old = sorted(wanted - created)
+    if old:
+        for row in conn.execute(_PROFILES, {"ids": old}).mappings():
+            current[row["id"]] = dict(row)
+    for sid, group in groups.items():
+        cid = owners[sid]
+        row = current.get(cid)
+        if row is None:
+            continue
+        times = dict(row["profile_times"] or {})
+        changes = {}
+        for ref, at in group:
+            stamp = at.isoformat()
+            for f in PROFILE_FIELDS:
+                value = getattr(ref, f)
+                if not value:
+                    continue
+                have, when = row[f], times.get(f)
+                # newest fact wins; equal times are broken by value, so arrival order never matters
+                newer = have is None or when is None or (stamp, value) > (when, have)
+                if newer and (have != value or when != stamp):
+                    row[f] = changes[f] = value
+                    times[f] = stamp
+        if changes:
+            row["profile_times"] = times
+            conn.execute(update(customers).where(customers.c.id == cid)
+                         .values(**changes, profile_times=times))
 
 
 def merge(conn: Connection, customer_ids: Iterable[int], *, now: datetime, actor: str,
@@ -224,11 +265,15 @@ def apply_link(conn: Connection, action: Link, *, now: datetime, actor: str = "w
     return cid
 
 
+_MARK_CHANGED = (update(customers).where(customers.c.id.in_(bindparam("ids", expanding=True)))
+                 .values(changed_at=bindparam("now"), updated_at=bindparam("now")))
+
+
 def mark_changed(conn: Connection, customer_ids: Iterable[int], now: datetime) -> None:
+    """Flag customers for rescoring (scoring picks up changed_at > scored_at)."""
     ids = sorted(set(customer_ids))
     for i in range(0, len(ids), 500):
-        conn.execute(update(customers).where(customers.c.id.in_(ids[i:i + 500]))
-                     .values(changed_at=now, updated_at=now))
+        conn.execute(_MARK_CHANGED, {"ids": ids[i:i + 500], "now": now})
 
 
 def find_customer(conn: Connection, ref: str) -> int | None:

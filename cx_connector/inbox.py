@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy import exc as sa_exc
 
 from cx_connector import db, identity, privacy
@@ -80,56 +80,87 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         topic = (connector.topic(delivery) or "")[:128]
     except Exception:
         topic = ""
-    with db.write(engine) as conn:
-        delivery_id = conn.execute(
-            db.insert_ignore(conn, deliveries, ["source", "delivery_key"]).values(
-                source=connector.name, delivery_key=key, topic=topic, received_at=now,
-                headers={k: v for k, v in delivery.headers.items()
-                         if k.lower() not in _DROP_HEADERS},
-                body=body, status="received", attempts=0, touchpoints=0,
-            ).returning(deliveries.c.id)).scalar()
-        if delivery_id is None:
-            return Receipt("duplicate")
-        return process(conn, connector, delivery_id, delivery, now=now, actor="webhook")
+    # Normalising is pure CPU work: do it before taking the database's write lock.
+    result, status, error = _normalise(connector, delivery, now)
+    row = {"source": connector.name, "delivery_key": key, "topic": topic, "received_at": now,
+           "headers": {k: v for k, v in delivery.headers.items() if k.lower() not in _DROP_HEADERS},
+           "body": body, "attempts": 1, "processed_at": now}
+    try:
+        with db.write(engine) as conn:
+            delivery_id = _insert_delivery(conn, row, status, error)
+            if delivery_id is None:
+                return Receipt("duplicate")
+            stored = 0
+            if result is not None and status == "processed":
+                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
+                               actor="webhook")
+            return Receipt(status, delivery_id, stored, error)
+    except (PayloadError, *_STORE_ERRORS) as exc:
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
+            raise
+        # the touchpoints could not be stored: keep the delivery, failed, for a replay
+        error = _store_error(exc, connector.name)
+        with db.write(engine) as conn:
+            delivery_id = _insert_delivery(conn, row, "failed", error)
+        return Receipt("failed" if delivery_id else "duplicate", delivery_id, 0,
+                       error if delivery_id else None)
 
 
-def process(conn: Connection, connector: Connector, delivery_id: int, delivery: Delivery, *,
-            now: datetime, actor: str) -> Receipt:
-    """Normalise and store one stored delivery; records the outcome on its row."""
-    status, error, stored = "processed", None, 0
+_STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
+
+
+def _insert_delivery(conn: Connection, row: dict, status: str, error: str | None) -> int | None:
+    stmt = db.insert_ignore(conn, deliveries, ["source", "delivery_key"]).returning(deliveries.c.id)
+    return conn.execute(stmt, {**row, "status": status, "error": error}).scalar()
+
+
+_EXISTING = select(touchpoints.c.touchpoint_id).where(
+    touchpoints.c.source == bindparam("source"),
+    touchpoints.c.touchpoint_id.in_(bindparam("ids", expanding=True)))
+
+
+def _normalise(connector: Connector, delivery: Delivery,
+               now: datetime) -> tuple[Normalised | None, str, str | None]:
     try:
         result = connector.normalise(delivery, now=now)
         if not isinstance(result, Normalised):
             raise TypeError(f"{type(connector).__name__}.normalise returned {type(result).__name__}")
     except PayloadError as exc:
-        status, error = "failed", exc.message
+        return None, "failed", exc.message
     except Exception as exc:  # a connector bug must not lose the delivery or answer 500
-        log.exception("normaliser crashed", extra={"source": connector.name, "delivery": delivery_id})
-        status, error = "failed", f"internal error while normalising: {type(exc).__name__}: {exc}"
-    else:
-        if result.ignored:
-            status, error = "ignored", result.ignored
-        else:
-            savepoint = conn.begin_nested()
-            try:
-                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
-                               actor=actor)
-                savepoint.commit()
-            except PayloadError as exc:
-                savepoint.rollback()
-                status, error = "failed", exc.message
-            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-                if db.is_connection_error(exc):
-                    raise
-                savepoint.rollback()
-                status, error = "failed", f"could not store: {exc.orig}"
-            except (sa_exc.StatementError, ValueError, TypeError, KeyError) as exc:
-                savepoint.rollback()
-                log.exception("storing touchpoints failed", extra={"source": connector.name})
-                status, error = "failed", f"could not store: {type(exc).__name__}: {exc}"
+        log.exception("normaliser crashed", extra={"source": connector.name})
+        return None, "failed", f"internal error while normalising: {type(exc).__name__}: {exc}"
+    if result.ignored:
+        return result, "ignored", result.ignored
+    return result, "processed", None
+
+
+def _store_error(exc: BaseException, source: str) -> str:
+    if isinstance(exc, PayloadError):
+        return exc.message
+    log.error("storing touchpoints failed", exc_info=exc, extra={"source": source})
+    detail = getattr(exc, "orig", None) or exc
+    return f"could not store: {type(detail).__name__}: {detail}"
+
+
+def process(conn: Connection, connector: Connector, delivery_id: int, delivery: Delivery, *,
+            now: datetime, actor: str) -> Receipt:
+    """Normalise and store an already stored delivery again (replay); records the outcome."""
+    result, status, error = _normalise(connector, delivery, now)
+    stored = 0
+    if result is not None and status == "processed":
+        savepoint = conn.begin_nested()
+        try:
+            stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now, actor=actor)
+            savepoint.commit()
+        except (PayloadError, *_STORE_ERRORS) as exc:
+            savepoint.rollback()
+            if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and \
+                    db.is_connection_error(exc):
+                raise
+            status, error = "failed", _store_error(exc, connector.name)
     conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-        status=status, error=error, touchpoints=stored, processed_at=now,
-        attempts=deliveries.c.attempts + 1))
+        status=status, error=error, processed_at=now, attempts=deliveries.c.attempts + 1))
     return Receipt(status, delivery_id, stored, error)
 
 
@@ -168,12 +199,10 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
     if tps:
         # identities are resolved only for facts not stored yet: a redelivered fact
         # must not move anything
-        existing = set()
+        existing: set[str] = set()
         ids = [tp.touchpoint_id for tp in tps]
         for i in range(0, len(ids), 500):
-            existing |= set(conn.execute(select(touchpoints.c.touchpoint_id).where(
-                touchpoints.c.source == source,
-                touchpoints.c.touchpoint_id.in_(ids[i:i + 500]))).scalars())
+            existing.update(conn.execute(_EXISTING, {"source": source, "ids": ids[i:i + 500]}).scalars())
         seen: set[str] = set()
         fresh = []
         for tp in tps:

@@ -121,7 +121,6 @@ class Delivery(Base):
     status: Mapped[str] = mapped_column(String(16), default="received")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    touchpoints: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     redacted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -161,7 +160,9 @@ class Identity(Base):
     """
 
     __tablename__ = "identities"
-    __table_args__ = (UniqueConstraint("kind", "source", "value"), Index(None, "customer_id"))
+    # value first: lookups are ``value IN (...)``, which every database can serve from
+    # this index (SQLite cannot use an index for a row-value IN)
+    __table_args__ = (UniqueConstraint("value", "kind", "source"), Index(None, "customer_id"))
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     customer_id: Mapped[int] = mapped_column(ID, ForeignKey("customers.id", ondelete="CASCADE"))
@@ -185,6 +186,7 @@ class TouchpointRow(Base):
         Index(None, "customer_id", "occurred_at"),
         Index(None, "kind", "occurred_at"),
         Index(None, "occurred_at"),
+        Index(None, "delivery_id"),
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)

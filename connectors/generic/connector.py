@@ -25,6 +25,7 @@ from cx_connector.errors import PayloadError
 from cx_connector.touchpoint import TouchpointSchema
 
 DELIVERY_HEADER = "X-CX-Delivery-Id"
+_SCHEMA = TouchpointSchema(many=True)  # reusable: building a schema costs more than loading
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class GenericConnector(Connector):
             raise PayloadError(f"{f'{bad[0]}.' if many else ''}source: must be {self.name!r} "
                                f"on /webhooks/{self.name}")
         try:
-            tps = TouchpointSchema(many=True).load(items)
+            tps = _SCHEMA.load(items)
         except ValidationError as exc:
             msgs = flatten_errors(exc.messages if many else exc.messages.get(0, exc.messages))
             raise PayloadError("; ".join(msgs[:20])) from None

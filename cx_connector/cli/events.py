@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cx_connector import db, inbox
 from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
-from cx_connector.models import deliveries
+from cx_connector.models import deliveries, touchpoints
 
 
 @click.group("events")
@@ -26,8 +26,10 @@ def events() -> None:
 def list_(state: State, status: str | None, source: str | None, limit: int, as_json: bool) -> None:
     """List the newest deliveries with their status and error."""
     rt = state.runtime()
+    stored = (select(func.count()).where(touchpoints.c.delivery_id == deliveries.c.id)
+              .scalar_subquery().label("touchpoints"))
     q = select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at,
-               deliveries.c.status, deliveries.c.touchpoints, deliveries.c.attempts,
+               deliveries.c.status, stored, deliveries.c.attempts,
                deliveries.c.error).order_by(deliveries.c.id.desc()).limit(limit)
     if status:
         q = q.where(deliveries.c.status == status)
@@ -53,9 +55,11 @@ def show(state: State, delivery_id: int, as_json: bool) -> None:
     rt = state.runtime()
     with db.read(rt.engine) as conn:
         row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().first()
+        n = conn.execute(select(func.count()).where(touchpoints.c.delivery_id == delivery_id)).scalar()
     if row is None:
         raise click.ClickException(f"no delivery {delivery_id}")
     out = dict(row)
+    out["touchpoints"] = n
     out["body"] = None if row["body"] is None else bytes(row["body"]).decode("utf-8", "replace")
     if as_json:
         emit_json(out)

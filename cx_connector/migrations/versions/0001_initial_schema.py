@@ -78,7 +78,6 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('touchpoints', sa.Integer(), nullable=False),
     sa.Column('processed_at', cx_connector.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('redacted_at', cx_connector.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deliveries')),
@@ -154,7 +153,7 @@ def upgrade() -> None:
     sa.Column('gone_at', cx_connector.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_identities_customer_id_customers'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_identities')),
-    sa.UniqueConstraint('kind', 'source', 'value', name=op.f('uq_identities_kind_source_value'))
+    sa.UniqueConstraint('value', 'kind', 'source', name=op.f('uq_identities_value_kind_source'))
     )
     with op.batch_alter_table('identities', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_identities_customer_id'), ['customer_id'], unique=False)
@@ -236,6 +235,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('touchpoints', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_touchpoints_customer_id_occurred_at'), ['customer_id', 'occurred_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_touchpoints_delivery_id'), ['delivery_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_touchpoints_kind_occurred_at'), ['kind', 'occurred_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_touchpoints_occurred_at'), ['occurred_at'], unique=False)
 
@@ -247,6 +247,7 @@ def downgrade() -> None:
     with op.batch_alter_table('touchpoints', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_touchpoints_occurred_at'))
         batch_op.drop_index(batch_op.f('ix_touchpoints_kind_occurred_at'))
+        batch_op.drop_index(batch_op.f('ix_touchpoints_delivery_id'))
         batch_op.drop_index(batch_op.f('ix_touchpoints_customer_id_occurred_at'))
 
     op.drop_table('touchpoints')

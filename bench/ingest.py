@@ -1,0 +1,244 @@
+"""Ingest benchmark: signed generic webhooks into cx-connector vs a bare Flask endpoint.
+
+Both run under the same gunicorn set-up on loopback (2 sync workers); the bare app only
+reads the body and answers 200. One asyncio client (raw sockets, no HTTP library, so
+the client is not the bottleneck) sends N distinct signed events with C in flight, then
+a paced run at a fixed rate measures latency. Reported: events/s, p50/p99 latency, and
+the ratio of cx-connector's rate to the bare endpoint's, measured in the same run.
+
+    python bench/ingest.py                      # SQLite (the embedded default)
+    python bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1/cx_bench
+    python bench/ingest.py --write              # also update BENCHMARKS.md
+
+Targets (issue: foundation): >= 0.5 of the bare endpoint's rate on SQLite; p99 < 50 ms at
+200 requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret-0123456789abcdef"
+
+BARE_APP = textwrap.dedent('''
+    from flask import Flask, request
+
+    def create_app():
+        app = Flask("bare")
+
+        @app.post("/webhooks/generic")
+        def receive():
+            request.get_data()
+            return {"status": "ok"}, 200
+
+        @app.get("/healthz")
+        def health():
+            return {"status": "ok"}
+
+        return app
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_requests(n: int, port: int, run: str) -> list[bytes]:
+    out = []
+    for i in range(n):
+        body = json.dumps({
+            "touchpoint_id": f"bench:{run}:{i}", "occurred_at": "2026-05-01T10:00:00Z",
+            "customer": {"source_id": f"c{i % 5000}", "email": f"c{i % 5000}@example.com"},
+            "kind": "order_placed" if i % 3 else "ticket_opened", "value": "19.90", "currency": "EUR",
+            "products": [{"id": f"p{i % 40}", "category": f"cat{i % 7}", "quantity": 1, "price": "19.90"}],
+        }).encode()
+        sig = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+        head = (f"POST /webhooks/generic HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"X-CX-Signature: {sig}\r\nConnection: close\r\n\r\n").encode()
+        out.append(head + body)
+    return out
+
+
+async def one(port: int, raw: bytes) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    status = int(data[9:12]) if data.startswith(b"HTTP/1.") else 0
+    return status, time.perf_counter() - t0
+
+
+async def closed_loop(port: int, reqs: list[bytes], concurrency: int) -> dict:
+    queue = list(reversed(reqs))
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+
+    async def worker() -> None:
+        while queue:
+            raw = queue.pop()
+            status, dt = await one(port, raw)
+            lat.append(dt)
+            codes[status] = codes.get(status, 0) + 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    return summarise(lat, codes, elapsed)
+
+
+async def paced(port: int, reqs: list[bytes], rate: float) -> dict:
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    t0 = time.perf_counter()
+
+    async def fire(raw: bytes) -> None:
+        status, dt = await one(port, raw)
+        lat.append(dt)
+        codes[status] = codes.get(status, 0) + 1
+
+    tasks = []
+    for i, raw in enumerate(reqs):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(raw)))
+    await asyncio.gather(*tasks)
+    return summarise(lat, codes, time.perf_counter() - t0)
+
+
+def summarise(lat: list[float], codes: dict[int, int], elapsed: float) -> dict:
+    lat_ms = sorted(x * 1000 for x in lat)
+    q = statistics.quantiles(lat_ms, n=100) if len(lat_ms) > 1 else [0.0] * 99
+    return {"requests": len(lat), "elapsed_s": round(elapsed, 2),
+            "rate": round(len(lat) / elapsed, 1), "p50_ms": round(q[49], 2),
+            "p99_ms": round(q[98], 2), "status": {str(k): v for k, v in sorted(codes.items())}}
+
+
+class Gunicorn:
+    def __init__(self, app: str, port: int, env: dict, cwd: Path, workers: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+             "--backlog", "2048", "--log-level", "warning", app],
+            env={**os.environ, **env}, cwd=cwd, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    time.sleep(0.5)
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn {app} did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(15)
+
+
+def run(args: argparse.Namespace) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="cx-bench-"))
+    db_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    (tmp / "cx.yaml").write_text(f"database_url: {db_url}\nlogging: {{level: ERROR}}\n"
+                                 f"connectors:\n  generic:\n    secret: {SECRET}\n")
+    (tmp / "bare_app.py").write_text(BARE_APP)
+    env = {"CX_CONNECTOR_CONFIG": str(tmp / "cx.yaml"), "PYTHONPATH": f"{tmp}:{ROOT}"}
+    subprocess.run([sys.executable, "-m", "cx_connector", "--config", str(tmp / "cx.yaml"),
+                    "db", "upgrade"], check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+    results: dict = {"database": "PostgreSQL" if "postgres" in db_url else "SQLite",
+                     "events": args.events, "concurrency": args.concurrency,
+                     "workers": args.workers}
+    for name, app in (("bare", "bare_app:create_app()"), ("cx", "cx_connector:create_app()")):
+        port = free_port()
+        server = Gunicorn(app, port, env, tmp, args.workers)
+        try:
+            asyncio.run(closed_loop(port, build_requests(200, port, f"warm-{name}"), 8))  # warm-up
+            results[name] = asyncio.run(closed_loop(
+                port, build_requests(args.events, port, f"load-{name}"), args.concurrency))
+            results[name + "_paced"] = asyncio.run(paced(
+                port, build_requests(int(args.rate * args.paced_seconds), port, f"paced-{name}"),
+                args.rate))
+        finally:
+            server.stop()
+    results["ratio"] = round(results["cx"]["rate"] / results["bare"]["rate"], 2)
+    results["paced_rate"] = args.rate
+    return results
+
+
+def markdown(r: dict, command: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"## Ingest ({r['database']})",
+        "",
+        f"`{command}`: {r['events']} signed generic webhooks, {r['concurrency']} in flight, gunicorn "
+        f"{r['workers']} sync workers on loopback, {os.cpu_count()} cores ({cpu}); "
+        f"measured {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| endpoint | events/s | p50 ms | p99 ms | p50 / p99 ms at "
+        f"{r['paced_rate']:.0f} req/s | statuses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in (("bare", "bare Flask (reads body, 200)"), ("cx", "cx-connector /webhooks/generic")):
+        x, p = r[name], r[name + "_paced"]
+        lines.append(f"| {label} | {x['rate']} | {x['p50_ms']} | {x['p99_ms']} | "
+                     f"{p['p50_ms']} / {p['p99_ms']} | {x['status']} |")
+    lines += ["", f"Ratio cx-connector / bare: **{r['ratio']}** (target >= 0.5 on SQLite); "
+              f"p99 at {r['paced_rate']:.0f} req/s: **{r['cx_paced']['p99_ms']} ms** (target < 50 ms).", ""]
+    return "\n".join(lines)
+
+
+def write_section(md: str, database: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head = f"## Ingest ({database})"
+    pattern = re.compile(rf"{re.escape(head)}\n.*?(?=\n## |\Z)", re.S)
+    text = pattern.sub(md.rstrip("\n"), text) if head in text else text.rstrip("\n") + "\n\n" + md
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=200.0, help="paced-run request rate")
+    p.add_argument("--paced-seconds", type=float, default=15.0)
+    p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = p.parse_args()
+    r = run(args)
+    command = "python bench/ingest.py" + ("" if not args.database_url else
+                                          " --database-url postgresql+psycopg://…")
+    md = markdown(r, command)
+    print(json.dumps(r, indent=2))
+    print(md)
+    if args.write:
+        write_section(md, r["database"])
+
+
+if __name__ == "__main__":
+    main()
