@@ -19,9 +19,9 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cache
 from importlib.resources import files
 from typing import Any
 
