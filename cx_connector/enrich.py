@@ -88,11 +88,10 @@ def candidates(rt: Runtime, connector: Connector, now: datetime) -> list[tuple[i
 def _enrich_source(rt: Runtime, connector: Connector, *, limit: int | None,
                    deadline: float) -> tuple[dict[str, Any], PlatformAPIError | None]:
     now = rt.now()
-    todo = candidates(rt, connector, now)
-    if limit is not None:
-        todo = todo[:max(0, limit)]
-    result: dict[str, Any] = {"candidates": len(todo), "looked_up": 0, "linked": 0, "gone": 0,
-                              "left": len(todo), "stopped": None}
+    everything = candidates(rt, connector, now)
+    todo = everything if limit is None else everything[:max(0, limit)]
+    result: dict[str, Any] = {"candidates": len(everything), "looked_up": 0, "linked": 0, "gone": 0,
+                              "left": len(everything), "stopped": None}
     failure = None
     size = connector.lookup_batch_size
     for start in range(0, len(todo), size):

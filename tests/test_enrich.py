@@ -161,9 +161,17 @@ def test_limit_and_source(rt, post_signed):
     post_signed("hubspot", [ev("contact.creation", i, i) for i in (1, 2, 3)])
     responses.post(CONTACTS, json={"status": "COMPLETE", "results": []})
     report = enrich.enrich(rt, source="hubspot", limit=2)["hubspot"]
-    assert (report["candidates"], report["looked_up"]) == (2, 2)
+    assert (report["candidates"], report["looked_up"], report["left"]) == (3, 2, 1)
     assert json.loads(responses.calls[0].request.body) == read_body(["1", "2"])
     assert enrich.enrich(rt, source="generic") == {}
+
+
+@responses.activate
+def test_webhooks_never_call_the_platform(post_signed):
+    # responses refuses any request not registered: a lookup inside the webhook would fail here
+    r = post_signed("hubspot", [ev("contact.creation", 9, 1), ev("deal.creation", 10, 2)])
+    assert r.get_json()["status"] == "processed"
+    assert len(responses.calls) == 0
 
 
 def test_enrich_is_a_scheduled_job(rt):
