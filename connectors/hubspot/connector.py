@@ -16,7 +16,7 @@ from marshmallow import ValidationError, fields, post_load, validate
 
 from connectors.hubspot import normalise as norm
 from connectors.hubspot import signatures
-from connectors.hubspot.client import HubSpotClient
+from connectors.hubspot.client import Contact, HubSpotClient
 from cx_connector.connector import (
     Connector,
     CustomerRef,
@@ -243,7 +243,7 @@ class HubSpotConnector(Connector):
                 found.append(self._link(sid, record))
         return Lookup(found=tuple(found), missing=tuple(sorted(missing)))
 
-    def _link(self, source_id: str, contact: Any) -> Link:
+    def _link(self, source_id: str, contact: Contact) -> Link:
         return Link(source=self.name, source_id=source_id,
                     customer=CustomerRef(source_id=contact.id, email=contact.email,
                                          phone=contact.phone, name=contact.name))
