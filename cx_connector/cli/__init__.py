@@ -5,17 +5,7 @@ from __future__ import annotations
 import click
 
 from cx_connector import __version__
-from cx_connector.cli import (
-    clock,
-    configcheck,
-    customers,
-    database,
-    demo,
-    enrich,
-    events,
-    imports,
-    serve,
-)
+from cx_connector.cli import clock, configcheck, customers, database, demo, enrich, events, imports, serve
 from cx_connector.cli.base import Group, State
 
 
