@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cx_connector import db, leases
+from cx_connector import db, enrich, leases
 from cx_connector.config import Config
 from cx_connector.models import job_runs
 from cx_connector.runtime import Runtime
@@ -42,7 +42,9 @@ class Job:
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
-    out: list[Job] = []
+    out: list[Job] = [
+        Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
+    ]
     return out
 
 

@@ -1,0 +1,47 @@
+"""``cx-connector enrich``: look up platform ids seen without contact details, now."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from cx_connector import enrich as enrichment
+from cx_connector import scheduler
+from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+
+
+@click.command("enrich")
+@click.option("--source", default=None, help="Only this connector (e.g. hubspot).")
+@click.option("--limit", default=None, type=click.IntRange(min=1),
+              help="Look up at most this many ids per connector.")
+@json_option
+@pass_state
+def enrich_cmd(state: State, source: str | None, limit: int | None, as_json: bool) -> None:
+    """Look up contact details of platform ids seen without them (HubSpot contacts, deals,
+    tickets and chats; Zendesk users), in batches, and link them to their customer.
+
+    The scheduler runs the same job every schedule.enrich_every; both share one lease,
+    so they never run at once. A rate limit stops the run cleanly: run it again later.
+    Exit code 1 when a platform refused the requests (e.g. a wrong token).
+    """
+    rt = state.runtime()
+    if source:
+        rt.connector(source)  # a clear error for an unknown or disabled connector
+    run = scheduler.run_job(rt, "enrich", functools.partial(enrichment.enrich, source=source,
+                                                            limit=limit))
+    if as_json:
+        emit_json(run)
+    elif run["status"] == "skipped":
+        click.echo("another process is running the enrichment job right now; try again later")
+    elif run["status"] == "ok":
+        rows = [{"source": name, **r} for name, r in run["details"].items()]
+        if not rows:
+            click.echo("no enabled connector can look records up")
+        table(rows, ["source", "candidates", "looked_up", "linked", "gone", "left", "stopped"])
+    if run["status"] == "failed":
+        if not as_json:
+            click.echo(f"error: {run['error']}", err=True)
+        raise SystemExit(1)
+    if run["status"] == "skipped":
+        raise SystemExit(3)
