@@ -94,12 +94,18 @@ def _obj(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
+def _clean(text: str, limit: int = 255) -> str:
+    """``text`` without NULs and lone surrogates: valid JSON escapes that no database text
+    column accepts (PostgreSQL refuses NUL), so nothing copied from a payload into a
+    touchpoint or an error message can make storing fail."""
+    return text.replace("\x00", "").encode("utf-8", "ignore").decode("utf-8")[:limit]
+
+
 def _text(value: Any, limit: int = 255) -> str | None:
     """A clean short string, or None (non-strings, empty strings, unrendered placeholders)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
-    # drop NULs and lone surrogates (valid JSON escapes that no database column accepts)
-    text = str(value).replace("\x00", "").encode("utf-8", "ignore").decode("utf-8").strip()
+    text = _clean(str(value), 100_000).strip()
     if not text or "{{" in text:
         return None
     return text[:limit]
@@ -301,9 +307,9 @@ def normalise(payload: Any, opts: Options) -> Normalised:
     if kind == "template":
         return _template(payload, opts)
     if isinstance(payload, Mapping) and isinstance(payload.get("type"), str):
-        shown = f"a body with type {payload['type'][:60]!r}"
+        shown = f"a body with type {_clean(payload['type'], 60)!r}"
     elif isinstance(payload, Mapping):
-        shown = f"a body with keys {', '.join(sorted(map(str, payload))[:8])[:120]}"
+        shown = f"a body with keys {_clean(', '.join(sorted(map(str, payload))[:8]), 120)}"
     else:
         shown = f"a JSON {type(payload).__name__}"
     raise PayloadError(f"unknown Zendesk payload ({shown}): neither an event-subscription event nor the "
@@ -314,7 +320,7 @@ def normalise(payload: Any, opts: Options) -> Normalised:
 
 
 def _event(payload: Mapping[str, Any], opts: Options) -> Normalised:
-    etype: str = payload["type"]
+    etype = _clean(payload["type"], 200)
     name = etype.removeprefix(EVENT_PREFIX)
     family, _, action = name.partition(".")
     if family == "ticket":
@@ -338,7 +344,7 @@ class _Envelope:
 
     @classmethod
     def read(cls, payload: Mapping[str, Any]) -> _Envelope:
-        return cls(type=payload["type"], id=event_id(payload),
+        return cls(type=_clean(payload["type"], 200), id=event_id(payload),
                    time=parse_time(payload.get("time"), "time"),
                    detail=_obj(payload.get("detail"), "detail"),
                    event=_obj(payload.get("event"), "event"))
