@@ -43,6 +43,8 @@ class ZendeskSettings:
     webhook_secret: str
     api_base_url: str
     batch_size: int = 100
+    #: signing secret of a second webhook posting here (the trigger webhook), if any
+    trigger_webhook_secret: str | None = None
     #: scale (2, 3 or 5) of numeric CSAT survey answers whose payload does not name one
     csat_scale: int = 5
 
@@ -53,6 +55,8 @@ class ZendeskSettingsSchema(SettingsSchema):
     email = fields.Email(required=True)
     api_token = fields.String(required=True, validate=validate.Length(min=1))
     webhook_secret = fields.String(required=True, validate=validate.Length(min=1))
+    trigger_webhook_secret = fields.String(load_default=None, allow_none=True,
+                                           validate=validate.Length(min=1))
     api_base_url = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"},
                               require_tld=False)
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
@@ -70,7 +74,7 @@ class ZendeskConnector(Connector):
     name = "zendesk"
     title = "Zendesk"
     settings_schema = ZendeskSettingsSchema
-    secret_settings = ("api_token", "webhook_secret")
+    secret_settings = ("api_token", "webhook_secret", "trigger_webhook_secret")
     lookup_batch_size = SHOW_MANY_LIMIT
 
     @classmethod
@@ -83,7 +87,8 @@ class ZendeskConnector(Connector):
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, method: str, url: str,
                now: datetime) -> None:
-        signatures.verify(self.settings.webhook_secret, body, headers, now=now,
+        s = self.settings
+        signatures.verify([s.webhook_secret, s.trigger_webhook_secret or ""], body, headers, now=now,
                           tolerance=self.signature_tolerance)
 
     def sign(self, body: bytes, headers: Mapping[str, str], *, method: str, url: str,

@@ -19,7 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from cx_connector.errors import SignatureError
@@ -51,13 +51,16 @@ def parse_timestamp(value: str) -> datetime:
     return when.astimezone(UTC)
 
 
-def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime,
+def verify(secret: str | Sequence[str], body: bytes, headers: Mapping[str, str], *, now: datetime,
            tolerance: timedelta) -> None:
     """Raise :class:`SignatureError` unless ``body`` carries a valid, fresh Zendesk signature.
 
-    Works on the raw bytes only; nothing is parsed before the signature matched.
+    ``secret`` may be several secrets (each Zendesk webhook has its own, and an event
+    webhook and a trigger webhook can post to the same URL); any one of them matching is
+    enough. Works on the raw bytes only; nothing is parsed before the signature matched.
     ``headers`` must be case-insensitive (the inbox passes a ``CaseInsensitiveDict``).
     """
+    secrets = [secret] if isinstance(secret, str) else [s for s in secret if s]
     given = headers.get(SIGNATURE_HEADER)
     timestamp = headers.get(TIMESTAMP_HEADER)
     if not given or not timestamp:
@@ -70,12 +73,15 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
         given_raw = base64.b64decode(given.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError(f"{SIGNATURE_HEADER} is not base64") from None
-    expected = base64.b64decode(compute(secret, timestamp, body))
-    if not hmac.compare_digest(given_raw, expected):
+    matched = False
+    for key in secrets:  # every candidate is compared, in constant time each
+        expected = base64.b64decode(compute(key, timestamp, body))
+        matched = hmac.compare_digest(given_raw, expected) or matched
+    if not matched:
         raise SignatureError(
-            f"{SIGNATURE_HEADER} does not match: set connectors.zendesk.webhook_secret to the "
-            "webhook's signing secret (Admin Center > Webhooks > the webhook > Reveal secret), "
-            "or the body was changed after signing")
+            f"{SIGNATURE_HEADER} does not match: set connectors.zendesk.webhook_secret (and "
+            "trigger_webhook_secret for a second webhook) to the webhook's signing secret (Admin "
+            "Center > Webhooks > the webhook > Reveal secret), or the body was changed after signing")
     when = parse_timestamp(timestamp)
     skew = now - when
     if abs(skew) > tolerance:

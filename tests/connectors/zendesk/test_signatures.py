@@ -16,7 +16,7 @@ from connectors.zendesk import signatures
 from cx_connector.app import create_app
 from cx_connector.errors import SignatureError
 from cx_connector.runtime import build
-from tests.conftest import NOW, count, fixture_bytes, make_config
+from tests.conftest import NOW, TEST_CONNECTORS, count, fixture_bytes, make_config
 
 SECRET = "zendesk-test-secret"  # connectors.zendesk.webhook_secret in tests/conftest.py
 SIG, TS = "X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp"
@@ -154,3 +154,25 @@ def test_the_window_comes_from_the_configuration(database_url):
                            headers=headers_for(SIGNED_BODY, when=older)).status_code == 401
     finally:
         rt.engine.dispose()
+
+
+def test_a_second_webhook_secret_is_accepted(database_url):
+    connectors = {**TEST_CONNECTORS, "zendesk": {**TEST_CONNECTORS["zendesk"],
+                                                 "trigger_webhook_secret": "trigger-secret"}}
+    rt = build(make_config(database_url, connectors=connectors), clock=lambda: NOW)
+    try:
+        client = create_app(rt=rt, configure_logging=False).test_client()
+        for secret, status in (("trigger-secret", 200), (SECRET, 200), ("a third secret", 401)):
+            body = json.dumps({"type": "zen:event-type:organization.created", "id": secret[:5]}).encode()
+            r = client.post("/webhooks/zendesk", data=body, headers=headers_for(body, secret=secret))
+            assert r.status_code == status, secret
+    finally:
+        rt.engine.dispose()
+    assert "trigger-secret" in rt.connectors["zendesk"].secrets()
+
+
+def test_no_usable_secret_accepts_nothing():
+    body, headers = SIGNED_BODY, headers_for(SIGNED_BODY, secret="")
+    with pytest.raises(SignatureError):
+        signatures.verify(["", ""], body, CaseInsensitiveDict(headers), now=NOW,
+                          tolerance=timedelta(minutes=5))

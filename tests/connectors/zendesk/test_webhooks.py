@@ -264,3 +264,18 @@ def test_nul_and_lone_surrogates_never_reach_the_database(post_signed, body):
     r = post_signed("zendesk", body)
     assert r.status_code == 200 and r.get_json()["status"] in ("failed", "ignored", "processed"), r.get_json()
     assert "\x00" not in (r.get_json().get("error") or "")
+
+
+def test_the_documented_template_is_the_one_recognised():
+    from pathlib import Path
+    root = Path(__file__).parents[3]
+    docs = [p for p in (root / "README.md", root / "connectors" / "zendesk" / "README-section.md")
+            if p.exists() and normalise.TEMPLATE_VERSION in p.read_text()]
+    assert docs, "the trigger template must be documented"
+    text = docs[0].read_text()
+    start = text.index("```json\n{\n  \"cx_connector\"") + len("```json\n")
+    documented = json.loads(text[start:text.index("```", start)])
+    assert documented == normalise.TRIGGER_TEMPLATE
+    for _, expected in EXPECTED.values():
+        for _, kind, _, _ in expected:
+            assert f"`{kind}`" in text
