@@ -77,6 +77,8 @@ OPEN_STATUSES = frozenset({"NEW", "OPEN", "PENDING", "HOLD"})
 DONE_STATUSES = frozenset({"SOLVED", "CLOSED"})
 GONE_STATUSES = frozenset({"DELETED", "ARCHIVED", "SCRUBBED"})
 STAFF_ROLES = frozenset({"agent", "admin"})
+USER_ACTIONS = frozenset({"created", "name_changed", "identity_created", "identity_changed",
+                          "custom_field_changed"})
 OWN_FIELD_PREFIX = "cx_"
 
 _ID_RE = re.compile(r"^\d{1,20}$")
@@ -330,6 +332,9 @@ def _event(payload: Mapping[str, Any], opts: Options) -> Normalised:
                                      f"{', '.join(sorted(_TICKET_EVENTS))})")
         return handler(_Envelope.read(payload), opts)
     if family == "user":
+        if action not in USER_ACTIONS:
+            return Normalised.ignore(f"{etype} is not used (user events used: "
+                                     f"{', '.join(sorted(USER_ACTIONS))})")
         return _user_event(_Envelope.read(payload), action, opts)
     return Normalised.ignore(f"{etype} is not used: only ticket.* and user.* events are")
 
@@ -628,9 +633,8 @@ def _user_event(env: _Envelope, action: str, opts: Options) -> Normalised:
         elif not itype or "email" not in itype.lower():
             return Normalised.ignore(f"{env.type} for a {itype or 'unknown'} identity is not used")
         what = "identity"
-    else:
-        return Normalised.ignore(f"{env.type} is not used (user events used: created, name_changed, "
-                                 "identity_created, identity_changed, custom_field_changed)")
+    else:  # pragma: no cover - USER_ACTIONS lists exactly the branches above
+        raise AssertionError(action)
     attrs = _user_attrs(env)
     attrs["changed"] = what
     return Normalised(touchpoints=(Touchpoint(

@@ -315,6 +315,9 @@ def test_other_user_events_are_ignored():
     for etype in ("user.active_changed", "user.deleted", "user.group_membership_created", "user.merged",
                   "user.last_login_changed"):
         assert run(user_event(etype)).ignored
+        body = user_event(etype)
+        del body["time"]  # an unused event is ignored whatever its shape
+        assert "is not used" in run(body).ignored
 
 
 # --- the trigger template ------------------------------------------------------------------------
