@@ -45,6 +45,7 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
     Product,
     Rating,
     Touchpoint,
+    clean_text,
     normalise_email,
     normalise_phone,
 )
@@ -52,7 +53,7 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
 __all__ = [
     "CHANNELS", "KINDS", "STAGES", "CatalogueProduct", "Connector", "CustomerRef", "Delivery",
     "Export", "Forget", "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product",
-    "Rating", "SampleDelivery", "SettingsSchema", "Touchpoint", "normalise_email",
+    "Rating", "SampleDelivery", "SettingsSchema", "Touchpoint", "clean_text", "normalise_email",
     "normalise_phone", "parse_json",
 ]
 

@@ -43,6 +43,7 @@ from cx_connector.connector import (
 )
 from cx_connector.errors import PayloadError
 from cx_connector.models import deliveries, products, touchpoints
+from cx_connector.touchpoint import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         topic = ""
     # Normalising is pure CPU work: do it before taking the database's write lock.
     result, status, error = _normalise(connector, delivery, now)
-    row = {"source": connector.name, "delivery_key": key, "topic": topic, "received_at": now,
-           "headers": {k: v for k, v in delivery.headers.items() if k.lower() not in _DROP_HEADERS},
+    row = {"source": connector.name, "delivery_key": clean_text(key), "topic": clean_text(topic),
+           "received_at": now,
+           "headers": clean_text({k: v for k, v in delivery.headers.items()
+                                  if k.lower() not in _DROP_HEADERS}),
            "body": body, "attempts": 1, "processed_at": now}
     try:
         with db.write(engine) as conn:
@@ -111,7 +114,7 @@ _STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
 
 def _insert_delivery(conn: Connection, row: dict, status: str, error: str | None) -> int | None:
     stmt = db.insert_ignore(conn, deliveries, ["source", "delivery_key"]).returning(deliveries.c.id)
-    return conn.execute(stmt, {**row, "status": status, "error": error}).scalar()
+    return conn.execute(stmt, {**row, "status": status, "error": clean_text(error)}).scalar()
 
 
 _EXISTING = select(touchpoints.c.touchpoint_id).where(
@@ -160,7 +163,8 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
                 raise
             status, error = "failed", _store_error(exc, connector.name)
     conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-        status=status, error=error, processed_at=now, attempts=deliveries.c.attempts + 1))
+        status=status, error=clean_text(error), processed_at=now,
+        attempts=deliveries.c.attempts + 1))
     return Receipt(status, delivery_id, stored, error)
 
 

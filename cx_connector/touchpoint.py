@@ -84,6 +84,27 @@ RATING_KINDS = {"csat_rating": "csat", "nps_response": "nps", "ces_response": "c
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def clean_text(value: Any) -> Any:
+    """Strings (recursively, in lists and dicts) without NUL and lone surrogates.
+
+    Both are valid JSON escapes (``\\u0000``, ``\\ud800``) that no database text or JSON
+    column accepts (PostgreSQL refuses NUL); anything copied from a payload into a
+    touchpoint, an attribute or an error message goes through here, so storing can
+    never fail on them.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        if not value.isascii():
+            value = value.encode("utf-8", "ignore").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_text(v) for v in value]
+    return value
+
+
 def normalise_email(value: Any) -> str | None:
     """Lower-cased, trimmed email, or ``None`` when it is not a usable address.
 
@@ -135,11 +156,12 @@ class CustomerRef:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.source_id, str) or not self.source_id:
+        if not isinstance(self.source_id, str) or not clean_text(self.source_id):
             raise ValueError("customer.source_id must be a non-empty string")
+        object.__setattr__(self, "source_id", clean_text(self.source_id))
         object.__setattr__(self, "email", normalise_email(self.email))
         object.__setattr__(self, "phone", normalise_phone(self.phone))
-        name = self.name.strip() if isinstance(self.name, str) else None
+        name = clean_text(self.name).strip() if isinstance(self.name, str) else None
         object.__setattr__(self, "name", name[:255] if name else None)
 
 
@@ -185,7 +207,12 @@ class Touchpoint:
         if self.channel not in CHANNELS:
             raise ValueError(f"unknown channel {self.channel!r}")
         object.__setattr__(self, "occurred_at", ensure_utc(self.occurred_at))
-        object.__setattr__(self, "products", tuple(self.products))
+        object.__setattr__(self, "touchpoint_id", clean_text(self.touchpoint_id))
+        if not self.touchpoint_id:
+            raise ValueError("touchpoint_id must be a non-empty string")
+        object.__setattr__(self, "products", tuple(
+            Product(**{k: clean_text(v) for k, v in p.__dict__.items()}) for p in self.products))
+        object.__setattr__(self, "attributes", clean_text(dict(self.attributes or {})))
 
     def to_json(self) -> dict:
         """A JSON-ready dict in the wire schema (Decimals as strings, times ISO-8601)."""

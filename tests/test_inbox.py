@@ -203,3 +203,19 @@ def test_catalogue_entries_keep_the_newest_update(engine):
                                          updated_at=NOW - timedelta(days=1)), now=NOW)
         row = conn.execute(text("SELECT title, category FROM products")).one()
     assert tuple(row) == ("IPod Nano", "Music players")
+
+
+def test_nul_and_lone_surrogates_never_break_storage(post_signed, engine):
+    """PostgreSQL refuses NUL in text and JSONB; JSON happily carries \\u0000 and \\ud800."""
+    body = ('{"touchpoint_id":"nul:1\\u0000","occurred_at":"2026-05-01T10:00:00Z",'
+            '"customer":{"source_id":"c\\u0000\\ud800","name":"A\\u0000nn"},"kind":"contact_created",'
+            '"attributes":{"note\\u0000":"x\\ud800y\\u0000","list":["\\u0000"]}}')
+    r = post_signed("generic", body)
+    assert r.status_code == 200 and r.get_json()["status"] == "processed"
+    with engine.connect() as conn:
+        tid, attrs = conn.execute(text("SELECT touchpoint_id, attributes FROM touchpoints")).one()
+        name = conn.execute(text("SELECT name FROM customers")).scalar_one()
+    attrs = json.loads(attrs) if isinstance(attrs, str) else attrs
+    assert tid == "nul:1" and name == "Ann" and attrs == {"note": "xy", "list": [""]}
+    bad = post_signed("generic", '{"touchpoint_id":"x","kind":"nope\\u0000"}')
+    assert bad.status_code == 200 and bad.get_json()["status"] == "failed"

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from cx_connector.connector import CustomerRef, Normalised, Rating, Touchpoint
+from cx_connector.connector import CustomerRef, Normalised, Rating, Touchpoint, clean_text
 from cx_connector.errors import PayloadError
 
 EVENT_PREFIX = "zen:event-type:"
@@ -100,7 +100,7 @@ def _clean(text: str, limit: int = 255) -> str:
     """``text`` without NULs and lone surrogates: valid JSON escapes that no database text
     column accepts (PostgreSQL refuses NUL), so nothing copied from a payload into a
     touchpoint or an error message can make storing fail."""
-    return text.replace("\x00", "").encode("utf-8", "ignore").decode("utf-8")[:limit]
+    return clean_text(text)[:limit]
 
 
 def _text(value: Any, limit: int = 255) -> str | None:

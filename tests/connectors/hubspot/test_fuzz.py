@@ -100,7 +100,7 @@ def fast_commits(engine):
 def test_random_and_mutated_payloads_never_get_a_500(fast_commits, post_signed, engine):
     seen: Counter[str] = Counter()
 
-    @settings(max_examples=600, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=800, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(bodies=st.lists(payloads, min_size=1, max_size=5))
     def post_all(bodies):
