@@ -42,7 +42,10 @@ class Job:
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
+    from cx_connector import sync
+
     out: list[Job] = []
+    out.append(Job("sync", sync.job, lambda c: c.schedule.sync_every, lease="job:sync"))
     return out
 
 

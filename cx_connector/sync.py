@@ -258,6 +258,7 @@ class PlatformRun:
         self.limiter = Limiter(connector.rate_budget(), clock)
         self.stats = Stats(self.source)
         self.stop: _Stop | None = None
+        self._waits: dict[tuple[int, float], float] = {}
         self._lock = threading.Lock()
         size = connector.write_batch_size()
         self.claim_rows = max(100, size * max(1, connector.write_concurrency) * 4)
@@ -396,6 +397,7 @@ class PlatformRun:
                 finished.append(row)
         if not finished:
             return
+        self._waits: dict[tuple[int, float], float] = {}  # one backoff per request: retried together
         with db.write(self.engine) as conn:
             for row in finished:
                 result = _combine([r for _, r in row.results])
@@ -448,7 +450,10 @@ class PlatformRun:
                               last_error=f"gave up after {attempts} attempts: {result.reason}")
                 self.stats.dead += 1
             else:
-                wait = max(result.retry_after or 0.0, self.backoff(attempts))
+                key = (attempts, result.retry_after or 0.0)
+                if key not in self._waits:
+                    self._waits[key] = max(result.retry_after or 0.0, self.backoff(attempts))
+                wait = self._waits[key]
                 values.update(status="pending", fields=remaining or cur.fields,
                               previous=previous if remaining else cur.previous,
                               next_attempt_at=now + timedelta(seconds=wait), last_error=result.reason)
