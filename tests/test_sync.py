@@ -294,7 +294,8 @@ def test_gone_records_are_never_sent(hub):
 def test_requests_are_paced_by_the_rate_budget(database_url):
     rt = build(make_config(database_url, connectors={"hubspot": {
         "client_secret": "s", "access_token": "t",
-        "webhook_url": "https://cx.example.com/webhooks/hubspot", "api_base_url": "https://api.hubapi.test", "batch_size": 10, "requests_per_10s": 2}}))
+        "webhook_url": "https://cx.example.com/webhooks/hubspot", "api_base_url": "https://api.hubapi.test",
+        "batch_size": 10, "requests_per_10s": 2}}))
     seed(rt, "hubspot", IDS[:50])
     responses.add_callback(responses.POST, URL, callback=ok)
     clock = FakeClock(NOW)
