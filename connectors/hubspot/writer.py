@@ -85,14 +85,15 @@ def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> di
         else:
             unknown.append(r)
     unanswered = [w for w in wanted if w not in results]
-    for r in unknown:  # a merged contact answers under the id it was merged into
+    for r in list(unknown):  # a merged contact answers under the id it was merged into
         merged_ids = str((r.get("properties") or {}).get("hs_merged_object_ids") or "").split(";")
         old = next((w for w in unanswered if w in merged_ids), None)
-        if old is None and len(unknown) == 1 and len(unanswered) == 1:
-            old = unanswered[0]
         if old is not None:
             results[old] = WriteResult.merged(str(r.get("id")), landed=True)
             unanswered.remove(old)
+            unknown.remove(r)
+    if len(unknown) == 1 and len(unanswered) == 1:  # one new id for one missing id: the same contact
+        results[unanswered.pop()] = WriteResult.merged(str(unknown[0].get("id")), landed=True)
     if resp.status_code == 200 and not data.get("errors"):
         for rid in unanswered:  # COMPLETE without a per-record answer: HubSpot took it
             results[rid] = WriteResult.ok()
