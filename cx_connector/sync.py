@@ -39,6 +39,7 @@ absorbing later changes, so turning dry run off later sends everything.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -632,6 +633,11 @@ def plan_platform(engine: Engine, connector: Connector, *, clock: Clock) -> Stat
     return stats
 
 
+def _key(value: Any) -> str:
+    """A comparison key for JSON read back from the database (JSONB reorders keys)."""
+    return json.dumps(json.loads(db.json_dumps(value)), sort_keys=True)
+
+
 def _audit_dry_run(engine: Engine, source: str, rows: list[Claimed], now: datetime) -> None:
     if not rows:
         return
@@ -642,10 +648,10 @@ def _audit_dry_run(engine: Engine, source: str, rows: list[Claimed], now: dateti
             for details in conn.execute(select(audit_log.c.details).where(
                     audit_log.c.action == "score_write_dry_run", audit_log.c.source == source,
                     audit_log.c.external_id.in_(ids[i:i + 500]))).scalars():
-                seen.add((details.get("outbox_id"), db.json_dumps(details.get("changes"))))
+                seen.add((details.get("outbox_id"), _key(details.get("changes"))))
         for r in rows:
             changes = {f: {"old": r.previous.get(f), "new": v} for f, v in r.fields.items()}
-            if (r.id, db.json_dumps(changes)) in seen:
+            if (r.id, _key(changes)) in seen:
                 continue
             audit.record(conn, actor=ACTOR, action="score_write_dry_run", at=now,
                          customer_id=r.customer_id, source=source, external_id=r.external_id,
@@ -674,11 +680,11 @@ def counts(engine: Engine) -> dict[str, dict[str, int]]:
     """``{source: {status: n}}`` for every open status (and retried: pending with attempts)."""
     out: dict[str, dict[str, int]] = {}
     with db.read(engine) as conn:
-        for source, status, retried, n in conn.execute(
-                select(outbox.c.source, outbox.c.status, outbox.c.attempts > 0, func.count())
+        for source, status, attempts, n in conn.execute(
+                select(outbox.c.source, outbox.c.status, outbox.c.attempts, func.count())
                 .where(outbox.c.status.in_(["pending", "in_flight", "dead"]))
-                .group_by(outbox.c.source, outbox.c.status, outbox.c.attempts > 0)):
-            key = "retrying" if status == "pending" and retried else status
+                .group_by(outbox.c.source, outbox.c.status, outbox.c.attempts)):
+            key = "retrying" if status == "pending" and attempts else status
             out.setdefault(source, {})
             out[source][key] = out[source].get(key, 0) + n
     return out

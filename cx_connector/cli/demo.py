@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 
 from cx_connector import db, logs, registry
 from cx_connector.cli.base import emit_json, table
-from cx_connector.db import json_dumps
 from cx_connector.config import config_from_mapping
+from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
 from cx_connector.models import customers, deliveries, touchpoints
 from cx_connector.runtime import Runtime, build
