@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from cx_connector import audit, db, leases
@@ -301,10 +301,9 @@ class PlatformRun:
         gone = gone_ids(self.engine, self.source, {r.external_id for r in rows})
         if gone:
             with db.write(self.engine) as conn:
-                for row in rows:
-                    if row.external_id in gone:
-                        self._finish(conn, row, WriteResult.gone(
-                            "the record was deleted or merged on the platform"), {})
+                self._finish_many(conn, [(row, WriteResult.gone(
+                    "the record was deleted or merged on the platform"), {})
+                    for row in rows if row.external_id in gone])
             rows = [r for r in rows if r.external_id not in gone]
         self.stats.writes += len(rows)
         return rows
@@ -400,33 +399,56 @@ class PlatformRun:
             return
         self._waits: dict[tuple[int, float], float] = {}  # one backoff per request: retried together
         with db.write(self.engine) as conn:
-            for row in finished:
-                result = _combine([r for _, r in row.results])
-                landed = {f: v for part, r in row.results if r.landed for f, v in part.items()}
-                self._finish(conn, row, result, landed)
+            self._finish_many(conn, [
+                (row, _combine([r for _, r in row.results]),
+                 {f: v for part, r in row.results if r.landed for f, v in part.items()})
+                for row in finished])
+
+    def _finish_many(self, conn: Connection,
+                     items: list[tuple[Claimed, WriteResult, dict[str, Any]]]) -> None:
+        """Mark a request's writes in one transaction, with one statement per kind of change."""
+        if not items:
+            return
+        ids = [row.id for row, _, _ in items]
+        self._cur = {r.id: r for r in conn.execute(
+            select(outbox.c.id, outbox.c.status, outbox.c.claimed_by, outbox.c.fields, outbox.c.previous,
+                   outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.last_error, outbox.c.done_at)
+            .where(outbox.c.id.in_(ids)).with_for_update())}
+        self._written: list[dict[str, Any]] = []
+        self._updates: list[dict[str, Any]] = []
+        self._audits: list[dict[str, Any]] = []
+        self._folds: list[tuple[str, str]] = []
+        for row, result, landed in items:
+            self._finish(conn, row, result, landed)
+        if self._written:
+            conn.execute(db.upsert(conn, written_values, ["source", "external_id", "field"],
+                                   ["value", "written_at"]), self._written)
+        if self._updates:
+            conn.execute(update(outbox).where(outbox.c.id == bindparam("b_id"))
+                         .values({k: bindparam(f"b_{k}") for k in _UPDATED}), self._updates)
+        if self._audits:
+            conn.execute(audit_log.insert(), self._audits)
+        for source, external_id in self._folds:
+            fold_pending(conn, source, external_id, self.clock.now())
 
     def _finish(self, conn: Connection, row: Claimed, result: WriteResult,
                 landed: dict[str, Any]) -> None:
         now = self.clock.now()
-        cur = conn.execute(select(outbox.c.status, outbox.c.claimed_by, outbox.c.fields,
-                                  outbox.c.previous, outbox.c.attempts)
-                           .where(outbox.c.id == row.id).with_for_update()).first()
+        cur = self._cur.get(row.id)
         if cur is None or cur.status != "in_flight" or cur.claimed_by != self.worker:
             # our claim expired and another worker took the write over: it re-sends it
             # (idempotent); the written values are theirs to record
-            audit.record(conn, actor=ACTOR, action="score_write", at=now, customer_id=row.customer_id,
-                         source=row.source, external_id=row.external_id, details={
-                             "outbox_id": row.id, "result": result.status, "claim_lost": True,
-                             "reason": "claim expired before the result came back"})
+            self._audits.append(dict(at=now, actor=ACTOR, action="score_write", customer_id=row.customer_id,
+                                     source=row.source, external_id=row.external_id, details={
+                                         "outbox_id": row.id, "result": result.status, "claim_lost": True,
+                                         "reason": "claim expired before the result came back"}))
             return
         target = row.external_id
         if result.status == "merged" and result.merged_into:
             target = self._repoint(conn, row, result.merged_into, now)
         if landed:
-            conn.execute(db.upsert(conn, written_values, ["source", "external_id", "field"],
-                                   ["value", "written_at"]),
-                         [{"source": row.source, "external_id": target, "field": f, "value": v,
-                           "written_at": now} for f, v in landed.items()])
+            self._written += [{"source": row.source, "external_id": target, "field": f, "value": v,
+                               "written_at": now} for f, v in landed.items()]
         # fields scoring changed while the write was in flight keep their new value
         remaining = {f: v for f, v in cur.fields.items() if landed.get(f, _MISSING) != v}
         previous = {f: landed.get(f, (cur.previous or {}).get(f)) for f in remaining}
@@ -474,17 +496,20 @@ class PlatformRun:
             values.update(status="superseded", last_error=f"record merged into {target}; "
                                                           f"write moved to #{moved}")
         values["attempts"] = attempts
-        conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+        full = {"status": cur.status, "fields": cur.fields, "previous": cur.previous,
+                "next_attempt_at": cur.next_attempt_at, "last_error": cur.last_error, "done_at": cur.done_at}
+        full.update(values)
+        self._updates.append({"b_id": row.id, **{f"b_{k}": full[k] for k in _UPDATED}})
         if values.get("status") == "pending":
-            fold_pending(conn, row.source, row.external_id, now)
+            self._folds.append((row.source, row.external_id))
         if status != "release":
-            audit.record(conn, actor=ACTOR, action="score_write", at=now, customer_id=row.customer_id,
-                         source=row.source, external_id=row.external_id, details={
+            self._audits.append(dict(actor=ACTOR, action="score_write", at=now, customer_id=row.customer_id,
+                                     source=row.source, external_id=row.external_id, details={
                              "outbox_id": row.id, "attempt": attempts, "result": status,
                              "outcome": values.get("status"), "reason": result.reason or None,
                              "changes": {f: {"old": (row.previous or {}).get(f), "new": v}
                                          for f, v in row.fields.items()},
-                             **({"written_to": target} if target != row.external_id else {})})
+                             **({"written_to": target} if target != row.external_id else {})}))
 
     def _repoint(self, conn: Connection, row: Claimed, into: str, now: datetime) -> str:
         from cx_connector import identity
@@ -498,6 +523,8 @@ def _release(stop: _Stop) -> WriteResult:
     return WriteResult("release", stop.reason, retry_after=stop.retry_in)
 
 
+_UPDATED = ("status", "fields", "previous", "attempts", "next_attempt_at", "last_error", "done_at",
+            "updated_at", "claimed_by", "claimed_at")
 _PRIORITY = ("gone", "merged", "failed", "retry", "release", "resend", "ok")
 
 
