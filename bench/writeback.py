@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -107,6 +108,10 @@ class Mock:
 def handler(mock: Mock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()  # headers and body are two writes: no Nagle delay between them
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, *args: Any) -> None:
             pass
