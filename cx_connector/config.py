@@ -52,6 +52,18 @@ class Schedule:
 @dataclass(frozen=True)
 class Writeback:
     dry_run: bool = False
+    #: sends of one write before it is parked as dead (5xx, timeouts, per-record retries)
+    max_attempts: int = 8
+    #: first retry delay; doubled per attempt, with full jitter, up to backoff_max
+    backoff_base: timedelta = timedelta(seconds=2)
+    backoff_max: timedelta = timedelta(minutes=15)
+    #: a write claimed longer ago than this by a worker that never finished goes back to pending
+    claim_timeout: timedelta = timedelta(minutes=10)
+    #: longest wait (Retry-After, backoff) one sync run sits out; longer ones end the run for
+    #: that platform and the writes wait for the next run
+    max_wait: timedelta = timedelta(minutes=1)
+    #: a sync run stops claiming new writes after this long (the rest waits for the next run)
+    max_run_time: timedelta = timedelta(minutes=4)
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,13 @@ class ScheduleSchema(_Strict):
 
 class WritebackSchema(_Strict):
     dry_run = fields.Boolean(load_default=False)
+    max_attempts = fields.Integer(load_default=Writeback.max_attempts,
+                                  validate=validate.Range(min=1, max=100))
+    backoff_base = Duration(load_default=Writeback.backoff_base)
+    backoff_max = Duration(load_default=Writeback.backoff_max)
+    claim_timeout = Duration(load_default=Writeback.claim_timeout)
+    max_wait = Duration(load_default=Writeback.max_wait)
+    max_run_time = Duration(load_default=Writeback.max_run_time)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Writeback:

@@ -37,6 +37,7 @@ from marshmallow import RAISE, Schema
 from requests.structures import CaseInsensitiveDict
 
 from cx_connector.errors import PayloadError
+from cx_connector.fields import FIELDS, SCORE_FIELDS, ScoreField  # re-exported for connectors
 from cx_connector.touchpoint import (  # re-exported: connectors import them from here
     CHANNELS,
     KINDS,
@@ -51,10 +52,40 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
 )
 
 __all__ = [
-    "CHANNELS", "KINDS", "STAGES", "CatalogueProduct", "Connector", "CustomerRef", "Delivery",
-    "Export", "Forget", "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product",
-    "Rating", "SampleDelivery", "SettingsSchema", "Touchpoint", "clean_text", "normalise_email",
-    "normalise_phone", "parse_json",
+    "CHANNELS",
+    "FIELDS",
+    "KINDS",
+    "SCORE_FIELDS",
+    "STAGES",
+    "CatalogueProduct",
+    "Connector",
+    "CustomerRef",
+    "Delivery",
+    "Export",
+    "Forget",
+    "ForgetAll",
+    "Headers",
+    "Link",
+    "Lookup",
+    "Merge",
+    "Normalised",
+    "PlannedRequest",
+    "Product",
+    "RateBudget",
+    "Rating",
+    "RecordWrite",
+    "SampleDelivery",
+    "ScoreField",
+    "SettingsSchema",
+    "SetupItem",
+    "SetupReport",
+    "Throttle",
+    "Touchpoint",
+    "WriteResult",
+    "clean_text",
+    "normalise_email",
+    "normalise_phone",
+    "parse_json",
 ]
 
 Headers = CaseInsensitiveDict
@@ -201,6 +232,148 @@ class SampleDelivery:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+# --- write-back ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordWrite:
+    """One record's changed score fields, as :meth:`Connector.write_batch` receives them.
+
+    ``fields`` maps score-field names (:data:`SCORE_FIELDS`) to canonical values
+    (:func:`cx_connector.fields.canonical`); ``None`` means "clear the field".
+    """
+
+    external_id: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What happened to one record of a batch.
+
+    ``ok``: written. ``retry``: not written, try again later (``retry_after``
+    seconds when the platform said; counts as an attempt). ``resend``: not written
+    only because another record made the batch fail (atomic batches): sent again
+    at once, no attempt counted. ``failed``: refused for good (``reason`` says
+    why). ``gone``: the record no longer exists (deleted). ``merged``: the record
+    was merged into ``merged_into``; ``landed`` tells whether the write reached
+    the surviving record anyway.
+    """
+
+    status: str
+    reason: str = ""
+    retry_after: float | None = None
+    merged_into: str | None = None
+    landed: bool = False
+
+    STATUSES: ClassVar[tuple[str, ...]] = ("ok", "retry", "resend", "failed", "gone", "merged")
+
+    @classmethod
+    def ok(cls) -> WriteResult:
+        return cls("ok", landed=True)
+
+    @classmethod
+    def retry(cls, reason: str, retry_after: float | None = None) -> WriteResult:
+        return cls("retry", reason, retry_after=retry_after)
+
+    @classmethod
+    def resend(cls, reason: str) -> WriteResult:
+        return cls("resend", reason)
+
+    @classmethod
+    def failed(cls, reason: str) -> WriteResult:
+        return cls("failed", reason)
+
+    @classmethod
+    def gone(cls, reason: str) -> WriteResult:
+        return cls("gone", reason)
+
+    @classmethod
+    def merged(cls, into: str, *, landed: bool, reason: str = "") -> WriteResult:
+        return cls("merged", reason or f"merged into {into}", merged_into=into, landed=landed)
+
+
+@dataclass(frozen=True)
+class RateBudget:
+    """A platform's rate limit, as the core's throttle enforces it.
+
+    ``kind="window"``: at most ``limit`` cost units in any rolling ``per_seconds``
+    (HubSpot: 190 requests / 10 s; Zendesk: 400 requests / 60 s). ``kind="bucket"``:
+    a leaky bucket holding ``limit`` units that refills ``refill_per_second``
+    (Shopify GraphQL cost points). ``cost`` is the default cost of one request.
+    """
+
+    kind: str  # "window" | "bucket"
+    limit: float
+    per_seconds: float = 1.0
+    refill_per_second: float = 0.0
+    cost: float = 1.0
+    describe: str = ""
+
+
+class Throttle:
+    """What a connector calls around its HTTP requests (implemented by the core).
+
+    ``wait(cost)`` blocks until the budget allows a request of that cost;
+    ``observe(...)`` reports what the platform said about the budget (Shopify's
+    ``throttleStatus``) so the client follows the server rather than its own guess.
+    """
+
+    def wait(self, cost: float | None = None) -> None:
+        """Block until a request of ``cost`` (default: the budget's cost) may be sent."""
+
+    def observe(self, *, available: float | None = None, capacity: float | None = None,
+                refill_per_second: float | None = None) -> None:
+        """Align the budget with the platform's own figures."""
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep (injectable: tests never really sleep), e.g. between job-status polls."""
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One HTTP request exactly as it would be sent (``--dry-run``)."""
+
+    method: str
+    path: str
+    body: Any = None
+    params: Mapping[str, Any] | None = None
+
+    def render(self) -> str:
+        query = ""
+        if self.params:
+            query = "?" + "&".join(f"{k}={v}" for k, v in self.params.items())
+        line = f"{self.method} {self.path}{query}"
+        if self.body is not None:
+            line += "\n" + json.dumps(self.body, indent=2, ensure_ascii=False, default=str)
+        return line
+
+
+@dataclass(frozen=True)
+class SetupItem:
+    """One thing setup looked after: ``created``, ``exists``, ``conflict``,
+    ``would_create`` (dry run) or ``failed``."""
+
+    name: str
+    status: str
+    detail: str = ""
+    request: PlannedRequest | None = None
+
+
+@dataclass(frozen=True)
+class SetupReport:
+    source: str
+    items: tuple[SetupItem, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return any(i.status == "created" for i in self.items)
+
+    @property
+    def conflicts(self) -> tuple[SetupItem, ...]:
+        return tuple(i for i in self.items if i.status in ("conflict", "failed"))
+
+
 class SettingsSchema(Schema):
     """Base for a connector's config-section schema: unknown keys are errors."""
 
@@ -305,7 +478,58 @@ class Connector:
         Raises :class:`~cx_connector.errors.PlatformAPIError` subclasses."""
         raise NotImplementedError
 
-    # -- write-back (issue: write-back) ----------------------------------------------
+    # -- write-back ---------------------------------------------------------------------
+    # The core (:mod:`cx_connector.sync`) claims pending outbox writes, packs them
+    # into requests of at most :meth:`write_batch_size` units (a unit is what the
+    # platform's batch maximum counts: a record for HubSpot/Zendesk, a metafield for
+    # Shopify, see :meth:`write_units`), spends the :meth:`rate_budget` through the
+    # :class:`Throttle` it passes in, and calls :meth:`write_batch`. It retries, splits,
+    # parks and audits; the connector only speaks its platform's API.
+    #: the platform's maximum units per write request (0: the connector does not write)
+    write_batch_max: ClassVar[int] = 0
+    #: may one record's fields be spread over two requests? (Shopify metafields: yes,
+    #: which is what lets 25-metafield calls be filled completely)
+    write_splits_records: ClassVar[bool] = False
+    #: how many write requests may be in flight at once (Zendesk: jobs run server-side)
+    write_concurrency: ClassVar[int] = 1
+
+    def write_batch_size(self) -> int:
+        """Units per request: the ``batch_size`` setting, never above :attr:`write_batch_max`."""
+        size = getattr(self.settings, "batch_size", None) or self.write_batch_max
+        return max(1, min(int(size), self.write_batch_max))
+
+    def write_units(self, fields: Mapping[str, Any]) -> int:
+        """How many units of a request one record's changed ``fields`` take."""
+        return 1
+
+    def rate_budget(self) -> RateBudget:
+        """The platform's rate limit for this account's plan (from the settings)."""
+        raise NotImplementedError
+
+    def write_batch(self, writes: list[RecordWrite], throttle: Throttle) -> dict[str, WriteResult]:
+        """Write one batch; return a :class:`WriteResult` per ``external_id``.
+
+        Call ``throttle.wait(cost)`` before every HTTP request. A failure of the whole
+        request raises the :class:`~cx_connector.errors.PlatformAPIError` subclass
+        :func:`cx_connector.http.raise_for_status` maps it to (429 rate limited, 5xx or
+        timeout unavailable, 400/422 validation: the core splits the batch to isolate
+        the bad record). A record missing from the returned mapping is retried.
+        """
+        raise NotImplementedError
+
+    def describe_write(self, writes: list[RecordWrite]) -> list[PlannedRequest]:
+        """The exact request(s) :meth:`write_batch` would make (dry run), without I/O."""
+        raise NotImplementedError
+
+    def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
+        """Create the score fields on the platform, idempotently.
+
+        Reads what exists; creates what is missing; reports a field that exists with
+        another type as a conflict and leaves it alone. With ``dry_run`` only the
+        reads are made and each create is returned as its exact request.
+        """
+        raise NotImplementedError
+
     # -- backfill (issue: backfill) --------------------------------------------------
 
 

@@ -42,8 +42,11 @@ class Job:
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
+    from cx_connector import sync
+
     out: list[Job] = [
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
+        Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
     return out
 

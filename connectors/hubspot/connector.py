@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from importlib.resources import files
 from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
 from connectors.hubspot import normalise as norm
-from connectors.hubspot import signatures
+from connectors.hubspot import setup, signatures, writer
 from connectors.hubspot.client import Contact, HubSpotClient
 from cx_connector.connector import (
     Connector,
@@ -24,10 +25,17 @@ from cx_connector.connector import (
     Link,
     Lookup,
     Normalised,
+    PlannedRequest,
+    RateBudget,
+    RecordWrite,
     SampleDelivery,
     SettingsSchema,
+    SetupReport,
+    Throttle,
+    WriteResult,
     dedupe_keys,
 )
+from cx_connector.http import Session
 
 #: HubSpot object type ids used in record URLs (https://developers.hubspot.com/docs/api/crm/understanding-the-crm)
 _OBJECT_TYPE_IDS = {"": "0-1", "deal": "0-3", "ticket": "0-5"}
@@ -54,6 +62,9 @@ class HubSpotSettings:
     accept_legacy_signatures: bool = True
     #: the account's company currency (ISO 4217), given to deal amounts
     currency: str | None = None
+    #: the account's API budget: 100 per 10 s (Free/Starter), 190 (Professional/Enterprise),
+    #: 250 (API limit increase); https://developers.hubspot.com/changelog/increasing-our-api-limits
+    requests_per_10s: int = 100
 
 
 class SurveyPropertyField(fields.Field):
@@ -103,6 +114,7 @@ class HubSpotSettingsSchema(SettingsSchema):
     accept_legacy_signatures = fields.Boolean(load_default=True)
     currency = fields.String(load_default=None, allow_none=True,
                              validate=validate.Regexp(r"^[A-Z]{3}$", error="an ISO 4217 code, e.g. EUR"))
+    requests_per_10s = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> HubSpotSettings:
@@ -145,6 +157,27 @@ class HubSpotConnector(Connector):
         if self._client is None:
             self._client = HubSpotClient(self.settings.api_base_url, self.settings.access_token)
         return self._client
+
+    # -- write-back (connectors/hubspot/writer.py and setup.py) --
+    writes_back = True
+    write_batch_max = writer.MAX_INPUTS
+
+    @cached_property
+    def _api(self) -> Session:
+        return writer.session(self.settings.api_base_url, self.settings.access_token)
+
+    def rate_budget(self) -> RateBudget:
+        n = self.settings.requests_per_10s
+        return RateBudget("window", n, 10.0, describe=f"{n} requests / 10 s")
+
+    def write_batch(self, writes: list[RecordWrite], throttle: Throttle) -> dict[str, WriteResult]:
+        return writer.write(self._api, throttle, writes)
+
+    def describe_write(self, writes: list[RecordWrite]) -> list[PlannedRequest]:
+        return writer.describe(writes)
+
+    def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
+        return setup.run(self._api, throttle, dry_run=dry_run)
 
     # -- inbound ------------------------------------------------------------------------
 

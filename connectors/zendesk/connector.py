@@ -19,17 +19,24 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.zendesk import normalise, signatures
+from connectors.zendesk import normalise, setup, signatures, writer
 from connectors.zendesk.client import SHOW_MANY_LIMIT, ZendeskClient
 from cx_connector.connector import (
     Connector,
     Delivery,
     Lookup,
     Normalised,
+    PlannedRequest,
+    RateBudget,
+    RecordWrite,
     SampleDelivery,
     SettingsSchema,
+    SetupReport,
+    Throttle,
+    WriteResult,
 )
 from cx_connector.errors import PayloadError
+from cx_connector.http import Session
 
 INVOCATION_HEADER = "X-Zendesk-Webhook-Invocation-Id"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -47,6 +54,9 @@ class ZendeskSettings:
     trigger_webhook_secret: str | None = None
     #: scale (2, 3 or 5) of numeric CSAT survey answers whose payload does not name one
     csat_scale: int = 5
+    #: the plan's API budget per minute: Team 200, Growth/Professional 400, Enterprise 700,
+    #: High Volume add-on 2500 (https://developer.zendesk.com/api-reference/introduction/rate-limits)
+    requests_per_minute: int = 200
 
 
 class ZendeskSettingsSchema(SettingsSchema):
@@ -62,6 +72,7 @@ class ZendeskSettingsSchema(SettingsSchema):
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     csat_scale = fields.Integer(load_default=5, validate=validate.OneOf(
         (2, 3, 5), error="the CSAT survey's rating scale: 2, 3 or 5"))
+    requests_per_minute = fields.Integer(load_default=200, validate=validate.Range(min=1, max=100000))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> ZendeskSettings:
@@ -82,6 +93,29 @@ class ZendeskConnector(Connector):
         return {"subdomain": "demo", "email": "demo@example.com",
                 "api_token": "demo-token-not-for-production",
                 "webhook_secret": "demo-webhook-secret-not-for-production"}
+
+    # -- write-back (connectors/zendesk/writer.py and setup.py) --
+    writes_back = True
+    write_batch_max = writer.MAX_USERS
+    #: update jobs run server-side: a few in flight keep the budget busy while they do
+    write_concurrency = 4
+
+    @cached_property
+    def _api(self) -> Session:
+        return writer.session(self.settings.api_base_url, self.settings.email, self.settings.api_token)
+
+    def rate_budget(self) -> RateBudget:
+        n = self.settings.requests_per_minute
+        return RateBudget("window", n, 60.0, describe=f"{n} requests / minute")
+
+    def write_batch(self, writes: list[RecordWrite], throttle: Throttle) -> dict[str, WriteResult]:
+        return writer.write(self._api, throttle, writes)
+
+    def describe_write(self, writes: list[RecordWrite]) -> list[PlannedRequest]:
+        return writer.describe(writes)
+
+    def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
+        return setup.run(self._api, throttle, dry_run=dry_run)
 
     # -- inbound -----------------------------------------------------------------------
 

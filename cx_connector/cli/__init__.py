@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 from cx_connector import __version__
-from cx_connector.cli import clock, configcheck, customers, database, demo, enrich, events, imports, serve
+from cx_connector.cli import (
+    clock,
+    configcheck,
+    customers,
+    database,
+    demo,
+    enrich,
+    events,
+    imports,
+    serve,
+    writeback,
+)
 from cx_connector.cli.base import Group, State
 
 
@@ -24,5 +35,5 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
                 events.events, customers.customers, clock.scheduler_cmd,
-                enrich.enrich_cmd):
+                enrich.enrich_cmd, writeback.setup, writeback.sync_cmd, writeback.outbox):
     main.add_command(command)

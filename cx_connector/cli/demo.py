@@ -3,7 +3,8 @@
 No configuration file and no platform account: every installed connector is
 enabled with its demo settings, its bundled sample deliveries are signed and
 posted to the real webhook endpoint (in-process), and what was stored is printed.
-Later capabilities add their step here (scoring, KPIs, write-back dry run).
+Later capabilities add their step here (scoring, KPIs); the last step shows what the
+dry-run write-back would send to each platform.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 from cx_connector import db, logs, registry
 from cx_connector.cli.base import emit_json, table
 from cx_connector.config import config_from_mapping
+from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
 from cx_connector.models import customers, deliveries, touchpoints
 from cx_connector.runtime import Runtime, build
@@ -72,6 +74,25 @@ def stored_touchpoints(rt: Runtime) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def writeback_preview(rt: Runtime) -> dict[str, Any]:
+    """What the dry-run sync would write to each platform for the demo's customers."""
+    from cx_connector import sync
+
+    return sync.sync(rt, dry_run=True)["platforms"]
+
+
+def echo_writeback(preview: dict[str, Any]) -> None:
+    click.echo("\nWrite-back (dry run, nothing is sent):")
+    if not any(p["writes"] for p in preview.values()):
+        click.echo("  nothing to write: no scored customer has a record on a platform that writes back")
+        return
+    for name, p in preview.items():
+        click.echo(f"  {name}: {p['writes']} record writes in {p['requests']} requests")
+        for req in p["planned"]:
+            click.echo(f"    {req['method']} {req['path']}")
+            click.echo("      " + json_dumps(req["body"])[:2000])
+
+
 @click.command("demo")
 @click.option("--database-url", default=None,
               help="Keep the demo data in this database (default: a temporary SQLite file).")
@@ -90,6 +111,7 @@ def demo(database_url: str | None, as_json: bool) -> None:
         report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
         report["deliveries"] = ingest_samples(rt)
         report["touchpoints"] = stored_touchpoints(rt)
+        report["writeback"] = writeback_preview(rt)
         with db.read(rt.engine) as conn:
             report["inbox"] = dict(conn.execute(
                 select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all())
@@ -114,3 +136,4 @@ def demo(database_url: str | None, as_json: bool) -> None:
         rows.append({**t, "customer": f"#{t['customer_id']} {t['email'] or ''}".strip(),
                      "when": f"{t['occurred_at']:%Y-%m-%d %H:%M}", "detail": detail})
     table(rows, ["customer", "when", "source", "kind", "stage", "channel", "detail"])
+    echo_writeback(report["writeback"])
