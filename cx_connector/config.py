@@ -67,6 +67,20 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    #: where personal-data export files are written (relative: to the working directory)
+    export_dir: str = "exports"
+
+
+@dataclass(frozen=True)
+class Checkouts:
+    #: a checkout with no order this long after it started is abandoned
+    abandon_after: timedelta = timedelta(hours=6)
+    #: checkouts older than this are no longer examined by the abandonment job
+    lookback: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = None
@@ -75,6 +89,8 @@ class Config:
     webhooks: Webhooks = field(default_factory=Webhooks)
     logging: Logging = field(default_factory=Logging)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    privacy: Privacy = field(default_factory=Privacy)
+    checkouts: Checkouts = field(default_factory=Checkouts)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -165,6 +181,23 @@ class LoggingSchema(_Strict):
         return Logging(**data)
 
 
+class PrivacySchema(_Strict):
+    export_dir = fields.String(load_default=Privacy.export_dir, validate=validate.Length(min=1))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Privacy:
+        return Privacy(**data)
+
+
+class CheckoutsSchema(_Strict):
+    abandon_after = Duration(load_default=Checkouts.abandon_after)
+    lookback = Duration(load_default=Checkouts.lookback)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Checkouts:
+        return Checkouts(**data)
+
+
 def _connectors_schema() -> type[Schema]:
     available = registry.available()
     attrs: dict[str, Any] = {
@@ -191,6 +224,8 @@ class ConfigSchema(_Strict):
     webhooks = fields.Nested(WebhooksSchema, load_default=Webhooks)
     logging = fields.Nested(LoggingSchema, load_default=Logging)
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
+    privacy = fields.Nested(PrivacySchema, load_default=Privacy)
+    checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")

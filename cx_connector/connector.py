@@ -51,7 +51,7 @@ from cx_connector.touchpoint import (  # re-exported: connectors import them fro
 
 __all__ = [
     "CHANNELS", "KINDS", "STAGES", "CatalogueProduct", "Connector", "CustomerRef", "Delivery",
-    "Export", "Forget", "ForgetAll", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product",
+    "Export", "Forget", "ForgetAll", "Gone", "Headers", "Link", "Lookup", "Merge", "Normalised", "Product",
     "Rating", "SampleDelivery", "SettingsSchema", "Touchpoint", "normalise_email",
     "normalise_phone", "parse_json",
 ]
@@ -142,6 +142,19 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Gone:
+    """The platform deleted record ``source/source_id`` (e.g. Shopify ``customers/delete``).
+
+    Not an erasure: the identity stays linked (history kept) but is marked gone, so
+    nothing is written to it again. A record unknown so far is kept as gone, so a
+    creation arriving after its deletion does not bring it back.
+    """
+
+    source: str
+    source_id: str
+
+
+@dataclass(frozen=True)
 class CatalogueProduct:
     """A product's current catalogue entry (e.g. Shopify ``products/update``).
 
@@ -157,7 +170,7 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct
+Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct | Gone
 
 
 @dataclass(frozen=True)

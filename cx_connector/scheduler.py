@@ -42,7 +42,10 @@ class Job:
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
+    from cx_connector import checkouts
+
     out: list[Job] = []
+    out.append(Job("checkouts", checkouts.run, lambda c: c.schedule.score_every))
     return out
 
 

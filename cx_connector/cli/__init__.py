@@ -6,6 +6,7 @@ import click
 
 from cx_connector import __version__
 from cx_connector.cli import clock, configcheck, customers, database, demo, events, imports, serve
+from cx_connector.cli import privacy as privacy_cli
 from cx_connector.cli.base import Group, State
 
 
@@ -23,5 +24,6 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
-                events.events, customers.customers, clock.scheduler_cmd):
+                events.events, customers.customers, clock.scheduler_cmd,
+                privacy_cli.forget, privacy_cli.export):
     main.add_command(command)
