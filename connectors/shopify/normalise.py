@@ -253,17 +253,17 @@ def _products(items: Any, what: str) -> tuple[Product, ...]:
 # --- orders --------------------------------------------------------------------------------
 
 
-def _order(ctx: Context, order: dict, kind: str, suffix: str, occurred_at: datetime, *,
-           money: bool = False, extra: dict | None = None) -> Normalised:
+def _order(ctx: Context, order: dict, kind: str, suffix: str,
+           occurred: Callable[[dict], datetime], *, money: bool = False,
+           extra: dict | None = None) -> Normalised:
     oid = _id(order.get("id"), "order.id")
+    occurred_at = occurred(order)
     ref, actions, attrs = _party(ctx, order, f"order:{oid}", "order")
     attrs = {"order_id": oid, **attrs}
     if isinstance(order.get("source_name"), str):
         attrs["via"] = order["source_name"][:64]
     if order.get("checkout_token") is not None:
         attrs["checkout_token"] = _token(order["checkout_token"], "order.checkout_token")
-    if _text(order.get("name"), 64):
-        attrs["order_name"] = _text(order.get("name"), 64)
     if order.get("test") is True:
         attrs["test"] = True
     attrs.update(extra or {})
@@ -281,39 +281,42 @@ def _order(ctx: Context, order: dict, kind: str, suffix: str, occurred_at: datet
 def order_placed(ctx: Context, order: dict) -> Normalised:
     """``orders/create``: the purchase, at ``processed_at`` (the date Shopify's own reports
     use; it differs from ``created_at`` for imported orders)."""
-    when = _first_time(order, ("processed_at", "created_at"), "order")
     extra = {}
     if _text(order.get("financial_status"), 32):
         extra["financial_status"] = _text(order.get("financial_status"), 32)
-    return _order(ctx, order, "order_placed", "placed", when, money=True, extra=extra)
+    return _order(ctx, order, "order_placed", "placed",
+                  lambda o: _first_time(o, ("processed_at", "created_at"), "order"),
+                  money=True, extra=extra)
 
 
 def order_paid(ctx: Context, order: dict) -> Normalised:
     """``orders/paid``: the REST order has no paid-at field; its ``updated_at`` is the
     payment's update (identical on every retry of the delivery)."""
-    when = _first_time(order, ("updated_at", "processed_at", "created_at"), "order")
-    return _order(ctx, order, "order_paid", "paid", when)
+    return _order(ctx, order, "order_paid", "paid",
+                  lambda o: _first_time(o, ("updated_at", "processed_at", "created_at"), "order"))
 
 
 def order_fulfilled(ctx: Context, order: dict) -> Normalised:
     """``orders/fulfilled``: at the newest fulfillment's ``created_at``, else ``updated_at``."""
-    times = [_time(_obj(f, f"order.fulfillments[{i}]").get("created_at"),
-                   f"order.fulfillments[{i}].created_at")
-             for i, f in enumerate(_list(order.get("fulfillments"), "order.fulfillments"))]
-    times = [t for t in times if t is not None]
-    when = max(times) if times else _first_time(order, ("updated_at", "processed_at", "created_at"),
-                                                "order")
+    def when(o: dict) -> datetime:
+        times = [_time(_obj(f, f"order.fulfillments[{i}]").get("created_at"),
+                       f"order.fulfillments[{i}].created_at")
+                 for i, f in enumerate(_list(o.get("fulfillments"), "order.fulfillments"))]
+        times = [t for t in times if t is not None]
+        return max(times) if times else _first_time(o, ("updated_at", "processed_at", "created_at"),
+                                                    "order")
+
     return _order(ctx, order, "order_fulfilled", "fulfilled", when)
 
 
 def order_cancelled(ctx: Context, order: dict) -> Normalised:
     """``orders/cancelled``: at ``cancelled_at``; ``cancel_reason`` (customer, fraud,
     inventory, declined, staff, other) goes to ``attributes.reason``."""
-    when = _first_time(order, ("cancelled_at", "updated_at"), "order")
     extra = {}
     if _text(order.get("cancel_reason"), 32):
         extra["reason"] = _text(order.get("cancel_reason"), 32)
-    return _order(ctx, order, "order_cancelled", "cancelled", when, extra=extra)
+    return _order(ctx, order, "order_cancelled", "cancelled",
+                  lambda o: _first_time(o, ("cancelled_at", "updated_at"), "order"), extra=extra)
 
 
 def refund_issued(ctx: Context, refund: dict) -> Normalised:
@@ -354,7 +357,7 @@ def refund_issued(ctx: Context, refund: dict) -> Normalised:
     tp = Touchpoint(
         source=ctx.source, touchpoint_id=f"refund:{rid}:issued", occurred_at=when,
         customer=CustomerRef(source_id=f"order:{oid}"), kind="refund_issued", channel="other",
-        value=-total, currency=currencies.pop() if currencies else None,
+        value=0 - total, currency=currencies.pop() if currencies else None,
         products=_products(items, "refund.refund_line_items"),
         attributes={"order_id": oid, "refund_id": rid},
     )
