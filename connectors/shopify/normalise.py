@@ -156,10 +156,17 @@ def _currency(value: Any, what: str, *, required: bool = False) -> str | None:
     raise PayloadError(f"{what}: expected an ISO 4217 currency code (e.g. USD)")
 
 
+def _clean(value: Any) -> str | None:
+    """A payload string the databases can store: without NUL characters (PostgreSQL text
+    and JSONB refuse them) and lone surrogates (not encodable as UTF-8)."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-8", "ignore").decode("utf-8").replace("\x00", "")
+
+
 def _text(value: Any, limit: int = 255) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()[:limit]
-    return None
+    text = (_clean(value) or "").strip()
+    return text[:limit] if text else None
 
 
 def _quantity(value: Any, what: str) -> int:
@@ -200,9 +207,8 @@ def customer_ref(customer: dict, what: str = "customer") -> CustomerRef:
     cid = _id(customer.get("id"), f"{what}.id")
     assert cid is not None
     name = " ".join(p for p in (_text(customer.get("first_name")), _text(customer.get("last_name"))) if p)
-    email = customer.get("email")
     phone = customer.get("phone")
-    return CustomerRef(source_id=cid, email=email if isinstance(email, str) else None,
+    return CustomerRef(source_id=cid, email=_clean(customer.get("email")),
                        phone=phone if isinstance(phone, str | int) and not isinstance(phone, bool) else None,
                        name=name or None)
 
@@ -214,7 +220,7 @@ def _has_customer(payload: dict) -> bool:
 
 def _contact_email(payload: dict, *fields: str) -> str | None:
     for name in fields:
-        email = normalise_email(payload.get(name))
+        email = normalise_email(_clean(payload.get(name)))
         if email:
             return email
     return None
@@ -260,8 +266,8 @@ def _order(ctx: Context, order: dict, kind: str, suffix: str,
     occurred_at = occurred(order)
     ref, actions, attrs = _party(ctx, order, f"order:{oid}", "order")
     attrs = {"order_id": oid, **attrs}
-    if isinstance(order.get("source_name"), str):
-        attrs["via"] = order["source_name"][:64]
+    if _text(order.get("source_name"), 64):
+        attrs["via"] = _text(order.get("source_name"), 64)
     if order.get("checkout_token") is not None:
         attrs["checkout_token"] = _token(order["checkout_token"], "order.checkout_token")
     if order.get("test") is True:
@@ -351,6 +357,8 @@ def refund_issued(ctx: Context, refund: dict) -> Normalised:
             if isinstance(shop_money, dict) and shop_money.get("currency_code") is not None:
                 currencies.add(_currency(shop_money.get("currency_code"),
                                          f"refund.refund_line_items[{i}].subtotal_set"))
+    if abs(total) >= _MAX_MONEY:
+        raise PayloadError(f"refund {rid}: the refunded amount is out of range")
     if len(currencies) > 1:
         raise PayloadError(f"refund {rid}: transactions in several currencies "
                            f"({', '.join(sorted(currencies))})")
@@ -374,8 +382,8 @@ def checkout_started(ctx: Context, checkout: dict) -> Normalised:
     when = _first_time(checkout, ("created_at", "updated_at"), "checkout")
     ref, actions, attrs = _party(ctx, checkout, f"checkout:{token}", "checkout")
     attrs = {"checkout_token": token, **attrs}
-    if isinstance(checkout.get("source_name"), str):
-        attrs["via"] = checkout["source_name"][:64]
+    if _text(checkout.get("source_name"), 64):
+        attrs["via"] = _text(checkout.get("source_name"), 64)
     tp = Touchpoint(
         source=ctx.source, touchpoint_id=f"checkout:{token}:started", occurred_at=when,
         customer=ref, kind="checkout_started", channel=channel_for(checkout.get("source_name")),
@@ -444,7 +452,7 @@ def _compliance_shop(ctx: Context, payload: dict, topic: str) -> None:
 def _compliance_customer(payload: dict, topic: str) -> tuple[str | None, str | None]:
     customer = _obj(payload.get("customer"), f"{topic}: customer")
     cid = _id(customer.get("id"), "customer.id", required=False)
-    email = normalise_email(customer.get("email"))
+    email = normalise_email(_clean(customer.get("email")))
     if cid is None and email is None:
         raise PayloadError(f"{topic}: customer has neither an id nor a usable email")
     return cid, email
