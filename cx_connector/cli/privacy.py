@@ -37,7 +37,10 @@ def forget(state: State, who: str, yes: bool, reason: str) -> None:
     with db.read(rt.engine) as conn:
         person, dids, n_tps = privacy.plan(conn, target)
     if not person.rows and not dids:
-        click.echo(f"nothing is held about {who}: no customer and no stored delivery mentions it")
+        with db.write(rt.engine) as conn:  # recorded all the same: the request was handled
+            privacy.forget(conn, target, now=rt.now(), actor="cli", reason=reason)
+        click.echo(f"nothing is held about {who}: no customer and no stored delivery mentions it "
+                   "(recorded in the audit log)")
         return
     click.echo(f"{who}: {len(person.survivors)} customer(s) "
                f"({', '.join(str(c) for c in sorted(person.survivors)) or 'none'}), "
