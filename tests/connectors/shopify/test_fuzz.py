@@ -64,7 +64,7 @@ leaf = (st.none() | st.booleans() | st.integers(min_value=-(2 ** 80), max_value=
         | st.floats() | st.text(max_size=20) | tricky_text)
 json_value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4)
                           | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner,
-                                            max_size=4), max_leaves=8)
+                                            max_size=4), max_leaves=6)
 
 
 def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -105,7 +105,7 @@ def _check(r: Any, topic: str) -> None:
         assert not out["error"].startswith(("internal error", "could not store")), out["error"]
 
 
-FUZZ = settings(max_examples=1000, deadline=None, database=None,
+FUZZ = settings(max_examples=900, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -123,7 +123,7 @@ def test_mutated_samples_never_get_a_500(deliver, data):
     _check(deliver(topic, json.dumps(payload).encode()), topic)
 
 
-@settings(FUZZ, max_examples=800)
+@settings(FUZZ, max_examples=700)
 @given(topic=st.sampled_from(TOPICS), payload=json_value)
 def test_random_json_never_gets_a_500(deliver, topic, payload):
     _check(deliver(topic, json.dumps(payload).encode()), topic)
