@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from requests.structures import CaseInsensitiveDict
+from sqlalchemy import text
 
 from connectors.shopify import signatures
 from cx_connector.errors import ConfigError, SignatureError
@@ -198,3 +199,25 @@ def test_sign_produces_headers_that_verify(rt):
     assert again["X-Shopify-Webhook-Id"] == headers["X-Shopify-Webhook-Id"]  # same request, same id
     given = connector.sign(body, {"x-shopify-webhook-id": "mine"}, method="POST", url="", now=NOW)
     assert "X-Shopify-Webhook-Id" not in given  # what the caller set is kept
+
+
+def test_the_reference_example_headers_are_the_ones_read(client, engine):
+    """_headers_example.json (Shopify's documented headers), with the HMAC computed for a real
+    body and the shop and time made ours: accepted, and its topic and webhook id are used."""
+    from tests.conftest import fixture_bytes, fixture_json
+
+    headers = {k: v for k, v in fixture_json("shopify", "_headers_example.json").items()
+               if not k.startswith("_")}
+    body = fixture_bytes("shopify", "crafted", "products_create.json")
+    headers.update({"X-Shopify-Hmac-Sha256": hmac_b64(body), "X-Shopify-Shop-Domain": SHOP,
+                    "X-Shopify-Triggered-At": "2026-06-15T11:59:00.000000Z"})
+    r = client.post("/webhooks/shopify", data=body, headers=headers)
+    assert r.status_code == 200 and r.get_json()["status"] == "processed"
+    assert count(engine, "products") == 1
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT topic, delivery_key FROM deliveries")).one()
+    assert tuple(row) == ("products/update", "webhook:545ebdd4-b7be-4d3d-b14e-54aa78e0e0f9")
+    # as published (another shop, an HMAC over no body) it is refused
+    published = {k: v for k, v in fixture_json("shopify", "_headers_example.json").items()
+                 if not k.startswith("_")}
+    assert client.post("/webhooks/shopify", data=body, headers=published).status_code == 401
