@@ -231,8 +231,9 @@ class Scrubber:
         self.phones = set(person.phones)
         patterns = [re.escape(e) for e in sorted(person.emails, key=len, reverse=True) if e]
         words: set[str] = set()
-        for name in person.names:
-            words.add(name)
+        for name in person.names:  # the full name, and its parts long enough not to be noise
+            if len(name) >= 2:
+                words.add(name)
             words |= {part for part in re.split(r"\s+", name) if len(part) >= 3}
         patterns += [rf"\b{re.escape(w)}\b" for w in sorted(words, key=len, reverse=True)]
         self.pattern = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
@@ -241,9 +242,18 @@ class Scrubber:
         if self.pattern is not None:
             value = self.pattern.sub(REDACTED, value)
         if self.phones:
-            value = _PHONE_RUN.sub(
-                lambda m: REDACTED if normalise_phone(m.group(0)) in self.phones else m.group(0), value)
+            value = _PHONE_RUN.sub(lambda m: REDACTED if self._phone(m.group(0)) else m.group(0), value)
         return value
+
+    def _phone(self, text: str) -> bool:
+        """The same number, with or without its country code (``+1 555...`` vs ``555...``)."""
+        found = (normalise_phone(text) or "").lstrip("+")
+        for phone in self.phones:
+            known = phone.lstrip("+")
+            short, long = sorted((found, known), key=len)
+            if len(short) >= 7 and long.endswith(short):
+                return True
+        return False
 
     def json(self, value: Any, *, drop_personal_keys: bool = False) -> Any:
         if isinstance(value, dict):

@@ -397,3 +397,15 @@ def test_export_dir_reaches_webhook_transactions_through_the_engine(rt, export_d
     assert rt.engine.get_execution_options()[privacy.EXPORT_DIR_OPTION] == str(export_dir)
     assert make_config("sqlite://").privacy.export_dir == "exports"
     assert make_config("sqlite://").checkouts.abandon_after == timedelta(hours=6)
+
+
+def test_scrubber_replaces_the_persons_values_inside_text_and_drops_personal_keys():
+    person = privacy.Person(emails={"ann@example.com"}, phones={"5556251199"}, names={"Ann Lee"})
+    scrub = privacy.Scrubber(person)
+    value = {"contactEmail": "ann@example.com", "via": "email", "reason": "other",
+             "summary": "ANN@example.com wrote; call +1 (555) 625-1199, not 2022-01-01",
+             "items": [{"title": "Lee's mug", "last_name": "Lee"}], "count": 3}
+    assert scrub.json(value, drop_personal_keys=True) == {
+        "via": "email", "reason": "other",
+        "summary": "[redacted] wrote; call [redacted], not 2022-01-01",
+        "items": [{"title": "[redacted]'s mug"}], "count": 3}
