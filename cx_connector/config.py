@@ -26,6 +26,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
 from cx_connector import registry
+from cx_connector.connector import Duration
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
 
@@ -33,8 +34,6 @@ DEFAULT_PATH = "cx-connector.yaml"
 ENV_PATH = "CX_CONNECTOR_CONFIG"
 DEFAULT_DATABASE_URL = "sqlite:///cx-connector.db"
 
-_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _VAR_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -79,6 +78,20 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    #: where personal-data export files are written (relative: to the working directory)
+    export_dir: str = "exports"
+
+
+@dataclass(frozen=True)
+class Checkouts:
+    #: a checkout with no order this long after it started is abandoned
+    abandon_after: timedelta = timedelta(hours=6)
+    #: checkouts older than this are no longer examined by the abandonment job
+    lookback: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = None
@@ -87,6 +100,8 @@ class Config:
     webhooks: Webhooks = field(default_factory=Webhooks)
     logging: Logging = field(default_factory=Logging)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    privacy: Privacy = field(default_factory=Privacy)
+    checkouts: Checkouts = field(default_factory=Checkouts)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -106,29 +121,6 @@ class Config:
 # --- field types ------------------------------------------------------------------
 
 
-class Duration(fields.Field):
-    """``15m``, ``1h30m``, ``90s``, ``2d``, ``1w`` or a number of seconds."""
-
-    default_error_messages = {"invalid": "not a duration (use e.g. 30s, 15m, 1h, 1d)"}
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> timedelta:
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        if isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str) and value.strip().isdigit():
-            seconds = float(value.strip())
-        elif isinstance(value, str):
-            text = value.strip().lower().replace(" ", "")
-            parts = _DURATION_RE.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise self.make_error("invalid")
-            seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-        else:
-            raise self.make_error("invalid")
-        if seconds <= 0:
-            raise ValidationError("must be longer than zero")
-        return timedelta(seconds=seconds)
 
 
 class _Strict(Schema):
@@ -184,6 +176,23 @@ class LoggingSchema(_Strict):
         return Logging(**data)
 
 
+class PrivacySchema(_Strict):
+    export_dir = fields.String(load_default=Privacy.export_dir, validate=validate.Length(min=1))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Privacy:
+        return Privacy(**data)
+
+
+class CheckoutsSchema(_Strict):
+    abandon_after = Duration(load_default=Checkouts.abandon_after)
+    lookback = Duration(load_default=Checkouts.lookback)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Checkouts:
+        return Checkouts(**data)
+
+
 def _connectors_schema() -> type[Schema]:
     available = registry.available()
     attrs: dict[str, Any] = {
@@ -210,6 +219,8 @@ class ConfigSchema(_Strict):
     webhooks = fields.Nested(WebhooksSchema, load_default=Webhooks)
     logging = fields.Nested(LoggingSchema, load_default=Logging)
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
+    privacy = fields.Nested(PrivacySchema, load_default=Privacy)
+    checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")

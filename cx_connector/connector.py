@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar
 
-from marshmallow import RAISE, Schema
+from marshmallow import RAISE, Schema, ValidationError, fields
 from requests.structures import CaseInsensitiveDict
 
 from cx_connector.errors import PayloadError
@@ -61,9 +62,11 @@ __all__ = [
     "Connector",
     "CustomerRef",
     "Delivery",
+    "Duration",
     "Export",
     "Forget",
     "ForgetAll",
+    "Gone",
     "Headers",
     "Link",
     "Lookup",
@@ -87,6 +90,9 @@ __all__ = [
     "normalise_phone",
     "parse_json",
 ]
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Headers = CaseInsensitiveDict
 """Header mapping with case-insensitive keys (HTTP/2 lower-cases every header)."""
@@ -174,6 +180,19 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Gone:
+    """The platform deleted record ``source/source_id`` (e.g. Shopify ``customers/delete``).
+
+    Not an erasure: the identity stays linked (history kept) but is marked gone, so
+    nothing is written to it again. A record unknown so far is kept as gone, so a
+    creation arriving after its deletion does not bring it back.
+    """
+
+    source: str
+    source_id: str
+
+
+@dataclass(frozen=True)
 class CatalogueProduct:
     """A product's current catalogue entry (e.g. Shopify ``products/update``).
 
@@ -189,7 +208,7 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct
+Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct | Gone
 
 
 @dataclass(frozen=True)
@@ -372,6 +391,33 @@ class SetupReport:
     @property
     def conflicts(self) -> tuple[SetupItem, ...]:
         return tuple(i for i in self.items if i.status in ("conflict", "failed"))
+
+
+class Duration(fields.Field):
+    """A marshmallow field for durations, for the core config and connector settings alike."""
+
+    # ``15m``, ``1h30m``, ``90s``, ``2d``, ``1w`` or a number of seconds
+
+    default_error_messages = {"invalid": "not a duration (use e.g. 30s, 15m, 1h, 1d)"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> timedelta:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and value.strip().isdigit():
+            seconds = float(value.strip())
+        elif isinstance(value, str):
+            text = value.strip().lower().replace(" ", "")
+            parts = _DURATION_RE.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise self.make_error("invalid")
+            seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        else:
+            raise self.make_error("invalid")
+        if seconds <= 0:
+            raise ValidationError("must be longer than zero")
+        return timedelta(seconds=seconds)
 
 
 class SettingsSchema(Schema):

@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, select, update
 
 from cx_connector import audit
-from cx_connector.connector import CustomerRef, Link, Merge
+from cx_connector.connector import CustomerRef, Gone, Link, Merge
 from cx_connector.db import insert_ignore
 from cx_connector.models import (
     alert_states,
@@ -300,4 +300,26 @@ def find_customer(conn: Connection, ref: str) -> int | None:
         if nxt is None:
             break
         cid = nxt
+    return cid
+
+
+def mark_gone(conn: Connection, action: Gone, *, now: datetime, actor: str = "webhook") -> int:
+    """The platform deleted ``source/source_id``: keep the identity (and its history) but
+    never write to it again. An unknown record is kept as a gone tombstone, so a
+    creation delivered after the deletion leaves it gone (delivery order does not matter).
+    """
+    key: Key = ("id", action.source, action.source_id)
+    cid = lookup(conn, [key]).get(key)
+    if cid is None:
+        cid = _attach(conn, _create(conn, now), [key], now=now, actor=actor)
+    marked = conn.execute(update(identities).where(
+        identities.c.kind == "id", identities.c.source == action.source,
+        identities.c.value == action.source_id, identities.c.gone_at.is_(None)).values(gone_at=now))
+    if marked.rowcount:
+        # a write still waiting for the record would only fail: drop it
+        conn.execute(outbox.delete().where(outbox.c.source == action.source,
+                                           outbox.c.external_id == action.source_id,
+                                           outbox.c.status == "pending"))
+        audit.record(conn, actor=actor, action="record_gone", at=now, customer_id=cid,
+                     source=action.source, external_id=action.source_id)
     return cid

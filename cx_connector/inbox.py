@@ -35,6 +35,7 @@ from cx_connector.connector import (
     Export,
     Forget,
     ForgetAll,
+    Gone,
     Headers,
     Link,
     Merge,
@@ -237,6 +238,8 @@ def apply_action(conn: Connection, action: object, *, now: datetime, actor: str)
         catalogue(conn, action, now=now)
     elif isinstance(action, Forget | ForgetAll | Export):
         privacy.apply(conn, action, now=now, actor=actor)
+    elif isinstance(action, Gone):
+        identity.mark_gone(conn, action, now=now, actor=actor)
     else:
         raise TypeError(f"unknown action {type(action).__name__}")
 

@@ -47,5 +47,7 @@ def build(config: Config, *, engine: Engine | None = None,
     connectors = {name: available[name](settings) for name, settings in config.connectors.items()}
     for connector in connectors.values():
         connector.signature_tolerance = config.webhooks.signature_tolerance
-    return Runtime(config=config, engine=engine or db.make_engine(config.database_url),
-                   connectors=connectors, clock=clock)
+    engine = engine or db.make_engine(config.database_url)
+    # privacy exports requested inside a webhook transaction find their directory here
+    engine.update_execution_options(cx_export_dir=config.privacy.export_dir)
+    return Runtime(config=config, engine=engine, connectors=connectors, clock=clock)

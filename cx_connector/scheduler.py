@@ -42,10 +42,12 @@ class Job:
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
-    from cx_connector import sync
+    from cx_connector import checkouts, sync
 
     out: list[Job] = [
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
+        # checkouts before scoring: an abandoned checkout is a touchpoint scoring reads
+        Job("checkouts", checkouts.run, lambda config: config.schedule.score_every),
         Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
     return out

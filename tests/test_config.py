@@ -128,3 +128,19 @@ def test_cli_check_config_ok_hides_secrets(tmp_path):
     assert result.exit_code == 0, result.output
     assert "generic" in result.output
     assert "hunter2pass" not in result.output and "generic-secret-0123456789" not in result.output
+
+
+def test_privacy_and_checkouts_sections():
+    c = config_from_mapping({}, env={})
+    assert c.privacy.export_dir == "exports"
+    assert (c.checkouts.abandon_after, c.checkouts.lookback) == (timedelta(hours=6), timedelta(days=30))
+    c = config_from_mapping({"privacy": {"export_dir": "/var/lib/cx/exports"},
+                             "checkouts": {"abandon_after": "1h", "lookback": "7d"}}, env={})
+    assert c.privacy.export_dir == "/var/lib/cx/exports" and c.checkouts.abandon_after == timedelta(hours=1)
+    p = problems({"privacy": {"export_dir": "", "dir": "x"}, "checkouts": {"abandon_after": "later"}})
+    assert set(p) == {"privacy.export_dir", "privacy.dir", "checkouts.abandon_after"}
+    c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
+        "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+    assert c.privacy.export_dir == "exports" and c.checkouts.abandon_after == timedelta(hours=6)
+    assert c.connectors["shopify"].max_delivery_age == timedelta(hours=5)

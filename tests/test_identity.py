@@ -98,3 +98,30 @@ def test_invalid_emails_do_not_link(engine):
 
     assert normalise_email("[email protected]") is None
     assert normalise_email(" Ann@Example.COM ") == "ann@example.com"
+
+
+def test_a_deleted_record_is_marked_gone_keeping_its_links(engine):
+    from cx_connector.connector import Gone
+    from cx_connector.models import outbox
+
+    cid = resolve(engine, "shopify", CustomerRef("7064", email="ann@example.com"))
+    with db.write(engine) as conn:
+        conn.execute(outbox.insert().values(
+            customer_id=cid, source="shopify", external_id="7064", fields={"cx_score": 1}, previous={},
+            status="pending", attempts=0, next_attempt_at=NOW, created_at=NOW, updated_at=NOW))
+        assert identity.mark_gone(conn, Gone("shopify", "7064"), now=NOW) == cid
+        identity.mark_gone(conn, Gone("shopify", "7064"), now=NOW)  # again: nothing more
+        gone = dict(conn.execute(select(identities.c.value, identities.c.gone_at)).all())
+        actions = conn.execute(select(audit_log.c.action)).scalars().all()
+    assert gone == {"7064": NOW, "ann@example.com": None}
+    assert actions == ["record_gone"] and count(engine, "outbox") == 0
+
+
+def test_a_record_deleted_before_it_was_seen_stays_gone(engine):
+    from cx_connector.connector import Gone
+
+    with db.write(engine) as conn:
+        tomb = identity.mark_gone(conn, Gone("shopify", "9"), now=NOW)
+    assert resolve(engine, "shopify", CustomerRef("9", email="late@example.com")) == tomb
+    with engine.connect() as conn:
+        assert conn.execute(select(identities.c.gone_at).where(identities.c.value == "9")).scalar() == NOW

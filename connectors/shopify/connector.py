@@ -1,29 +1,45 @@
-"""Shopify connector. Settings are complete; verification and normalisation land
-with the connectors issue (until then every delivery is refused with 401, nothing stored)."""
+"""Shopify connector: HMAC-verified webhooks (orders, refunds, checkouts, customers,
+products and the mandatory compliance topics) normalised into touchpoints.
+
+Verification is in :mod:`connectors.shopify.signatures`, the payload mapping in
+:mod:`connectors.shopify.normalise`. Reference:
+https://shopify.dev/docs/api/webhooks/2026-07 and ``../shared/PLATFORMS.md`` §3.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from importlib.resources import files
 from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.shopify import graphql, setup, writer
+from connectors.shopify import graphql, setup, signatures, writer
+from connectors.shopify import normalise as norm
 from cx_connector.connector import (
     Connector,
+    Delivery,
+    Duration,
+    Normalised,
     PlannedRequest,
     RateBudget,
     RecordWrite,
+    SampleDelivery,
     SettingsSchema,
     SetupReport,
     Throttle,
     WriteResult,
 )
-from cx_connector.errors import SignatureError
 from cx_connector.http import Session
+
+_NAMESPACE = uuid.UUID("5b0b6c1e-3f4e-4a53-9d2e-6f0c1d9a7b21")  # demo/fuzz webhook ids
+
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,9 @@ class ShopifySettings:
     #: extensions.cost.throttleStatus (https://shopify.dev/docs/api/usage/rate-limits)
     graphql_points_per_second: int = 100
     graphql_bucket_size: int = 1000
+    #: oldest ``X-Shopify-Triggered-At`` accepted: Shopify retries for 4 hours with the
+    #: original trigger time, so this must exceed that (see signatures.py)
+    max_delivery_age: timedelta = timedelta(hours=5)
 
 
 class ShopifySettingsSchema(SettingsSchema):
@@ -53,6 +72,7 @@ class ShopifySettingsSchema(SettingsSchema):
     batch_size = fields.Integer(load_default=25, validate=validate.Range(min=1, max=25))
     graphql_points_per_second = fields.Integer(load_default=100, validate=validate.Range(min=1))
     graphql_bucket_size = fields.Integer(load_default=1000, validate=validate.Range(min=10))
+    max_delivery_age = Duration(load_default=ShopifySettings.max_delivery_age)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> ShopifySettings:
@@ -92,7 +112,79 @@ class ShopifyConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, self.settings.api_version, dry_run=dry_run)
+    @classmethod
+    def demo_settings(cls) -> dict[str, Any]:
+        return {"shop": "demo-shop.myshopify.com", "access_token": "shpat_demo_not_for_production",
+                "client_secret": "demo-shopify-secret-not-for-production"}
+
+    # -- inbound ----------------------------------------------------------------------
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, method: str, url: str,
                now: datetime) -> None:
-        raise SignatureError("Shopify signature verification is not implemented yet")
+        signatures.verify(body, headers, secret=self.settings.client_secret, shop=self.settings.shop,
+                          now=now, tolerance=self.signature_tolerance,
+                          max_age=self.settings.max_delivery_age)
+
+    def sign(self, body: bytes, headers: Mapping[str, str], *, method: str, url: str,
+             now: datetime) -> dict[str, str]:
+        """The HMAC, plus the other headers Shopify sends when ``headers`` lacks them.
+
+        The webhook id is derived from topic and body, so signing the same request
+        twice gives a redelivery (deduplicated), as Shopify's retries are.
+        """
+        given = {k.lower() for k in headers}
+        topic = next((v for k, v in headers.items() if k.lower() == signatures.TOPIC.lower()), "")
+        out = {signatures.HMAC: signatures.compute(self.settings.client_secret, body)}
+        defaults = {
+            signatures.SHOP_DOMAIN: self.settings.shop,
+            signatures.API_VERSION: self.settings.api_version,
+            signatures.TRIGGERED_AT: now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            signatures.WEBHOOK_ID: str(uuid.uuid5(
+                _NAMESPACE, topic + ":" + hashlib.sha256(body).hexdigest())),
+        }
+        out.update({k: v for k, v in defaults.items() if k.lower() not in given})
+        return out
+
+    def delivery_key(self, delivery: Delivery) -> str:
+        """``X-Shopify-Webhook-Id``: the same for every retry of one delivery."""
+        webhook_id = signatures.header(delivery.headers, signatures.WEBHOOK_ID)
+        return "webhook:" + webhook_id if webhook_id else super().delivery_key(delivery)
+
+    def topic(self, delivery: Delivery) -> str:
+        return (signatures.header(delivery.headers, signatures.TOPIC) or "").lower()
+
+    def normalise(self, delivery: Delivery, *, now: datetime) -> Normalised:
+        topic = self.topic(delivery)
+        if not norm.supported(topic):  # an unused topic is ignored, whatever its body
+            return norm.normalise(topic, None, self._context())
+        return norm.normalise(topic, delivery.payload, self._context())
+
+    def _context(self) -> norm.Context:
+        return norm.Context(source=self.name, shop=self.settings.shop)
+
+    def sample_deliveries(self) -> list[SampleDelivery]:
+        """Business events for ``cx-connector demo`` (``samples/index.json``). The
+        compliance topics are left out: they erase or export data, not show it."""
+        folder = files("connectors.shopify") / "samples"
+        out = []
+        for entry in json.loads((folder / "index.json").read_bytes()):
+            out.append(SampleDelivery(name=f"shopify/{entry['file']}:{entry['topic']}",
+                                      body=(folder / entry["file"]).read_bytes(),
+                                      headers={signatures.TOPIC: entry["topic"]}))
+        return out
+
+    # -- records ----------------------------------------------------------------------
+
+    def writable_record(self, source_id: str) -> bool:
+        """Only customers (plain numeric ids) take metafields; ``order:<id>`` and
+        ``checkout:<token>`` records exist to link refunds and guest checkouts."""
+        return source_id.isdigit()
+
+    def record_url(self, source_id: str) -> str | None:
+        store = self.settings.shop.removesuffix(".myshopify.com")
+        if source_id.isdigit():
+            return f"https://admin.shopify.com/store/{store}/customers/{source_id}"
+        kind, _, rid = source_id.partition(":")
+        if kind == "order" and rid.isdigit():
+            return f"https://admin.shopify.com/store/{store}/orders/{rid}"
+        return None

@@ -17,6 +17,7 @@ from cx_connector.cli import (
     serve,
     writeback,
 )
+from cx_connector.cli import privacy as privacy_cli
 from cx_connector.cli.base import Group, State
 
 
@@ -35,5 +36,6 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
                 events.events, customers.customers, clock.scheduler_cmd,
-                enrich.enrich_cmd, writeback.setup, writeback.sync_cmd, writeback.outbox):
+                enrich.enrich_cmd, writeback.setup, writeback.sync_cmd, writeback.outbox,
+                privacy_cli.forget, privacy_cli.export):
     main.add_command(command)
