@@ -9,7 +9,7 @@ from connectors.hubspot.connector import HubSpotSettings
 from connectors.hubspot.normalise import HANDLERS
 
 ROOT = Path(__file__).parents[3]
-SECTION = (ROOT / "connectors" / "hubspot" / "README-section.md").read_text()
+SECTION = (ROOT / "README.md").read_text()
 EXAMPLE = (ROOT / "config" / "cx-connector.example.yaml").read_text()
 
 
