@@ -228,7 +228,8 @@ def load(engine: Engine, data: dict[str, np.ndarray], n_customers: int, *, now: 
                 "VALUES (?, ?, ?, ?, '{}', ?)",
                 [(i, t_created, t_created, f"c{i}@bench.example", t_now) for i in range(1, n_customers + 1)])
             raw.executemany(
-                "INSERT INTO identities (customer_id, kind, source, value, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO identities (customer_id, kind, source, value, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [(i, "id", writable_source, f"crm-{i}", t_created) for i in range(1, n_customers + 1)]
                 + [(i, "id", SOURCE, f"shop-{i}", t_created) for i in range(1, n_customers + 1)])
             times = _sqlite_time(data["t"])

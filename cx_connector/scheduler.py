@@ -43,6 +43,11 @@ class Job:
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
     out: list[Job] = []
+    # scoring (imported here so that numpy and scipy load only where jobs run)
+    from cx_connector.scoring import kpis
+    from cx_connector.scoring import run as scoring
+    out += [Job("score", scoring.job, lambda c: c.schedule.score_every, lease=scoring.LEASE),
+            Job("kpis", kpis.job, lambda c: kpis.CHECK_EVERY, lease=kpis.LEASE)]
     return out
 
 

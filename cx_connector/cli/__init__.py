@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cx_connector import __version__
-from cx_connector.cli import clock, configcheck, customers, database, demo, events, imports, serve
+from cx_connector.cli import clock, configcheck, customers, database, demo, events, imports, scoring, serve
 from cx_connector.cli.base import Group, State
 
 
@@ -23,5 +23,5 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
-                events.events, customers.customers, clock.scheduler_cmd):
+                events.events, customers.customers, clock.scheduler_cmd, scoring.score, scoring.kpis_cmd):
     main.add_command(command)

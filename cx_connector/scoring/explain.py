@@ -78,7 +78,8 @@ def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime
     if model is not None:
         m["cross_sell"] = model.summary()
     settings = {
-        "horizon_days": s.horizon_days, "fallback_half_life_days": s.fallback_half_life_days,
+        "horizon_days": s.horizon_days, "min_purchasers": s.min_purchasers,
+        "fallback_half_life_days": s.fallback_half_life_days,
         "engagement_half_life_days": s.engagement_half_life_days,
         "churn": {"high_below": s.churn.high_below, "medium_below": s.churn.medium_below},
         "health": {"green_at": s.health.green_at, "red_below": s.health.red_below},
@@ -227,6 +228,10 @@ def _n(count: int | float, words: tuple[str, str]) -> str:
     return f"{count:g} {words[0] if count == 1 else words[1]}"
 
 
+def _days(n: int) -> str:
+    return "1 day" if n == 1 else f"{n} different days"
+
+
 def _retention_words(e: dict[str, Any]) -> str:
     r = e.get("retention") or {}
     m = r.get("method")
@@ -234,7 +239,7 @@ def _retention_words(e: dict[str, Any]) -> str:
     h = st.get("horizon_days")
     if m == "bgnbd":
         b = e["model"]["bgnbd"]
-        text = (f"Bought on {r['purchase_days']} different days (first {r['first_purchase']}, last "
+        text = (f"Bought on {_days(r['purchase_days'])} (first {r['first_purchase']}, last "
                 f"{r['last_purchase']}, {r['days_since_last_purchase']:g} days ago). The BG/NBD model "
                 f"fitted on {b['customers']} purchasing customers (r={b['r']:.3g}, alpha={b['alpha']:.3g}, "
                 f"a={b['a']:.3g}, b={b['b']:.3g}) gives: probability still an active customer "
@@ -243,7 +248,7 @@ def _retention_words(e: dict[str, Any]) -> str:
     elif m == "recency":
         reason = e["model"].get("bgnbd_fallback") or "no model"
         half = st["fallback_half_life_days"]
-        text = (f"Bought on {r['purchase_days']} different days, the last {r['days_since_last_purchase']:g} "
+        text = (f"Bought on {_days(r['purchase_days'])}, the last {r['days_since_last_purchase']:g} "
                 f"days ago. Fallback ({reason}): the probability halves every {half:g} days "
                 f"since the last purchase: 0.5^({r['days_since_last_purchase']:g}/{half:g}) "
                 f"= {_pct(r['probability'])}.")
@@ -324,6 +329,11 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     retention = (e.get("retention") or {}).get("probability")
     if retention is None:
         return text + " No retention probability, so no cross-sell score."
+    buyers = ((e.get("model") or {}).get("cross_sell") or {}).get("customers", 0)
+    least = (e.get("settings") or {}).get("min_purchasers", 0)
+    if buyers < least:
+        return text + (f" Only {buyers} customers have bought items (fewer than {least}, "
+                       "scoring.min_purchasers): too few to estimate a propensity, so no score.")
     strength = c.get("confidence", c.get("base_rate"))
     return (text + f" Score = retention probability {_pct(retention)} x {_pct(strength)} = "
             f"{100 * retention * strength:.0f}.")

@@ -302,10 +302,10 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     del rows
     pos, ok = _locate(ids, cust)
     cancelled, refunds = _outcomes(f, code, pos, ok, days, values, refs)
-    _purchases(f, code, pos, ok, days, values, refs, cancelled, refunds)
+    undone = _purchases(f, code, pos, ok, days, values, refs, cancelled, refunds)
     _tickets(f, code, pos, ok, days, refs, author.astype(bool))
     _ratings(f, code, pos, ok, days, score, scale)
-    _items(conn, f, code, pos, ok, refs, items, sources, cancelled, by)
+    _items(conn, f, code, pos, ok, refs, items, sources, undone, by)
     return f
 
 
@@ -331,8 +331,11 @@ def _outcomes(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, da
 
 
 def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,
-               values: np.ndarray, refs: list, cancelled: set, refunds: dict) -> None:
+               values: np.ndarray, refs: list, cancelled: set, refunds: dict) -> set[str]:
+    """Purchase days per customer; returns the orders that were undone (cancelled or
+    refunded in full), whose line items do not count either."""
     n = f.n
+    undone = set(cancelled)
     rows = np.flatnonzero(np.isin(code, _codes(PURCHASE_KINDS)))
     keep = ok[rows].copy()
     values = values.copy()
@@ -359,6 +362,7 @@ def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, d
             if values[i] > 0 and net <= 0.005:  # refunded in full: the purchase was undone
                 keep[j] = False
                 dropped[pos[i]] += 1
+                undone.add(ref)
             else:
                 refunded[pos[i]] += 1
                 values[i] = net
@@ -370,7 +374,7 @@ def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, d
     f.spend, f.spend_days = np.zeros(n), np.zeros(n)
     f.repeat_spend, f.repeat_spend_days = np.zeros(n), np.zeros(n)
     if not len(sel):
-        return
+        return undone
     p_idx, p_day, p_val = pos[sel], np.floor(days[sel]).astype(np.int64), values[sel]
     order = np.lexsort((p_day, p_idx))
     p_idx, p_day, p_val = p_idx[order], p_day[order], p_val[order]
@@ -393,6 +397,7 @@ def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, d
     rep = ~first & d_known
     f.repeat_spend = np.bincount(d_idx[rep], weights=d_val[rep], minlength=n)
     f.repeat_spend_days = np.bincount(d_idx[rep], minlength=n).astype(float)
+    return undone
 
 
 def _tickets(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,
@@ -440,8 +445,9 @@ def _ratings(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, day
 
 
 def _items(conn: Connection, f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray,
-           refs: list, items: list, sources: list, cancelled: set, by: str) -> None:
-    """Distinct (customer, item) pairs of purchases that were not cancelled.
+           refs: list, items: list, sources: list, undone: set, by: str) -> None:
+    """Distinct (customer, item) pairs of purchases that were not undone (cancelled or
+    refunded in full).
 
     By category, a line item without one takes its product's category from the
     catalogue (``products`` table); line items without any category are left out.
@@ -456,7 +462,7 @@ def _items(conn: Connection, f: Features, code: np.ndarray, pos: np.ndarray, ok:
     code_out: list[int] = []
     for i in rows:
         text_ = items[i]
-        if not text_ or (refs[i] is not None and refs[i] in cancelled):
+        if not text_ or (refs[i] is not None and refs[i] in undone):
             continue
         for item in text_.split("\x1f"):
             if by == "category":

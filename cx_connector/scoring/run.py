@@ -217,6 +217,8 @@ def compute(f: features.Features, models: Models, s: ScoringSettings, scored_at:
     next_best = np.where(has_retention, labels[rec.item], None)
     cross = np.where(has_retention & (rec.item >= 0), 100.0 * ret.probability * np.nan_to_num(rec.strength),
                      np.nan)
+    if models.cross_sell.customers < s.min_purchasers:  # associations of a handful of buyers are noise
+        cross[:] = np.nan
     nps_cat = cx_score.nps_category(cx.nps_last)
     with np.errstate(invalid="ignore", divide="ignore"):
         csat = np.where(cx.csat_total > 0, 100.0 * cx.csat_satisfied / np.maximum(cx.csat_total, 1), np.nan)
@@ -349,6 +351,11 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
     log.info("scoring run finished", extra={"mode": report["mode"], "customers": report["customers_scored"],
                                             "duration_ms": report["duration_ms"]})
     return report
+
+
+def job(rt: Runtime) -> dict[str, Any]:
+    """The scheduled ``score`` job: incremental, or the full pass when one is due."""
+    return run(rt)
 
 
 def load_previous(rt: Runtime) -> PopulationFit | None:
