@@ -13,7 +13,9 @@ The sending side (claim, batch, send, mark done / retry / dead) is in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,23 +122,6 @@ def _time(conn: Connection, when: datetime) -> Any:
     return when
 
 
-def _insert_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    at = _time(conn, rows[0]["created_at"])
-    _raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
-                    "attempts, next_attempt_at, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?j, ?j, 'pending', 0, ?, ?, ?)",
-              [(r["customer_id"], r["source"], r["external_id"], json_dumps(r["fields"]),
-                json_dumps(r["previous"]), at, at, at) for r in rows])
-
-
-def _update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    at = _time(conn, rows[0]["updated_at"])
-    _raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
-                    "WHERE id = ?",
-              [(json_dumps(r["fields"]), json_dumps(r["previous"]), r["customer_id"], at, r["_id"])
-               for r in rows])
-
-
 def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any], Any]) -> dict[str, Any]:
     """:func:`canonical_values` with a memo: scores repeat (0-100, a few options), and the
     canonical form costs a Decimal round trip per value."""
@@ -154,27 +139,50 @@ def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any
     return out
 
 
+def _rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
+    """A query on the transaction's DBAPI cursor (``?`` placeholders)."""
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
 def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
-                 items: Iterable[tuple[int, Mapping[str, Any]]], *, now: datetime) -> int:
+                 items: Iterable[tuple[int, Mapping[str, Any]]], *, now: datetime,
+                 canonical_input: bool = False) -> int:
     """:func:`enqueue` for many customers at once: the same pending writes, in a few
     queries per :data:`BATCH` customers instead of a few per customer (the daily
     full scoring pass queues changes for up to every customer).
 
-    ``items``: ``(customer_id, values)``, each customer at most once. Returns the
+    ``items``: ``(customer_id, values)``, each customer at most once.
+    ``canonical_input``: the values are already canonical (as scoring makes them:
+    ``canonical(name, v) == v``), so they are not converted again. Returns the
     number of records that got (or had updated) a pending write.
     """
     items = list(items)
     if len({cid for cid, _ in items}) != len(items):
         raise ValueError("enqueue_many: a customer appears more than once; merge its values first")
+    sqlite = conn.dialect.name == "sqlite"
+
+    def stored(value: Any) -> Any:
+        """A JSON column's value: psycopg parses it; SQLite hands back the text, except
+        numbers, which the column's numeric affinity already turned into numbers."""
+        return json.loads(value) if sqlite and isinstance(value, str) else value
+
     queued = 0
     memo: dict[tuple[str, type, Any], Any] = {}
+    nulls: dict[tuple[str, ...], str] = {}
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
         records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
-        for cid, source, value in conn.execute(
-                select(identities.c.customer_id, identities.c.source, identities.c.value).where(
-                    identities.c.customer_id.in_(list(records)), identities.c.kind == "id",
-                    identities.c.gone_at.is_(None)).order_by(identities.c.id)):
+        listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
+        for cid, source, value in _rows(conn, (
+                f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
+                "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
             connector = connectors.get(source)
             if connector is not None and connector.writes_back and connector.writable_record(value):
                 records[cid].append((source, value))
@@ -187,41 +195,55 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
         for source, ext in keys:
             by_source.setdefault(source, []).append(ext)
         for source, exts in by_source.items():
-            for source_, ext, field, value in conn.execute(
-                    select(written_values.c.source, written_values.c.external_id, written_values.c.field,
-                           written_values.c.value).where(
-                        written_values.c.source == source, written_values.c.external_id.in_(exts))):
-                if (source_, ext) in last:
-                    last[(source_, ext)][field] = value
+            marks = ", ".join("?" * len(exts))
+            for ext, field, value in _rows(conn, (
+                    f"SELECT external_id, field, value FROM written_values WHERE source = ? "
+                    f"AND external_id IN ({marks})"), [source, *exts]):
+                if (source, ext) in last:
+                    last[(source, ext)][field] = stored(value)
             # status || '' keeps SQLite (without statistics) on the (source, external_id) index
             # rather than the status index, which would read every pending write of the outbox
-            for row in conn.execute(
-                    select(outbox.c.id, outbox.c.source, outbox.c.external_id, outbox.c.fields,
-                           outbox.c.previous).where(
-                        outbox.c.source == source, outbox.c.external_id.in_(exts),
-                        outbox.c.status.concat("") == "pending").order_by(outbox.c.id)):
-                pending[(row.source, row.external_id)] = row  # the newest wins, as in enqueue
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
+            for row_id, ext, fields, previous in _rows(conn, (
+                    f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
+                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
+                    [source, *exts]):
+                # the newest wins, as in enqueue
+                pending[(source, ext)] = _Pending(row_id, stored(fields), stored(previous))
+        inserts: list[tuple] = []
+        updates: list[tuple] = []
         for cid, values in chunk:
-            new = _canonical_cached(values, memo)
+            new = ({k: v for k, v in values.items() if k in FIELDS} if canonical_input
+                   else _canonical_cached(values, memo))
             for key in records[cid]:
-                result = _changes(new, last[key], pending.get(key))
+                row = pending.get(key)
+                result = _changes(new, last[key], row)
                 if result is None:
                     continue
                 fields, previous = result
-                row = pending.get(key)
-                if row is not None:
-                    updates.append({"_id": row.id, "fields": fields, "previous": previous,
-                                    "customer_id": cid, "updated_at": now})
+                if all(v is None for v in previous.values()):  # the usual first write: cached
+                    names = tuple(previous)
+                    previous_json = nulls.get(names) or nulls.setdefault(names, json_dumps(previous))
                 else:
-                    inserts.append({"customer_id": cid, "source": key[0], "external_id": key[1],
-                                    "fields": fields, "previous": previous, "status": "pending",
-                                    "attempts": 0, "next_attempt_at": now, "created_at": now,
-                                    "updated_at": now})
+                    previous_json = json_dumps(previous)
+                if row is not None:
+                    updates.append((json_dumps(fields), previous_json, cid, row.id))
+                else:
+                    inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1
+        at = _time(conn, now)
         if inserts:
-            _insert_many(conn, inserts)
+            _raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
+                            "attempts, next_attempt_at, created_at, updated_at) "
+                            "VALUES (?, ?, ?, ?j, ?j, 'pending', 0, ?, ?, ?)",
+                      [(*r, at, at, at) for r in inserts])
         if updates:
-            _update_many(conn, updates)
+            _raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
+                            "WHERE id = ?", [(f, p, c, at, i) for f, p, c, i in updates])
     return queued
+
+
+@dataclass(frozen=True)
+class _Pending:
+    id: int
+    fields: dict[str, Any]
+    previous: dict[str, Any]

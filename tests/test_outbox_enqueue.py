@@ -127,3 +127,17 @@ def test_enqueue_many_refuses_a_customer_twice(engine):
     cid = customer(engine)
     with db.write(engine) as conn, pytest.raises(ValueError, match="more than once"):
         outbox.enqueue_many(conn, CONNECTORS, [(cid, {"cx_score": 1}), (cid, {"cx_score": 2})], now=NOW)
+
+
+def test_enqueue_many_with_canonical_input_trusts_the_values(engine):
+    cid = customer(engine)
+    values = {"cx_score": 71, "cx_expected_purchases_90d": 1.25, "cx_health": "green",
+              "cx_scored_at": "2026-06-15T12:00:00Z"}
+
+    def trusted(conn):
+        return outbox.enqueue_many(conn, CONNECTORS, [(cid, values)], now=NOW, canonical_input=True)
+
+    def converted(conn):
+        return outbox.enqueue_many(conn, CONNECTORS, [(cid, values)], now=NOW)
+
+    assert _outbox_after(engine, trusted) == _outbox_after(engine, converted)

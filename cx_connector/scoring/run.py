@@ -403,11 +403,12 @@ def write(rt: Runtime, result: Result, selected: dict[int, Selected], *, now: da
                     snaps.append((cid, text))
                 if changed or selected[cid].dirty:
                     queue.append((cid, values[k]))
-                marks.append((cid, selected[cid].changed_at or now))
+                if selected[cid].dirty:  # the others' watermark is still right
+                    marks.append((cid, selected[cid].changed_at))
             store.upsert_scores(conn, now, upserts)
             store.insert_snapshots(conn, now, snaps)
             if queue:
-                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now)
+                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True)
             store.set_scored_at(conn, marks)
             changed_total += len(snaps)
     return {"changed": changed_total, "outbox_queued": queued_total, "merged_meanwhile": skipped,

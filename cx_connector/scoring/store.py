@@ -31,7 +31,7 @@ class _Writer:
 
     def time(self, when: datetime) -> Any:
         if self.sqlite:
-            return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
         return when
 
     def many(self, text: str, rows: Sequence[tuple]) -> None:
@@ -47,7 +47,7 @@ class _Writer:
         cur = self.raw.cursor()
         try:
             cur.execute(self.sql(text), tuple(params))
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else []
         finally:
             cur.close()
 
@@ -84,9 +84,23 @@ def insert_snapshots(conn: Connection, scored_at: datetime, rows: Sequence[tuple
 
 
 def set_scored_at(conn: Connection, rows: Sequence[tuple[int, datetime]]) -> None:
-    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect."""
+    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect.
+
+    Customers sharing a watermark (marked changed by one import or webhook batch)
+    are updated by one statement.
+    """
     w = _Writer(conn)
-    w.many("UPDATE customers SET scored_at = ? WHERE id = ?", [(w.time(at), cid) for cid, at in rows])
+    groups: dict[datetime, list[int]] = {}
+    for cid, at in rows:
+        groups.setdefault(at, []).append(cid)
+    singles = []
+    for at, ids in groups.items():
+        if len(ids) == 1:
+            singles.append((w.time(at), ids[0]))
+            continue
+        listed = ", ".join(str(int(i)) for i in ids)  # integers, from our own tables
+        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [w.time(at)])
+    w.many("UPDATE customers SET scored_at = ? WHERE id = ?", singles)
 
 
 def alive(conn: Connection, ids: Sequence[int]) -> set[int]:

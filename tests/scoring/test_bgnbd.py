@@ -104,3 +104,53 @@ def test_population_fit_falls_back_below_min_purchasers(engine):
     pop = retention.fit_population(f, ScoringSettings(min_purchasers=5000))
     assert pop.bgnbd is None and "only 2357 customers have purchases" in pop.bgnbd_error
     assert pop.gamma_gamma is None and "scoring.min_purchasers" in pop.gamma_gamma_error
+
+
+def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
+    """The strongest check: CDNOW transactions as touchpoints, the service's own scoring
+    run, the parameters it stores (and, report-only, those of --as-of)."""
+    from datetime import date
+
+    from sqlalchemy import select
+
+    from cx_connector.models import population_models
+    from cx_connector.runtime import build
+    from cx_connector.scoring import run
+    from cx_connector.scoring.gamma_gamma import GammaGammaParams
+    from tests.conftest import NOW, count, make_config
+    from tests.scoring.test_gamma_gamma import assert_published as assert_gg
+
+    rt = build(make_config(database_url), clock=lambda: cdnow.CUTOFF_END)
+    cdnow.load(rt.engine)
+    report = run.run(rt)
+    assert report["mode"] == "full" and report["customers_scored"] == 2357
+    with db.read(rt.engine) as conn:
+        stored = dict(conn.execute(select(population_models.c.kind, population_models.c.params)).all())
+    assert_published(bgnbd.BGNBDParams.from_json(stored["bgnbd"]["params"]))
+    assert_gg(GammaGammaParams.from_json(stored["gamma_gamma"]["params"]))
+    # customer 1: x=2, t_x=30.43, T=38.86; scored and explained with the fitted model
+    from cx_connector.models import scores
+    from cx_connector.scoring import explain
+    with db.read(rt.engine) as conn:
+        values, why = conn.execute(select(scores.c.score_values, scores.c.explanation)
+                                   .where(scores.c.customer_id == 1)).one()
+    p = bgnbd.BGNBDParams.from_json(stored["bgnbd"]["params"])
+    h = 90 / 7
+    assert values["cx_retention_probability"] == round(
+        100 * bgnbd.prob_purchase_within(p, h, [2], [30.43], [38.86])[0])
+    assert values["cx_expected_purchases_90d"] == pytest.approx(
+        bgnbd.expected_purchases(p, h, [2], [30.43], [38.86])[0], abs=0.006)
+    words = explain.render(why, values)
+    assert "The BG/NBD model fitted on 2357 purchasing customers (r=0.243, alpha=4.41, a=0.793, b=2.43)" \
+        in words["cx_retention_probability"]
+    assert "Gamma-Gamma" in words["cx_clv_90d"] and "Revenue, not profit" in words["cx_clv_90d"]
+    rt.engine.dispose()
+
+    today = build(make_config(database_url), clock=lambda: NOW)
+    models_before = count(today.engine, "population_models")
+    report = run.run(today, as_of=date(1997, 9, 30))
+    b = report["models"]["bgnbd"]
+    assert_published(bgnbd.BGNBDParams(b["r"], b["alpha"], b["a"], b["b"], b["log_likelihood"],
+                                       b["customers"]))
+    assert count(today.engine, "population_models") == models_before
+    today.engine.dispose()

@@ -199,3 +199,19 @@ def test_the_scheduler_runs_score_and_kpis_under_their_leases(rt):
     with db.read(rt.engine) as conn:
         kinds = sorted(conn.execute(select(population_models.c.kind)).scalars())
     assert kinds == ["bgnbd", "cooccurrence", "gamma_gamma"]
+
+
+def test_stored_values_are_canonical(rt):
+    """The outbox trusts scoring's values to be canonical (enqueue_many(canonical_input=True))."""
+    from cx_connector.fields import FIELDS, canonical
+    from cx_connector.models import scores
+    add(rt, order("ann", ago(20), 19.999, "1", "coffee"), order("ann", ago(3), 7.125, "2", "tea"),
+        tp("csat_rating", "ann", ago(2), rating=(2, 3)), tp("nps_response", "ann", ago(1), rating=(7, 9)),
+        tp("email_engaged", "bob", ago(33)))
+    run.run(rt)
+    with db.read(rt.engine) as conn:
+        stored = [dict(v) for v in conn.execute(select(scores.c.score_values)).scalars()]
+    for scored in stored:
+        assert set(scored) == set(FIELDS)
+        for name, value in scored.items():
+            assert canonical(name, value) == value and type(canonical(name, value)) is type(value), name
