@@ -265,14 +265,14 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
 
     # -- journey stage and engagement -------------------------------------------------
     stage_case = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES))
-    rows: list[Any] = _fetch(conn, d, f"""
+    stage_sql = f"""
         SELECT customer_id, count(*),
                max(CASE WHEN kind NOT IN ({_sql_list(NOT_ENGAGEMENT)}) THEN {d.time()} END),
                max(CASE stage {stage_case} ELSE -1 END)
         FROM {d.scan(full)}
         WHERE customer_id IS NOT NULL AND occurred_at <= :as_of {{ids}}
-        GROUP BY customer_id""", as_of, subset, "iiti")
-    cust, cnt, eng, stg = rows
+        GROUP BY customer_id"""
+    cust, cnt, eng, stg = _fetch(conn, d, stage_sql, as_of, subset, "iiti")
     pos, ok = _locate(ids, cust)
     f.touchpoints = np.zeros(n)
     f.last_engaged = np.full(n, np.nan)
@@ -280,8 +280,14 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     f.touchpoints[pos[ok]] = cnt[ok]
     f.last_engaged[pos[ok]] = eng[ok]
     f.stage[pos[ok]] = stg[ok]
+    _events(conn, d, f, as_of, subset, by)
+    return f
 
-    # -- purchases, order outcomes, tickets and ratings: one scan --------------------------
+
+def _events(conn: Connection, d: Dialect, f: Features, as_of: datetime, subset: np.ndarray | None,
+            by: str) -> None:
+    """Purchases, order outcomes, tickets and ratings: one scan."""
+    ids = f.ids
     kind_case = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_KINDS))
     order_ref = f"source || ':' || {d.attr('order_id')}"
     ref = (f"CASE WHEN kind IN ({_sql_list(('order_placed', *ORDER_OUTCOME_KINDS))}) THEN {order_ref} "
@@ -297,7 +303,7 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
                {d.number('rating_scale_max')}, {ref},
                CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN {d.items(by)} END,
                CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN source END
-        FROM {d.scan(full)}
+        FROM {d.scan(subset is None)}
         WHERE kind IN ({_sql_list(EVENT_KINDS)}) AND customer_id IS NOT NULL
           AND occurred_at <= :as_of {{ids}}""", as_of, subset, "iitffooo")
     cust, code2, days, values, scale, refs, items, sources = rows
@@ -310,7 +316,6 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     _tickets(f, code, pos, ok, days, refs, author.astype(bool))
     _ratings(f, code, pos, ok, days, score, scale)
     _items(conn, f, code, pos, ok, refs, items, sources, undone, by)
-    return f
 
 
 def _outcomes(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,

@@ -215,3 +215,22 @@ def test_stored_values_are_canonical(rt):
         assert set(scored) == set(FIELDS)
         for name, value in scored.items():
             assert canonical(name, value) == value and type(canonical(name, value)) is type(value), name
+
+
+def test_stored_json_is_exactly_the_values_and_explanations(rt, monkeypatch):
+    import json as json_
+    add(rt, order("ann", ago(20), 19.999, "1", "coffee"), tp("nps_response", "ann", ago(1), rating=(7, 9)),
+        tp("email_engaged", "bob", ago(33)))
+    captured = {}
+    compute = run.compute
+
+    def keep(*args, **kwargs):
+        captured["result"] = compute(*args, **kwargs)
+        return captured["result"]
+
+    monkeypatch.setattr(run, "compute", keep)
+    run.run(rt)
+    result = captured["result"]
+    rows = range(result.f.n)
+    assert [json_.loads(t) for t in result.values_json(rows)] == result.values(rows)
+    assert [json_.loads(t) for t in result.explanations(rows)] == [result.explanation(i) for i in rows]
