@@ -49,7 +49,7 @@ def test_score_reports_the_run_and_the_model_used(cli, history):
     assert set(report["models"]["gamma_gamma"]) == {"used", "reason"}
     text = cli("score", "--full").output
     assert "Scored 2 customers (full pass: asked for)" in text
-    assert "Retention: recency fallback (only 1 customers have purchases" in text
+    assert "Retention: recency fallback (only 1 customer has purchases" in text
 
 
 def test_score_as_of_prints_a_customer_and_stores_nothing(cli, history, engine):
@@ -74,7 +74,7 @@ def test_customers_explain_every_score_in_words_and_json(cli, history):
     assert r.exit_code == 0, r.output
     for field in FIELDS.values():
         assert f"({field.name})" in r.output
-    assert "Fallback (only 1 customers have purchases" in r.output
+    assert "Fallback (only 1 customer has purchases" in r.output
     assert "9 is a promoter answer" in r.output
     data = json.loads(cli("customers", "explain", "ann@example.com", "--json").output)
     assert set(data["scores"]) == set(FIELDS)

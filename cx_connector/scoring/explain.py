@@ -299,7 +299,7 @@ def _value_words(e: dict[str, Any]) -> str:
     else:
         basis = (f"their own average purchase ({v['days_with_value']} purchase days with a value); the spend "
                  f"model is not used: {e['model'].get('gamma_gamma_fallback')}")
-    return (f"Expected purchases {x:.2f} x expected value per purchase {per:.2f} ({basis}) = "
+    return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} ({basis}) = "
             f"{x * per:.2f}. Revenue, not profit: no margin applied, not discounted.")
 
 
@@ -332,7 +332,8 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     buyers = ((e.get("model") or {}).get("cross_sell") or {}).get("customers", 0)
     least = (e.get("settings") or {}).get("min_purchasers", 0)
     if buyers < least:
-        return text + (f" Only {buyers} customers have bought items (fewer than {least}, "
+        who = "1 customer has" if buyers == 1 else f"{buyers} customers have"
+        return text + (f" Only {who} bought items (fewer than {least}, "
                        "scoring.min_purchasers): too few to estimate a propensity, so no score.")
     strength = c.get("confidence", c.get("base_rate"))
     return (text + f" Score = retention probability {_pct(retention)} x {_pct(strength)} = "

@@ -290,7 +290,8 @@ def _events(conn: Connection, d: Dialect, f: Features, as_of: datetime, subset: 
     ids = f.ids
     kind_case = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_KINDS))
     order_ref = f"source || ':' || {d.attr('order_id')}"
-    ref = (f"CASE WHEN kind IN ({_sql_list(('order_placed', *ORDER_OUTCOME_KINDS))}) THEN {order_ref} "
+    # (a fulfilment needs no order reference: it counts as a good experience either way)
+    ref = (f"CASE WHEN kind IN ('order_placed', 'order_cancelled', 'refund_issued') THEN {order_ref} "
            f"WHEN kind = 'deal_won' THEN source || ':' || {d.attr('deal_id')} "
            f"WHEN kind IN ({_sql_list(TICKET_KINDS)}) "
            f"THEN coalesce(source || ':' || {d.attr('ticket_id')}, 'touchpoint:' || id) END")

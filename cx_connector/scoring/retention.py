@@ -90,13 +90,17 @@ def spend_summary(f: Features) -> tuple[np.ndarray, np.ndarray]:
     return x, m
 
 
+def _customers(n: int) -> str:
+    return "1 customer has" if n == 1 else f"{n} customers have"
+
+
 def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | None = None) -> PopulationFit:
     """Fit BG/NBD and Gamma-Gamma over every purchasing customer in ``f``."""
     buyers, x, t_x, T = summary(f)
     n = int(buyers.sum())
     fit, error = None, None
     if n < s.min_purchasers:
-        error = (f"only {n} customers have purchases; the model is fitted from "
+        error = (f"only {_customers(n)} purchases; the model is fitted from "
                  f"{s.min_purchasers} (scoring.min_purchasers)")
     else:
         try:
@@ -107,7 +111,7 @@ def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | No
     repeat = (gx > 0) & (gm > 0)
     gg, gg_error = None, None
     if repeat.sum() < s.min_purchasers:
-        gg_error = (f"only {int(repeat.sum())} customers have repeat purchases with a value; the spend "
+        gg_error = (f"only {_customers(int(repeat.sum()))} repeat purchases with a value; the spend "
                     f"model is fitted from {s.min_purchasers} (scoring.min_purchasers)")
     else:
         try:

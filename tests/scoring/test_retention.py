@@ -15,7 +15,7 @@ def test_few_purchasers_fall_back_to_recency_decay_and_say_so(rt):
     add(rt, order("ann", ago(100), 40, "1"), order("ann", ago(45), 60, "2"))
     report = run.run(rt, full=True)
     assert report["models"]["bgnbd"]["used"] == "recency fallback"
-    assert "only 1 customers have purchases" in report["models"]["bgnbd"]["reason"]
+    assert "only 1 customer has purchases" in report["models"]["bgnbd"]["reason"]
     v = values(rt, "ann")
     assert v["cx_retention_probability"] == round(100 * 0.5 ** (45 / 90))  # 71
     # own rate: 2 purchase days over max(101 days as a buyer, 90) x 90 days x retention
@@ -23,7 +23,7 @@ def test_few_purchasers_fall_back_to_recency_decay_and_say_so(rt):
     assert v["cx_clv_90d"] == pytest.approx(round(2 / 101 * 90 * 0.5 ** 0.5 * 50, 2), abs=0.011)
     e = explanation(rt, "ann")
     assert e["retention"]["method"] == "recency"
-    assert "only 1 customers" in e["model"]["bgnbd_fallback"]
+    assert "only 1 customer has" in e["model"]["bgnbd_fallback"]
     assert e["value"]["method"] == "own_mean" and e["value"]["per_purchase"] == 50
 
 
