@@ -332,8 +332,8 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
     timings["read_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     if mode == "full":
-        previous = load_previous(rt) if not as_of else None
-        pop = retention.fit_population(f, s, previous)
+        # the last fit starts the new one, which then converges in a few steps
+        pop = retention.fit_population(f, s, models.population if models else None)
         models = Models(population=pop, cross_sell=cross_sell.fit(f, s.cross_sell), fitted_at=now,
                         settings=model_settings(s))
     assert models is not None
@@ -368,13 +368,6 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
 def job(rt: Runtime) -> dict[str, Any]:
     """The scheduled ``score`` job: incremental, or the full pass when one is due."""
     return run(rt)
-
-
-def load_previous(rt: Runtime) -> PopulationFit | None:
-    """The last fit (its parameters start the next fit, which then converges in a few steps)."""
-    with db.read(rt.engine) as conn:
-        models = load_models(conn)
-    return models.population if models else None
 
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
