@@ -148,3 +148,16 @@ class PlatformRecordGone(PlatformAPIError):
     """404/410: the record was deleted or merged on the platform."""
 
     code = "platform_record_gone"
+
+
+# --- scoring -------------------------------------------------------------------
+
+
+class FitError(CxError):
+    """A population model (BG/NBD, Gamma-Gamma) could not be fitted.
+
+    Never escapes a scoring run: the run uses the documented fallback and puts this
+    message into the run report and into every affected customer's explanation.
+    """
+
+    code = "fit_failed"

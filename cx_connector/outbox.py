@@ -1,8 +1,9 @@
 """The outbox: score changes waiting to be written to the platforms.
 
-Scoring calls :func:`enqueue` inside its transaction; a change therefore becomes a
-pending write atomically with the snapshot that caused it, and nothing is lost
-between "scored" and "sent". One pending write per platform record holds only the
+Scoring calls :func:`enqueue` (one customer) or :func:`enqueue_many` (a batch, a
+few queries per 500 customers, same result) inside its transaction; a change
+therefore becomes a pending write atomically with the snapshot that caused it, and
+nothing is lost between "scored" and "sent". One pending write per platform record holds only the
 fields whose value differs from the value last *successfully* written to that
 record (``written_values``); nothing changed, no row, no request.
 
@@ -12,14 +13,17 @@ The sending side (claim, batch, send, mark done / retry / dead) is in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from cx_connector.connector import Connector
-from cx_connector.fields import FIELDS, canonical_values
+from cx_connector.db import json_dumps
+from cx_connector.fields import FIELDS, canonical, canonical_values
 from cx_connector.models import identities, outbox, written_values
 
 
@@ -51,27 +55,195 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
         pending = conn.execute(select(outbox.c.id, outbox.c.fields, outbox.c.previous).where(
             outbox.c.source == source, outbox.c.external_id == external_id,
             outbox.c.status == "pending").order_by(outbox.c.id.desc()).limit(1)).first()
-        base = dict(last)
-        if pending is not None:
-            base.update(pending.fields)  # what the record will hold once the pending write lands
-        changed = {f: v for f, v in new.items()
-                   if not FIELDS[f].piggyback and base.get(f) != v}
-        if not changed:
+        result = _changes(new, last, pending)
+        if result is None:
             continue
-        changed.update({f: v for f, v in new.items()
-                        if FIELDS[f].piggyback and base.get(f) != v})
+        fields, previous = result
         if pending is not None:
-            fields = {**pending.fields, **changed}
-            previous = {**{f: last.get(f) for f in changed}, **pending.previous}
-            # a field that went back to the value already on the record needs no write
-            fields = {f: v for f, v in fields.items() if last.get(f) != v or f not in last}
             conn.execute(update(outbox).where(outbox.c.id == pending.id).values(
-                fields=fields, previous={f: previous.get(f) for f in fields},
-                customer_id=customer_id, updated_at=now))
+                fields=fields, previous=previous, customer_id=customer_id, updated_at=now))
         else:
             conn.execute(outbox.insert().values(
-                customer_id=customer_id, source=source, external_id=external_id, fields=changed,
-                previous={f: last.get(f) for f in changed}, status="pending", attempts=0,
-                next_attempt_at=now, created_at=now, updated_at=now))
+                customer_id=customer_id, source=source, external_id=external_id, fields=fields,
+                previous=previous, status="pending", attempts=0, next_attempt_at=now,
+                created_at=now, updated_at=now))
         queued += 1
     return queued
+
+
+#: customers per batch in :func:`enqueue_many` (bounded ``IN`` lists)
+BATCH = 500
+
+
+def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[dict, dict] | None:
+    """What :func:`enqueue` writes for one record: ``(fields, previous)``, or None for nothing."""
+    if not last and pending is None:  # a record never written to: every value that is set
+        fields = {f: v for f, v in new.items() if v is not None}
+        if all(FIELDS[f].piggyback for f in fields):
+            return None
+        return fields, dict.fromkeys(fields)
+    base = dict(last)
+    if pending is not None:
+        base.update(pending.fields)  # what the record will hold once the pending write lands
+    changed = {f: v for f, v in new.items() if not FIELDS[f].piggyback and base.get(f) != v}
+    if not changed:
+        return None
+    changed.update({f: v for f, v in new.items() if FIELDS[f].piggyback and base.get(f) != v})
+    if pending is None:
+        return changed, {f: last.get(f) for f in changed}
+    fields = {**pending.fields, **changed}
+    previous = {**{f: last.get(f) for f in changed}, **pending.previous}
+    # a field that went back to the value already on the record needs no write
+    fields = {f: v for f, v in fields.items() if last.get(f) != v or f not in last}
+    return fields, {f: previous.get(f) for f in fields}
+
+
+def _raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` on the transaction's DBAPI cursor; ``?`` placeholders, ``?j`` for JSON.
+
+    The full scoring pass queues a write for most records, and SQLAlchemy's per-row
+    parameter processing would cost more than the rest of :func:`enqueue_many`.
+    """
+    if conn.dialect.name == "sqlite":
+        sql = sql.replace("?j", "?")
+    else:
+        sql = sql.replace("?j", "%s::jsonb").replace("?", "%s")
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(sql, rows)
+    finally:
+        cur.close()
+
+
+def _time(conn: Connection, when: datetime) -> Any:
+    """A time as the column stores it (SQLite: naive UTC text, as UTCDateTime writes it)."""
+    if conn.dialect.name == "sqlite":
+        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return when
+
+
+def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any], Any]) -> dict[str, Any]:
+    """:func:`canonical_values` with a memo: scores repeat (0-100, a few options), and the
+    canonical form costs a Decimal round trip per value."""
+    out = {}
+    for name, value in values.items():
+        if name not in FIELDS:
+            continue
+        try:
+            key = (name, type(value), value)
+            out[name] = memo[key]
+        except KeyError:
+            out[name] = memo[key] = canonical(name, value)
+        except TypeError:  # unhashable: no memo
+            out[name] = canonical(name, value)
+    return out
+
+
+def _rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
+    """A query on the transaction's DBAPI cursor (``?`` placeholders)."""
+    if conn.dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
+                 items: Iterable[tuple[int, Mapping[str, Any]]], *, now: datetime,
+                 canonical_input: bool = False) -> int:
+    """:func:`enqueue` for many customers at once: the same pending writes, in a few
+    queries per :data:`BATCH` customers instead of a few per customer (the daily
+    full scoring pass queues changes for up to every customer).
+
+    ``items``: ``(customer_id, values)``, each customer at most once.
+    ``canonical_input``: the values are already canonical (as scoring makes them:
+    ``canonical(name, v) == v``), so they are not converted again. Returns the
+    number of records that got (or had updated) a pending write.
+    """
+    items = list(items)
+    if len({cid for cid, _ in items}) != len(items):
+        raise ValueError("enqueue_many: a customer appears more than once; merge its values first")
+    sqlite = conn.dialect.name == "sqlite"
+
+    def stored(value: Any) -> Any:
+        """A JSON column's value: psycopg parses it; SQLite hands back the text, except
+        numbers, which the column's numeric affinity already turned into numbers."""
+        return json.loads(value) if sqlite and isinstance(value, str) else value
+
+    queued = 0
+    memo: dict[tuple[str, type, Any], Any] = {}
+    nulls: dict[tuple[str, ...], str] = {}
+    for start in range(0, len(items), BATCH):
+        chunk = items[start:start + BATCH]
+        records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
+        listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
+        for cid, source, value in _rows(conn, (
+                f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
+                "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
+            connector = connectors.get(source)
+            if connector is not None and connector.writes_back and connector.writable_record(value):
+                records[cid].append((source, value))
+        keys = [k for recs in records.values() for k in recs]
+        if not keys:
+            continue
+        last: dict[tuple[str, str], dict[str, Any]] = {k: {} for k in keys}
+        pending: dict[tuple[str, str], Any] = {}
+        by_source: dict[str, list[str]] = {}
+        for source, ext in keys:
+            by_source.setdefault(source, []).append(ext)
+        for source, exts in by_source.items():
+            marks = ", ".join("?" * len(exts))
+            for ext, field, value in _rows(conn, (
+                    f"SELECT external_id, field, value FROM written_values WHERE source = ? "
+                    f"AND external_id IN ({marks})"), [source, *exts]):
+                if (source, ext) in last:
+                    last[(source, ext)][field] = stored(value)
+            # status || '' keeps SQLite (without statistics) on the (source, external_id) index
+            # rather than the status index, which would read every pending write of the outbox
+            for row_id, ext, fields, previous in _rows(conn, (
+                    f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
+                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
+                    [source, *exts]):
+                # the newest wins, as in enqueue
+                pending[(source, ext)] = _Pending(row_id, stored(fields), stored(previous))
+        inserts: list[tuple] = []
+        updates: list[tuple] = []
+        for cid, values in chunk:
+            new = ({k: v for k, v in values.items() if k in FIELDS} if canonical_input
+                   else _canonical_cached(values, memo))
+            for key in records[cid]:
+                row = pending.get(key)
+                result = _changes(new, last[key], row)
+                if result is None:
+                    continue
+                fields, previous = result
+                if all(v is None for v in previous.values()):  # the usual first write: cached
+                    names = tuple(previous)
+                    previous_json = nulls.get(names) or nulls.setdefault(names, json_dumps(previous))
+                else:
+                    previous_json = json_dumps(previous)
+                if row is not None:
+                    updates.append((json_dumps(fields), previous_json, cid, row.id))
+                else:
+                    inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
+                queued += 1
+        at = _time(conn, now)
+        if inserts:
+            _raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
+                            "attempts, next_attempt_at, created_at, updated_at) "
+                            "VALUES (?, ?, ?, ?j, ?j, 'pending', 0, ?, ?, ?)",
+                      [(*r, at, at, at) for r in inserts])
+        if updates:
+            _raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
+                            "WHERE id = ?", [(f, p, c, at, i) for f, p, c, i in updates])
+    return queued
+
+
+@dataclass(frozen=True)
+class _Pending:
+    id: int
+    fields: dict[str, Any]
+    previous: dict[str, Any]

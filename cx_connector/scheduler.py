@@ -44,13 +44,19 @@ def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
     from cx_connector import checkouts, sync
 
-    out: list[Job] = [
+    # scoring is imported here so that numpy and scipy load only where jobs run
+    from cx_connector.scoring import kpis
+    from cx_connector.scoring import run as scoring
+
+    # in start-up order: enrichment and abandoned checkouts feed scoring; scoring fills
+    # the outbox that sync sends
+    return [
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
-        # checkouts before scoring: an abandoned checkout is a touchpoint scoring reads
         Job("checkouts", checkouts.run, lambda config: config.schedule.score_every),
+        Job("score", scoring.job, lambda config: config.schedule.score_every, lease=scoring.LEASE),
+        Job("kpis", kpis.job, lambda config: kpis.CHECK_EVERY, lease=kpis.LEASE),
         Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
-    return out
 
 
 def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None,

@@ -144,3 +144,47 @@ def test_privacy_and_checkouts_sections():
         "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
     assert c.privacy.export_dir == "exports" and c.checkouts.abandon_after == timedelta(hours=6)
     assert c.connectors["shopify"].max_delivery_age == timedelta(hours=5)
+
+
+def test_scoring_defaults_and_overrides():
+    s = config_from_mapping({}, env={}).scoring
+    assert (s.horizon_days, s.min_purchasers, s.cx.half_life_days, s.cx.negative_weight) == (90, 50, 180, 2.0)
+    assert s.cx.weights == {"needs_met": 0.4, "ease": 0.3, "enjoyment": 0.3}
+    assert s.cross_sell.by == "category" and s.churn.high_below == 30
+    s = config_from_mapping({"scoring": {"cx": {"weights": {"ease": 0}}, "cross_sell": {"by": "product"}}},
+                            env={}).scoring
+    assert s.cx.weights == {"needs_met": 0.4, "ease": 0.0, "enjoyment": 0.3}
+    assert s.cross_sell.by == "product"
+
+
+def test_scoring_mistakes_name_their_key():
+    p = problems({"scoring": {"horizon": 90, "cross_sell": {"by": "brand"},
+                              "churn": {"high_below": 70, "medium_below": 60},
+                              "cx": {"weights": {"needs_met": 0, "ease": 0, "enjoyment": 0}}}})
+    assert p["scoring.horizon"].startswith("unknown key")
+    assert p["scoring.cross_sell.by"] == "Must be one of: category, product."
+    assert p["scoring.churn.high_below"] == "must not be above medium_below"
+    assert p["scoring.cx.weights"] == "at least one layer needs a weight above 0"
+
+
+def test_example_config_documents_every_scoring_key():
+    from dataclasses import fields as dc_fields
+    from dataclasses import is_dataclass
+
+    from cx_connector.scoring.settings import ScoringSettings
+    text = EXAMPLE.read_text()
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
+        "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+    assert c.scoring == ScoringSettings()  # the example shows the defaults
+
+    def keys(obj, prefix):
+        for f in dc_fields(obj):
+            value = getattr(obj, f.name)
+            yield f"{prefix}.{f.name}"
+            if is_dataclass(value):
+                yield from keys(value, f"{prefix}.{f.name}")
+    for key in keys(ScoringSettings(), "scoring"):
+        assert f"{key.rsplit('.', 1)[1]}:" in text, key
+        assert f"`{key}`" in readme or any(f"`{key}" in line for line in readme.splitlines()), key

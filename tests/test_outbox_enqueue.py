@@ -70,3 +70,74 @@ def test_gone_records_get_no_writes(engine):
     with db.write(engine) as conn:
         conn.execute(identities.update().where(identities.c.value == "7").values(gone_at=NOW))
     assert enqueue(engine, cid, {"cx_score": 50}) == 0
+
+
+def _outbox_after(engine, do):
+    """Rows the outbox holds after ``do(conn)``, rolled back afterwards."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        queued = do(conn)
+        rows = [{k: v for k, v in r.items() if k != "id"}
+                for r in conn.execute(select(outbox_t).order_by(outbox_t.c.source, outbox_t.c.external_id,
+                                                                 outbox_t.c.id)).mappings()]
+        trans.rollback()
+    return queued, rows
+
+
+def test_enqueue_many_queues_exactly_what_enqueue_does(engine):
+    from cx_connector.models import identities as idents
+    connectors = {"crm": Writable(None), "shop": type("Shop", (Writable,), {"name": "shop"})(None)}
+    with db.write(engine) as conn:
+        a = resolve(conn, "crm", [(CustomerRef("7", email="a@example.com"), NOW)], now=NOW)["7"]
+        resolve(conn, "crm", [(CustomerRef("deal:9", email="a@example.com"), NOW)], now=NOW)
+        resolve(conn, "shop", [(CustomerRef("s7", email="a@example.com"), NOW)], now=NOW)
+        b = resolve(conn, "crm", [(CustomerRef("8", email="b@example.com"), NOW)], now=NOW)["8"]
+        c = resolve(conn, "crm", [(CustomerRef("10", email="c@example.com"), NOW)], now=NOW)["10"]
+        d = resolve(conn, "crm", [(CustomerRef("11", email="d@example.com"), NOW)], now=NOW)["11"]
+        e = resolve(conn, "crm", [(CustomerRef("12", email="e@example.com"), NOW)], now=NOW)["12"]
+        conn.execute(idents.update().where(idents.c.value == "12").values(gone_at=NOW))
+        conn.execute(written_values.insert(), [
+            {"source": "crm", "external_id": "8", "field": "cx_score", "value": 50, "written_at": NOW},
+            {"source": "crm", "external_id": "8", "field": "cx_health", "value": "green", "written_at": NOW},
+            {"source": "crm", "external_id": "10", "field": "cx_score", "value": 40, "written_at": NOW}])
+        # a pending write on 10 whose score goes back to what the record already holds
+        outbox.enqueue(conn, connectors, c, {"cx_score": 60, "cx_csat": 80}, now=NOW)
+    items = [(a, {"cx_score": 71.4, "cx_health": "green", "cx_scored_at": NOW}),
+             (b, {"cx_score": 50, "cx_health": "red", "cx_nps_category": None, "cx_scored_at": NOW}),
+             (c, {"cx_score": 40, "cx_csat": 80, "cx_scored_at": NOW}),
+             (d, {"cx_scored_at": NOW}),                   # only the piggyback field: nothing
+             (e, {"cx_score": 1})]                         # record gone: nothing
+
+    def one_by_one(conn):
+        return sum(outbox.enqueue(conn, connectors, cid, values, now=NOW) for cid, values in items)
+
+    def at_once(conn):
+        return outbox.enqueue_many(conn, connectors, items, now=NOW)
+
+    expected = _outbox_after(engine, one_by_one)
+    assert expected[0] == 4  # crm:7, shop:s7, crm:8, crm:10
+    assert _outbox_after(engine, at_once) == expected
+    rows = {r["external_id"]: r for r in expected[1]}
+    assert rows["8"]["fields"] == {"cx_health": "red", "cx_scored_at": "2026-06-15T12:00:00Z"}
+    assert rows["10"]["fields"] == {"cx_csat": 80, "cx_scored_at": "2026-06-15T12:00:00Z"}
+
+
+def test_enqueue_many_refuses_a_customer_twice(engine):
+    import pytest
+    cid = customer(engine)
+    with db.write(engine) as conn, pytest.raises(ValueError, match="more than once"):
+        outbox.enqueue_many(conn, CONNECTORS, [(cid, {"cx_score": 1}), (cid, {"cx_score": 2})], now=NOW)
+
+
+def test_enqueue_many_with_canonical_input_trusts_the_values(engine):
+    cid = customer(engine)
+    values = {"cx_score": 71, "cx_expected_purchases_90d": 1.25, "cx_health": "green",
+              "cx_scored_at": "2026-06-15T12:00:00Z"}
+
+    def trusted(conn):
+        return outbox.enqueue_many(conn, CONNECTORS, [(cid, values)], now=NOW, canonical_input=True)
+
+    def converted(conn):
+        return outbox.enqueue_many(conn, CONNECTORS, [(cid, values)], now=NOW)
+
+    assert _outbox_after(engine, trusted) == _outbox_after(engine, converted)

@@ -14,6 +14,7 @@ from cx_connector.cli import (
     enrich,
     events,
     imports,
+    scoring,
     serve,
     writeback,
 )
@@ -35,7 +36,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
-                events.events, customers.customers, clock.scheduler_cmd,
+                events.events, customers.customers, clock.scheduler_cmd, scoring.score, scoring.kpis_cmd,
                 enrich.enrich_cmd, writeback.setup, writeback.sync_cmd, writeback.outbox,
                 privacy_cli.forget, privacy_cli.export):
     main.add_command(command)

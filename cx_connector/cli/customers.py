@@ -135,3 +135,41 @@ def show(state: State, who: str, limit: int, as_json: bool) -> None:
         value = f" {t['value']} {t['currency'] or ''}".rstrip() if t["value"] is not None else ""
         click.echo(f"    {t['occurred_at']:%Y-%m-%d %H:%M}  {t['source']:8} {t['kind']:18} "
                    f"{t['stage']:13} {t['channel']:6}{value}{rating}")
+
+
+@customers.command("explain")
+@click.argument("who")
+@json_option
+@pass_state
+def explain(state: State, who: str, as_json: bool) -> None:
+    """Every score of one customer with the inputs and weights that made it.
+
+    WHO is an id, email, phone or SOURCE:ID. The explanation is the one stored by the
+    scoring run that computed the scores, so it shows how they were made even if the
+    configuration changed since.
+    """
+    from cx_connector.fields import FIELDS
+    from cx_connector.scoring import explain as words
+
+    rt = state.runtime()
+    with db.read(rt.engine) as conn:
+        cid = identity.find_customer(conn, who)
+        if cid is None:
+            raise click.ClickException(f"no customer matches {who!r}")
+        row = conn.execute(select(scores.c.scored_at, scores.c.score_values, scores.c.explanation)
+                           .where(scores.c.customer_id == cid)).first()
+    if row is None:
+        raise click.ClickException(f"customer {cid} has not been scored yet: run `cx-connector score`")
+    values, explanation = dict(row.score_values), dict(row.explanation or {})
+    text = words.render(explanation, values)
+    if as_json:
+        emit_json({"customer_id": cid, "scored_at": row.scored_at,
+                   "scores": {name: {"value": values.get(name), "explanation": text[name]}
+                              for name in FIELDS},
+                   "inputs": explanation})
+        return
+    click.echo(f"customer {cid}, scored {row.scored_at:%Y-%m-%d %H:%M} UTC")
+    for name, field in FIELDS.items():
+        value = values.get(name)
+        click.echo(f"\n{field.label} ({name}): {'no value' if value is None else value}")
+        click.echo(f"  {text[name]}")

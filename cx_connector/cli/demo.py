@@ -3,13 +3,15 @@
 No configuration file and no platform account: every installed connector is
 enabled with its demo settings, its bundled sample deliveries are signed and
 posted to the real webhook endpoint (in-process), and what was stored is printed.
-Later capabilities add their step here (scoring, KPIs); the last step shows what the
-dry-run write-back would send to each platform.
+Then every customer is scored and the company KPIs are computed, as of the day
+after the newest sample event (so the output does not change with the calendar),
+and the last step shows what the dry-run write-back would send to each platform.
 """
 
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from cx_connector.cli.base import emit_json, table
 from cx_connector.config import config_from_mapping
 from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
-from cx_connector.models import customers, deliveries, touchpoints
+from cx_connector.models import customers, deliveries, scores, touchpoints
 from cx_connector.runtime import Runtime, build
 
 
@@ -59,6 +61,46 @@ def ingest_samples(rt: Runtime) -> list[dict]:
                             "status": body.get("status"), "touchpoints": body.get("touchpoints"),
                             "error": body.get("error") or body.get("message")})
     return results
+
+
+def score_samples(rt: Runtime) -> dict[str, Any]:
+    """Score every customer and take a KPI snapshot, as of the day after the newest event."""
+    from cx_connector import scheduler
+    from cx_connector.scoring import kpis, run
+
+    with db.read(rt.engine) as conn:
+        newest = conn.execute(select(func.max(touchpoints.c.occurred_at))).scalar()
+    if newest is not None and newest.tzinfo is None:  # SQLite aggregates skip the type decorator
+        newest = datetime.fromisoformat(str(newest)).replace(tzinfo=UTC)
+    as_of = min(rt.now(), (newest or rt.now()).replace(hour=0, minute=0, second=0, microsecond=0)
+                + timedelta(days=1))
+    at = Runtime(config=rt.config, engine=rt.engine, connectors=rt.connectors, clock=lambda: as_of)
+    scored = scheduler.run_job(at, "score", lambda r: run.run(r, full=True), lease=run.LEASE)
+    snap = scheduler.run_job(at, "kpis", lambda r: kpis.snapshot(r, force=True), lease=kpis.LEASE)
+    with db.read(rt.engine) as conn:
+        rows = conn.execute(select(customers.c.id, customers.c.email, scores.c.score_values)
+                            .select_from(customers.join(scores, scores.c.customer_id == customers.c.id))
+                            .where(customers.c.merged_into_id.is_(None)).order_by(customers.c.id)).all()
+    return {"as_of": as_of, "run": scored.get("details") or {"error": scored.get("error")},
+            "customers": [{"id": cid, "email": email, "scores": values} for cid, email, values in rows],
+            "kpis": (snap.get("details") or {}).get("kpis")}
+
+
+def _customer_line(c: dict[str, Any]) -> str:
+    v = c["scores"]
+
+    def show(value: Any, fmt: str = "{}") -> str:
+        return "n/a" if value is None else fmt.format(value)
+
+    parts = [f"CX {show(v.get('cx_score'))} ({show(v.get('cx_health'))})",
+             f"retention {show(v.get('cx_retention_probability'), '{}%')} "
+             f"(churn risk {show(v.get('cx_churn_risk'))})",
+             f"expected purchases {show(v.get('cx_expected_purchases_90d'))}",
+             f"90-day value {show(v.get('cx_clv_90d'))}",
+             f"cross-sell {show(v.get('cx_cross_sell_score'))} -> {show(v.get('cx_next_best_product'))}",
+             f"NPS {show(v.get('cx_nps_last'))} ({show(v.get('cx_nps_category'))})",
+             f"CSAT {show(v.get('cx_csat'), '{}%')}", f"stage {show(v.get('cx_journey_stage'))}"]
+    return f"#{c['id']} {c['email'] or ''}\n    " + " | ".join(parts)
 
 
 def stored_touchpoints(rt: Runtime) -> list[dict]:
@@ -111,10 +153,11 @@ def demo(database_url: str | None, as_json: bool) -> None:
         report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
         report["deliveries"] = ingest_samples(rt)
         report["touchpoints"] = stored_touchpoints(rt)
-        report["writeback"] = writeback_preview(rt)
         with db.read(rt.engine) as conn:
             report["inbox"] = dict(conn.execute(
                 select(deliveries.c.status, func.count()).group_by(deliveries.c.status)).all())
+        report["scoring"] = score_samples(rt)  # fills the outbox ...
+        report["writeback"] = writeback_preview(rt)  # ... that this shows
         rt.engine.dispose()
     if as_json:
         emit_json(report)
@@ -136,4 +179,24 @@ def demo(database_url: str | None, as_json: bool) -> None:
         rows.append({**t, "customer": f"#{t['customer_id']} {t['email'] or ''}".strip(),
                      "when": f"{t['occurred_at']:%Y-%m-%d %H:%M}", "detail": detail})
     table(rows, ["customer", "when", "source", "kind", "stage", "channel", "detail"])
+    scoring = report["scoring"]
+    run_report = scoring["run"]
+    click.echo(f"\nScores as of {scoring['as_of']:%Y-%m-%d} (the day after the newest sample event):")
+    if "error" in run_report:
+        click.echo(f"  scoring failed: {run_report['error']}")
+    else:
+        bg = run_report["models"]["bgnbd"]
+        click.echo("  retention model: " + ("BG/NBD" if bg["used"] == "bgnbd" else
+                                           f"recency fallback ({bg['reason']})"))
+    for c in scoring["customers"]:
+        click.echo("  " + _customer_line(c))
+    click.echo("  (why: cx-connector customers explain ID_OR_EMAIL)")
+    k = scoring["kpis"] or {}
+    click.echo(f"\nCompany KPIs (rolling {k.get('window_days')} days):")
+    for key in ("nps", "csat", "retention_rate", "churn_rate", "repeat_purchase_rate", "cross_sell_rate",
+                "revenue", "tickets_per_customer", "median_resolution_hours", "checkout_conversion",
+                "avg_cx_score"):
+        click.echo(f"  {key}: {'n/a' if k.get(key) is None else k.get(key)}")
+    click.echo("  customers per stage: " + ", ".join(
+        f"{stage} {n}" for stage, n in (k.get("customers_per_stage") or {}).items()))
     echo_writeback(report["writeback"])

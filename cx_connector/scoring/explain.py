@@ -1,0 +1,403 @@
+"""Explanations: every score with the inputs and weights that made it, as JSON and in words.
+
+A scoring run stores, per customer, the *inputs* (:func:`build`) in
+``scores.explanation``: the numbers each score was computed from, the method used
+(a model, or which fallback and why) and the model parameters and settings that
+weighted them. :func:`render` turns that into sentences for staff; it reads only
+the stored explanation, so a customer's scores can be explained exactly as they
+were made, whatever the configuration says today.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from cx_connector.fields import FIELDS
+from cx_connector.scoring.cross_sell import CrossSellModel, Recommendations
+from cx_connector.scoring.cx_score import CX, EVENTS
+from cx_connector.scoring.features import Features
+from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit, Retention
+from cx_connector.scoring.settings import LAYERS, ScoringSettings
+from cx_connector.touchpoint import STAGES
+
+VERSION = 1
+
+#: words for each CX event (singular, plural)
+EVENT_WORDS: dict[str, tuple[str, str]] = {
+    "order_fulfilled": ("order fulfilled", "orders fulfilled"),
+    "order_cancelled": ("order cancelled", "orders cancelled"),
+    "refund_issued": ("refund", "refunds"),
+    "ticket_solved": ("ticket solved", "tickets solved"),
+    "ticket_overdue": ("ticket still open too long", "tickets still open too long"),
+    "resolved_fast": ("ticket solved within target", "tickets solved within target"),
+    "resolved_ok": ("ticket solved a bit late", "tickets solved a bit late"),
+    "resolved_slow": ("ticket solved too slowly", "tickets solved too slowly"),
+    "still_waiting": ("ticket the customer is still waiting on", "tickets the customer is still waiting on"),
+    "ticket_reopened": ("reopen", "reopens"),
+    "many_contacts": ("ticket that took too many contacts", "tickets that took too many contacts"),
+    "ces_positive": ("easy CES answer", "easy CES answers"),
+    "ces_neutral": ("neutral CES answer", "neutral CES answers"),
+    "ces_negative": ("hard CES answer", "hard CES answers"),
+    "csat_positive": ("satisfied CSAT rating", "satisfied CSAT ratings"),
+    "csat_neutral": ("neutral CSAT rating", "neutral CSAT ratings"),
+    "csat_negative": ("dissatisfied CSAT rating", "dissatisfied CSAT ratings"),
+    "nps_promoter": ("NPS promoter answer", "NPS promoter answers"),
+    "nps_passive": ("NPS passive answer", "NPS passive answers"),
+    "nps_detractor": ("NPS detractor answer", "NPS detractor answers"),
+    "review_positive": ("positive review", "positive reviews"),
+    "review_neutral": ("neutral review", "neutral reviews"),
+    "review_negative": ("negative review", "negative reviews"),
+}
+LAYER_WORDS = {"needs_met": "needs met", "ease": "ease", "enjoyment": "enjoyment"}
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime | None,
+           s: ScoringSettings, as_of: datetime) -> dict[str, Any]:
+    """The run-wide part of every explanation: model parameters and the settings used."""
+    m: dict[str, Any] = {"fitted_at": _iso(fitted_at) if fitted_at else None}
+    if pop.bgnbd is not None:
+        b = pop.bgnbd
+        m["bgnbd"] = {"r": round(b.r, 6), "alpha": round(b.alpha, 6), "a": round(b.a, 6),
+                      "b": round(b.b, 6), "customers": b.customers}
+    else:
+        m["bgnbd_fallback"] = pop.bgnbd_error
+    if pop.gamma_gamma is not None:
+        g = pop.gamma_gamma
+        m["gamma_gamma"] = {"p": round(g.p, 6), "q": round(g.q, 6), "gamma": round(g.gamma, 6),
+                            "customers": g.customers, "population_mean": round(g.population_mean, 2)}
+    else:
+        m["gamma_gamma_fallback"] = pop.gamma_gamma_error
+    if model is not None:
+        m["cross_sell"] = model.summary()
+    settings = {
+        "horizon_days": s.horizon_days, "min_purchasers": s.min_purchasers,
+        "fallback_half_life_days": s.fallback_half_life_days,
+        "engagement_half_life_days": s.engagement_half_life_days,
+        "churn": {"high_below": s.churn.high_below, "medium_below": s.churn.medium_below},
+        "health": {"green_at": s.health.green_at, "red_below": s.health.red_below},
+        "cx": {"weights": {layer: s.cx.weights[layer] for layer in LAYERS},
+               "half_life_days": s.cx.half_life_days, "negative_weight": s.cx.negative_weight,
+               "rating_positive_at": s.cx.rating_positive_at,
+               "rating_negative_below": s.cx.rating_negative_below,
+               "resolution_target_hours": s.cx.resolution_target_hours,
+               "resolution_slow_hours": s.cx.resolution_slow_hours,
+               "contacts_per_issue_max": s.cx.contacts_per_issue_max},
+    }
+    return {"version": VERSION, "as_of": _iso(as_of), "model": m, "settings": settings}
+
+
+def _floats(a: np.ndarray, digits: int) -> list[str]:
+    """JSON tokens of floats, rounded (NaN: null). Built as text because a full pass
+    explains 100,000 customers and ``json.dumps`` of nested dicts would dominate it."""
+    out = np.round(a, digits).tolist()
+    return ["null" if v != v else repr(v) for v in out]
+
+
+def _ints(a: np.ndarray) -> list[str]:
+    return [str(v) for v in a.astype(np.int64).tolist()]
+
+
+def _text(values: list[str | None]) -> list[str]:
+    memo: dict[str | None, str] = {None: "null"}
+    return [memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in values]
+
+
+def days_text(days: np.ndarray) -> list[str | None]:
+    """``YYYY-MM-DD`` of day numbers (None for NaN or negative 'none' markers)."""
+    bad = np.isnan(days) if days.dtype.kind == "f" else days < 0
+    stamps = np.datetime_as_string(np.where(bad, 0, days).astype("int64").astype("datetime64[D]"))
+    out = stamps.tolist()
+    for i in np.flatnonzero(bad).tolist():
+        out[i] = None
+    return out
+
+
+def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellModel | None, cx: CX,
+          common: dict[str, Any], rows: range | None = None) -> list[str]:
+    """The whole explanations of ``rows`` (positions in ``f.ids``; everyone by default) as
+    JSON text: :func:`shared` (serialised once) followed by each customer's inputs."""
+    rows = rows if rows is not None else range(f.n)
+    sl = slice(rows.start, rows.stop)
+    head = json.dumps(common, separators=(",", ":"))[:-1]
+    method = ret.method[sl].tolist()
+    purchase_days = _ints(f.purchase_days[sl])
+    first = _text(days_text(f.first_day[sl]))
+    last = _text(days_text(f.last_day[sl]))
+    weeks_span = _floats((f.last_day[sl] - f.first_day[sl]) / 7.0, 2)
+    weeks_since = _floats((f.today - f.first_day[sl]) / 7.0, 2)
+    days_since = _floats(ret.days_since[sl], 1)
+    p_alive = _floats(ret.p_alive[sl], 4)
+    p_buy = _floats(ret.p_buy[sl], 4)
+    prob = _floats(ret.probability[sl], 4)
+    expected = _floats(ret.expected[sl], 4)
+    spend = _floats(ret.spend[sl], 2)
+    source = [json.dumps(SPEND_SOURCES[v]) for v in range(len(SPEND_SOURCES))]
+    spend_source = ret.spend_source[sl].tolist()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own_mean = _floats(np.where(f.spend_days[sl] > 0, f.spend[sl] / np.maximum(f.spend_days[sl], 1),
+                                    np.nan), 2)
+    spend_days = _ints(f.spend_days[sl])
+    repeat_days = _ints(f.repeat_spend_days[sl])
+    dropped = f.orders_dropped[sl].astype(np.int64).tolist()
+    part = f.orders_part_refunded[sl].astype(np.int64).tolist()
+    rec_item, rec_src = rec.item[sl].tolist(), rec.source[sl].tolist()
+    rec_support, rec_strength = _ints(rec.support[sl]), _floats(rec.strength[sl], 4)
+    rec_lift = _floats(rec.lift[sl], 3)
+    bought = _ints(rec.bought[sl])
+    labels = _text(list(model.labels)) if model is not None else []
+    layer_score = [_floats(cx.layer_score[sl, li], 1) for li in range(len(LAYERS))]
+    # each customer's events, per layer (EVENTS are grouped by layer, in pyramid order)
+    counts = cx.counts[sl]
+    r_idx, k_idx = np.nonzero(counts)
+    ev_count = counts[r_idx, k_idx].tolist()
+    events: list[list[list[str]]] = [[] for _ in range(len(rows))]
+    names = [json.dumps(e[0]) for e in EVENTS]
+    layer_of = [LAYERS.index(e[1]) for e in EVENTS]
+    for r, k, v in zip(r_idx.tolist(), k_idx.tolist(), ev_count, strict=True):
+        per = events[r]
+        while len(per) <= layer_of[k]:
+            per.append([])
+        per[layer_of[k]].append(f"{names[k]}:{int(v) if v == int(v) else repr(v)}")
+    layer_names = [json.dumps(layer) for layer in LAYERS]
+    nps_at = _text(days_text(np.floor(cx.nps_at[sl])))
+    csat_total = cx.csat_total[sl].astype(np.int64).tolist()
+    csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
+    stage = f.stage[sl].tolist()
+    stages = [json.dumps(st) for st in STAGES]
+    out: list[str] = []
+    for i in range(len(rows)):
+        m = METHODS[method[i]]
+        if m in ("bgnbd", "recency"):
+            r = (f'"retention":{{"method":"{m}","probability":{prob[i]},"purchase_days":{purchase_days[i]},'
+                 f'"first_purchase":{first[i]},"last_purchase":{last[i]},'
+                 f'"days_since_last_purchase":{days_since[i]},"weeks_first_to_last":{weeks_span[i]},'
+                 f'"weeks_since_first":{weeks_since[i]}')
+            if dropped[i] or part[i]:
+                r += f',"orders_not_counted":{dropped[i]},"orders_partly_refunded":{part[i]}'
+            if m == "bgnbd":
+                r += f',"p_alive":{p_alive[i]},"p_buy_if_alive":{p_buy[i]}'
+            sections = [r + "}", f'"expected_purchases":{{"value":{expected[i]}}}',
+                        f'"value":{{"method":{source[spend_source[i]]},"per_purchase":{spend[i]},'
+                        f'"own_mean":{own_mean[i]},"days_with_value":{spend_days[i]},'
+                        f'"repeat_days_with_value":{repeat_days[i]}}}']
+        elif m == "engagement":
+            sections = [f'"retention":{{"method":"engagement","probability":{prob[i]},'
+                        f'"days_since_engagement":{days_since[i]}}}']
+        else:
+            sections = ['"retention":{"method":"none","probability":null}']
+        if model is not None:
+            if rec_item[i] < 0:
+                sections.append(f'"cross_sell":{{"bought":{bought[i]},"method":"none"}}')
+            elif rec_src[i] >= 0:
+                sections.append(f'"cross_sell":{{"bought":{bought[i]},"item":{labels[rec_item[i]]},'
+                                f'"method":"rule","because":{labels[rec_src[i]]},"support":{rec_support[i]},'
+                                f'"confidence":{rec_strength[i]},"lift":{rec_lift[i]}}}')
+            else:
+                sections.append(f'"cross_sell":{{"bought":{bought[i]},"item":{labels[rec_item[i]]},'
+                                f'"method":"popular","base_rate":{rec_strength[i]}}}')
+        if events[i]:
+            layers = [f'{layer_names[li]}:{{"score":{layer_score[li][i]},"events":{{{",".join(ev)}}}}}'
+                      for li, ev in enumerate(events[i]) if ev]
+            sections.append(f'"cx":{{{",".join(layers)}}}')
+        if nps_at[i] != "null":
+            sections.append(f'"nps":{{"answered":{nps_at[i]}}}')
+        if csat_total[i]:
+            sections.append(f'"csat":{{"ratings":{csat_total[i]},"satisfied":{csat_ok[i]}}}')
+        if stage[i] >= 0:
+            sections.append(f'"journey":{{"stage":{stages[stage[i]]}}}')
+        out.append(head + "," + ",".join(sections) + "}")
+    return out
+
+
+# --- words --------------------------------------------------------------------------------------
+
+
+def _pct(p: float | None) -> str:
+    return "n/a" if p is None else f"{100 * p:.0f}%"
+
+
+def _n(count: int | float, words: tuple[str, str]) -> str:
+    return f"{count:g} {words[0] if count == 1 else words[1]}"
+
+
+def _days(n: int) -> str:
+    return "1 day" if n == 1 else f"{n} different days"
+
+
+def _retention_words(e: dict[str, Any]) -> str:
+    r = e.get("retention") or {}
+    m = r.get("method")
+    st = e.get("settings") or {}
+    h = st.get("horizon_days")
+    if m == "bgnbd":
+        b = e["model"]["bgnbd"]
+        text = (f"Bought on {_days(r['purchase_days'])} (first {r['first_purchase']}, last "
+                f"{r['last_purchase']}, {r['days_since_last_purchase']:g} days ago). The BG/NBD model "
+                f"fitted on {b['customers']} purchasing customers (r={b['r']:.3g}, alpha={b['alpha']:.3g}, "
+                f"a={b['a']:.3g}, b={b['b']:.3g}) gives: probability still an active customer "
+                f"{_pct(r['p_alive'])} x probability of buying within {h} days if active "
+                f"{_pct(r['p_buy_if_alive'])} = {_pct(r['probability'])}.")
+    elif m == "recency":
+        reason = e["model"].get("bgnbd_fallback") or "no model"
+        half = st["fallback_half_life_days"]
+        text = (f"Bought on {_days(r['purchase_days'])}, the last {r['days_since_last_purchase']:g} "
+                f"days ago. Fallback ({reason}): the probability halves every {half:g} days "
+                f"since the last purchase: 0.5^({r['days_since_last_purchase']:g}/{half:g}) "
+                f"= {_pct(r['probability'])}.")
+    elif m == "engagement":
+        text = (f"No purchases yet, so this is the probability of still being engaged: the last "
+                f"engagement was {r['days_since_engagement']:g} days ago and the probability halves every "
+                f"{st['engagement_half_life_days']:g} days: {_pct(r['probability'])}.")
+    else:
+        return "No touchpoints showing engagement yet, so no retention probability."
+    if r.get("orders_not_counted") or r.get("orders_partly_refunded"):
+        text += (f" {r.get('orders_not_counted', 0)} cancelled or fully refunded orders are not counted as "
+                 f"purchases; {r.get('orders_partly_refunded', 0)} partly refunded orders count at their "
+                 f"net value.")
+    return text
+
+
+def _expected_words(e: dict[str, Any]) -> str:
+    r = e.get("retention") or {}
+    x = e.get("expected_purchases")
+    if not x:
+        return "Only customers with purchases get an expected number of purchases."
+    h = e["settings"]["horizon_days"]
+    if r["method"] == "bgnbd":
+        return (f"BG/NBD conditional expectation of purchases in the next {h} days, from the same "
+                f"{r['purchase_days']} purchase days: {x['value']:.2f}.")
+    return (f"Fallback ({e['model'].get('bgnbd_fallback') or 'no model'}): the customer's own rate "
+            f"({r['purchase_days']} purchase days over max({r['weeks_since_first'] * 7:.0f} days as a "
+            f"buyer, {h} days)) x {h} days x retention {_pct(r['probability'])} = {x['value']:.2f}.")
+
+
+def _value_words(e: dict[str, Any]) -> str:
+    v = e.get("value")
+    if not v:
+        return "Only customers with purchases get a customer value."
+    x = (e.get("expected_purchases") or {}).get("value")
+    per = v.get("per_purchase")
+    if per is None:
+        return "No purchase had a value, so the customer value is unknown."
+    if v["method"] == "gamma_gamma":
+        g = e["model"]["gamma_gamma"]
+        if v["repeat_days_with_value"]:
+            basis = (f"their own average of {v['own_mean']:.2f} shrunk towards the population average "
+                     f"{g['population_mean']:.2f} by the Gamma-Gamma model (p={g['p']:.3g}, q={g['q']:.3g}, "
+                     f"gamma={g['gamma']:.3g}, fitted on {g['customers']} repeat buyers)")
+        else:
+            basis = (f"the population average {g['population_mean']:.2f} (Gamma-Gamma, fitted on "
+                     f"{g['customers']} repeat buyers; one purchase says little about the next one)")
+    else:
+        basis = (f"their own average purchase ({v['days_with_value']} purchase days with a value); the spend "
+                 f"model is not used: {e['model'].get('gamma_gamma_fallback')}")
+    return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} ({basis}) = "
+            f"{x * per:.2f}. Revenue, not profit: no margin applied, not discounted.")
+
+
+def _churn_words(e: dict[str, Any], values: dict[str, Any]) -> str:
+    c = (e.get("settings") or {}).get("churn")
+    if not c or values.get("cx_churn_risk") is None:
+        return "No retention probability, so no churn risk."
+    return (f"Retention probability {values.get('cx_retention_probability')}%: high risk below "
+            f"{c['high_below']:g}, medium below {c['medium_below']:g}, low otherwise.")
+
+
+def _cross_sell_words(e: dict[str, Any]) -> str:
+    c = e.get("cross_sell")
+    if not c:
+        return "No cross-sell model yet (no purchases with line items)."
+    by = ((e.get("model") or {}).get("cross_sell") or {}).get("by", "category")
+    what = "categories" if by == "category" else "products"
+    if c.get("method") == "rule":
+        text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2g} times as often as "
+                f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
+                f"{c['because']} buyers bought {c['item']}).")
+    elif c.get("method") == "popular":
+        text = (f"No strong association from what they bought ({c['bought']} {what}), so the most popular "
+                f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")
+    else:
+        return f"Nothing to recommend: they already bought every {by}."
+    retention = (e.get("retention") or {}).get("probability")
+    if retention is None:
+        return text + " No retention probability, so no cross-sell score."
+    buyers = ((e.get("model") or {}).get("cross_sell") or {}).get("customers", 0)
+    least = (e.get("settings") or {}).get("min_purchasers", 0)
+    if buyers < least:
+        who = "1 customer has" if buyers == 1 else f"{buyers} customers have"
+        return text + (f" Only {who} bought items (fewer than {least}, "
+                       "scoring.min_purchasers): too few to estimate a propensity, so no score.")
+    strength = c.get("confidence", c.get("base_rate"))
+    return (text + f" Score = retention probability {_pct(retention)} x {_pct(strength)} = "
+            f"{100 * retention * strength:.0f}.")
+
+
+def _cx_words(e: dict[str, Any], values: dict[str, Any]) -> str:
+    layers = e.get("cx")
+    if not layers:
+        return "No experiences recorded yet (orders, tickets, ratings), so no CX score."
+    c = e["settings"]["cx"]
+    total = sum(c["weights"][layer] for layer in layers)
+    parts, terms = [], []
+    for layer in LAYERS:
+        if layer not in layers:
+            parts.append(f"{LAYER_WORDS[layer]}: no data, left out")
+            continue
+        info = layers[layer]
+        events = ", ".join(_n(v, EVENT_WORDS[k]) for k, v in info["events"].items())
+        share = c["weights"][layer] / total if total else 0.0
+        parts.append(f"{LAYER_WORDS[layer]} {info['score']:.0f} (weight {c['weights'][layer]:g}, "
+                     f"{share:.0%} after renormalising; {events})")
+        terms.append(f"{share:.2f} x {info['score']:.0f}")
+    return ("CX pyramid: " + "; ".join(parts) + f". CX = {' + '.join(terms)} = {values.get('cx_score')}. "
+            f"Each experience's weight halves every {c['half_life_days']:g} days and a negative one "
+            f"counts {c['negative_weight']:g} times.")
+
+
+def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:
+    h = (e.get("settings") or {}).get("health") or {}
+    cx, churn = values.get("cx_score"), values.get("cx_churn_risk")
+    if values.get("cx_health") is None:
+        return "No CX score and no churn risk, so no health."
+    return (f"CX score {cx if cx is not None else 'unknown'} and churn risk {churn or 'unknown'}: red when "
+            f"churn risk is high or CX is below {h['red_below']:g}; green when CX is at least "
+            f"{h['green_at']:g} and churn risk is low; yellow otherwise.")
+
+
+def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
+    """Sentences per score field, from a stored explanation and the stored values."""
+    e = explanation or {}
+    nps = e.get("nps")
+    csat = e.get("csat")
+    journey = e.get("journey")
+    nps_words = (f"The latest NPS answer ({nps['answered']}) was {values.get('cx_nps_last')}."
+                 if nps else "No NPS answer yet.")
+    cat = values.get("cx_nps_category")
+    words = {
+        "cx_score": _cx_words(e, values),
+        "cx_health": _health_words(e, values),
+        "cx_retention_probability": _retention_words(e),
+        "cx_churn_risk": _churn_words(e, values),
+        "cx_expected_purchases_90d": _expected_words(e),
+        "cx_clv_90d": _value_words(e),
+        "cx_cross_sell_score": _cross_sell_words(e),
+        "cx_next_best_product": _cross_sell_words(e),
+        "cx_nps_last": nps_words,
+        "cx_nps_category": (f"{values.get('cx_nps_last')} is a {cat} answer (promoter 9-10, passive 7-8, "
+                            f"detractor 0-6)." if cat else "No NPS answer yet."),
+        "cx_csat": (f"{csat['satisfied']} of {csat['ratings']} CSAT ratings were satisfied (at least "
+                    f"{e['settings']['cx']['rating_positive_at']:.0%} of the scale)."
+                    if csat else "No CSAT rating yet."),
+        "cx_journey_stage": (f"The furthest journey stage any touchpoint reached: {journey['stage']}."
+                             if journey else "No touchpoints yet."),
+        "cx_scored_at": f"Computed as of {e.get('as_of')}.",
+    }
+    return {name: words[name] for name in FIELDS}

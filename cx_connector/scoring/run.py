@@ -1,0 +1,417 @@
+"""Scoring runs: which customers, which models, what is stored, what is queued.
+
+A run is *incremental* (only customers whose touchpoints changed since they were
+last scored: ``changed_at > scored_at``) or *full* (every customer that is not
+merged into another). A full pass refits the population models (BG/NBD,
+Gamma-Gamma, co-occurrence) and stores them in ``population_models``; incremental
+runs reuse the latest ones. The scheduled job decides by itself (:func:`mode_for`):
+a full pass when there are no models yet, when the scoring settings they were
+fitted with changed, when ``--full`` is asked for, and once a day: the first run at
+or after ``schedule.full_score_at`` (UTC) whose last full pass is older than that
+time, which is also "whenever the last full pass is more than 24 hours old". The
+daily pass exists because scores decay with time even when nothing happens.
+
+What a run stores, per customer, in transactions of :data:`WRITE_CHUNK` customers
+(so webhooks are never blocked for long): the latest values and their explanation
+(``scores``), a ``score_snapshots`` row when a value other than ``cx_scored_at``
+changed, the changed values in the outbox (:func:`cx_connector.outbox.enqueue_many`,
+for customers whose values changed or who were marked changed), and
+``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
+before it read the touchpoints: a touchpoint committed while the run worked moves
+``changed_at`` past it, so that customer stays due for the next run.
+
+``as_of`` (``cx-connector score --as-of DATE``) scores as of the end of that day
+(touchpoints after it are ignored, models are fitted on the data up to it) and
+stores nothing: historical scores must never reach a CRM or overwrite today's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, select
+
+from cx_connector import db, outbox
+from cx_connector.fields import FIELDS, SCORE_FIELDS
+from cx_connector.models import customers, population_models
+from cx_connector.runtime import Runtime
+from cx_connector.scoring import cross_sell, cx_score, explain, features, retention, store
+from cx_connector.scoring.cross_sell import CrossSellModel
+from cx_connector.scoring.retention import PopulationFit
+from cx_connector.scoring.settings import ScoringSettings
+from cx_connector.touchpoint import STAGES
+
+log = logging.getLogger(__name__)
+
+#: the lease every scoring run holds (scheduler and CLI alike)
+LEASE = "job:score"
+#: customers per write transaction
+WRITE_CHUNK = 5000
+MODEL_KINDS = ("bgnbd", "gamma_gamma", "cooccurrence")
+#: population models kept per kind (older ones are deleted after a full pass)
+KEEP_MODELS = 30
+
+
+@dataclass(frozen=True)
+class Models:
+    population: PopulationFit
+    cross_sell: CrossSellModel
+    fitted_at: datetime
+    #: the settings they were fitted with (a change forces a full pass)
+    settings: dict[str, Any]
+
+
+def model_settings(s: ScoringSettings) -> dict[str, Any]:
+    """The settings a fitted model depends on."""
+    return {"min_purchasers": s.min_purchasers, "cross_sell": asdict(s.cross_sell)}
+
+
+def load_models(conn: Connection) -> Models | None:
+    """The latest full pass's models, or None before the first full pass."""
+    latest: dict[str, Any] = {}
+    for kind in MODEL_KINDS:
+        row = conn.execute(select(population_models.c.fitted_at, population_models.c.params)
+                           .where(population_models.c.kind == kind)
+                           .order_by(population_models.c.fitted_at.desc(), population_models.c.id.desc())
+                           .limit(1)).first()
+        if row is None:
+            return None
+        latest[kind] = row
+    fitted = {row.fitted_at for row in latest.values()}
+    if len(fitted) != 1:  # never stored together: treat as missing
+        return None
+    b, g, c = (latest[k].params for k in MODEL_KINDS)
+    pop = PopulationFit(
+        bgnbd=retention.BGNBDParams.from_json(b["params"]) if b.get("params") else None,
+        bgnbd_error=b.get("error"),
+        gamma_gamma=retention.GammaGammaParams.from_json(g["params"]) if g.get("params") else None,
+        gamma_gamma_error=g.get("error"))
+    return Models(population=pop, cross_sell=CrossSellModel.from_json(c["model"]),
+                  fitted_at=fitted.pop(), settings=c.get("settings") or {})
+
+
+def store_models(conn: Connection, models: Models, as_of: datetime) -> None:
+    pop = models.population
+    rows = [
+        ("bgnbd", {"params": pop.bgnbd.to_json() if pop.bgnbd else None, "error": pop.bgnbd_error}),
+        ("gamma_gamma", {"params": pop.gamma_gamma.to_json() if pop.gamma_gamma else None,
+                         "error": pop.gamma_gamma_error}),
+        ("cooccurrence", {"model": models.cross_sell.to_json(), "settings": models.settings}),
+    ]
+    for kind, params in rows:
+        conn.execute(population_models.insert().values(
+            kind=kind, fitted_at=models.fitted_at, params={**params, "as_of": as_of.isoformat()}))
+        old = conn.execute(select(population_models.c.id).where(population_models.c.kind == kind)
+                           .order_by(population_models.c.fitted_at.desc(), population_models.c.id.desc())
+                           .offset(KEEP_MODELS)).scalars().all()
+        if old:
+            conn.execute(population_models.delete().where(population_models.c.id.in_(old)))
+
+
+def last_full_pass(models: Models | None) -> datetime | None:
+    return models.fitted_at if models else None
+
+
+def full_pass_due(last_full: datetime | None, now: datetime, at: str) -> bool:
+    """True when no full pass happened since the latest ``HH:MM`` (UTC) at or before ``now``."""
+    if last_full is None:
+        return True
+    hour, minute = (int(p) for p in at.split(":"))
+    slot = now.astimezone(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if slot > now:
+        slot -= timedelta(days=1)
+    return last_full < slot
+
+
+def mode_for(models: Models | None, s: ScoringSettings, now: datetime, full_score_at: str,
+             force_full: bool) -> tuple[str, str]:
+    """``("full" | "incremental", why)``."""
+    if force_full:
+        return "full", "asked for"
+    if models is None:
+        return "full", "no population model yet"
+    if models.settings != model_settings(s):
+        return "full", "scoring settings changed since the models were fitted"
+    if full_pass_due(models.fitted_at, now, full_score_at):
+        return "full", f"daily full pass (due at {full_score_at} UTC)"
+    return "incremental", "models fitted at " + models.fitted_at.isoformat()
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def _number(name: str, values: np.ndarray) -> list:
+    """Canonical numbers of a field (see :func:`cx_connector.fields.canonical`), vectorised:
+    rounded to the field's decimals and clipped to its range; NaN becomes None."""
+    field = FIELDS[name]
+    v = np.round(values, field.decimals)
+    if field.minimum is not None:
+        v = np.maximum(v, field.minimum)
+    if field.maximum is not None:
+        v = np.minimum(v, field.maximum)
+    nan = np.isnan(v)
+    v = np.where(nan, 0.0, v) + 0.0  # + 0.0: no negative zero
+    out = v.astype(np.int64).tolist() if field.decimals == 0 else v.tolist()
+    for i in np.flatnonzero(nan).tolist():
+        out[i] = None
+    return out
+
+
+@dataclass
+class Result:
+    """One run's scores: columns of canonical values, and what explains them."""
+
+    f: features.Features
+    models: Models
+    columns: dict[str, list]
+    retention: retention.Retention
+    recommendations: cross_sell.Recommendations
+    cx: cx_score.CX
+    shared: dict[str, Any]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.f.ids
+
+    def values(self, rows: range) -> list[dict[str, Any]]:
+        names = [fld.name for fld in SCORE_FIELDS]
+        cols = [self.columns[k][rows.start:rows.stop] for k in names]
+        return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
+
+    def values_json(self, rows: range) -> list[str]:
+        """:meth:`values` as JSON text, built column by column (``json.dumps`` of 100,000
+        small dicts costs more than scoring them)."""
+        names = [fld.name for fld in SCORE_FIELDS]
+        template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
+        tokens = []
+        for name in names:
+            memo: dict[Any, str] = {}
+            column = self.columns[name][rows.start:rows.stop]
+            tokens.append([memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in column])
+        return [template % row for row in zip(*tokens, strict=True)]
+
+    def explanations(self, rows: range) -> list[str]:
+        """The explanations of ``rows`` as JSON text (what is stored)."""
+        return explain.build(self.f, self.retention, self.recommendations, self.models.cross_sell,
+                             self.cx, self.shared, rows)
+
+    def explanation(self, i: int) -> dict[str, Any]:
+        return json.loads(self.explanations(range(i, i + 1))[0])
+
+    def distribution(self) -> dict[str, dict[str, int]]:
+        """How many customers got each health / churn risk / NPS category / journey stage."""
+        out = {}
+        for name in ("cx_health", "cx_churn_risk", "cx_nps_category", "cx_journey_stage"):
+            counts: dict[str, int] = {}
+            for v in self.columns[name]:
+                key = "none" if v is None else v
+                counts[key] = counts.get(key, 0) + 1
+            out[name] = counts
+        return out
+
+
+def compute(f: features.Features, models: Models, s: ScoringSettings, scored_at: datetime) -> Result:
+    """Every score of every customer in ``f`` (pure: no I/O)."""
+    ret = retention.score(f, models.population, s)
+    churn = retention.churn_risk(ret.probability, s)
+    rec = cross_sell.recommend(models.cross_sell, f)
+    cx = cx_score.score(f, s)
+    health = cx_score.health(cx.score, churn, s)
+    labels = np.asarray((*models.cross_sell.labels, None), dtype=object)
+    has_retention = ~np.isnan(ret.probability)
+    next_best = np.where(has_retention, labels[rec.item], None)
+    cross = np.where(has_retention & (rec.item >= 0), 100.0 * ret.probability * np.nan_to_num(rec.strength),
+                     np.nan)
+    if models.cross_sell.customers < s.min_purchasers:  # associations of a handful of buyers are noise
+        cross[:] = np.nan
+    nps_cat = cx_score.nps_category(cx.nps_last)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        csat = np.where(cx.csat_total > 0, 100.0 * cx.csat_satisfied / np.maximum(cx.csat_total, 1), np.nan)
+    stages = np.asarray((*STAGES, None), dtype=object)[np.where(f.stage >= 0, f.stage, len(STAGES))]
+    stamp = scored_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    columns = {
+        "cx_score": _number("cx_score", cx.score),
+        "cx_health": health.tolist(),
+        "cx_retention_probability": _number("cx_retention_probability", 100.0 * ret.probability),
+        "cx_churn_risk": churn.tolist(),
+        "cx_expected_purchases_90d": _number("cx_expected_purchases_90d", ret.expected),
+        "cx_clv_90d": _number("cx_clv_90d", ret.clv),
+        "cx_cross_sell_score": _number("cx_cross_sell_score", cross),
+        "cx_next_best_product": [None if v is None else str(v)[:255] for v in next_best.tolist()],
+        "cx_nps_last": _number("cx_nps_last", cx.nps_last),
+        "cx_nps_category": nps_cat.tolist(),
+        "cx_csat": _number("cx_csat", csat),
+        "cx_journey_stage": stages.tolist(),
+        "cx_scored_at": [stamp] * f.n,
+    }
+    common = explain.shared(models.population, models.cross_sell, models.fitted_at, s, scored_at)
+    return Result(f=f, models=models, columns=columns, retention=ret, recommendations=rec, cx=cx,
+                  shared=common)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A customer a run scores: its ``changed_at`` as read (the watermark) and whether
+    it was marked changed since it was last scored."""
+
+    id: int
+    changed_at: datetime | None
+    dirty: bool
+
+
+def _select_customers(conn: Connection, mode: str) -> list[Selected]:
+    dirty = customers.c.changed_at.is_not(None) & (
+        customers.c.scored_at.is_(None) | (customers.c.changed_at > customers.c.scored_at))
+    q = select(customers.c.id, customers.c.changed_at, dirty).where(customers.c.merged_into_id.is_(None))
+    if mode == "incremental":
+        q = q.where(dirty)
+    return [Selected(r[0], r[1], bool(r[2])) for r in conn.execute(q.order_by(customers.c.id))]
+
+
+def end_of_day(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1, microseconds=-1)
+
+
+def model_report(models: Models) -> dict[str, Any]:
+    pop = models.population
+    if pop.bgnbd is not None:
+        b = pop.bgnbd
+        bg: dict[str, Any] = {"used": "bgnbd", "r": b.r, "alpha": b.alpha, "a": b.a, "b": b.b,
+                              "log_likelihood": b.log_likelihood, "customers": b.customers}
+    else:
+        bg = {"used": "recency fallback", "reason": pop.bgnbd_error}
+    if pop.gamma_gamma is not None:
+        g = pop.gamma_gamma
+        gg: dict[str, Any] = {"used": "gamma_gamma", "p": g.p, "q": g.q, "gamma": g.gamma,
+                              "log_likelihood": g.log_likelihood, "customers": g.customers,
+                              "population_mean": g.population_mean}
+    else:
+        gg = {"used": "own mean fallback", "reason": pop.gamma_gamma_error}
+    return {"fitted_at": models.fitted_at, "bgnbd": bg, "gamma_gamma": gg,
+            "cross_sell": models.cross_sell.summary()}
+
+
+def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
+        show: Sequence[int] = ()) -> dict[str, Any]:
+    """One scoring run (see the module docstring); returns its report.
+
+    ``show``: customer ids whose values (and explanations) go into the report.
+    """
+    s = rt.config.scoring
+    t0 = time.perf_counter()
+    now = rt.now()
+    when = end_of_day(as_of) if as_of else now
+    timings: dict[str, float] = {}
+    with db.read(rt.engine) as conn:
+        models = None if as_of else load_models(conn)
+        if as_of:
+            mode, why = "full", f"as of {as_of.isoformat()} (report only: nothing stored)"
+        else:
+            mode, why = mode_for(models, s, now, rt.config.schedule.full_score_at, full)
+        selected = _select_customers(conn, mode)
+        report: dict[str, Any] = {"mode": "as_of" if as_of else mode, "why": why, "as_of": when,
+                                  "customers_scored": len(selected)}
+        if not selected:
+            report.update(duration_ms=int((time.perf_counter() - t0) * 1000), changed=0,
+                          outbox_queued=0)
+            if models is not None:
+                report["models"] = model_report(models)
+            return report
+        ids = [c.id for c in selected]
+        f = features.load(conn, ids, when, full=mode == "full", by=s.cross_sell.by)
+    timings["read_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if mode == "full":
+        # the last fit starts the new one, which then converges in a few steps
+        pop = retention.fit_population(f, s, models.population if models else None)
+        models = Models(population=pop, cross_sell=cross_sell.fit(f, s.cross_sell), fitted_at=now,
+                        settings=model_settings(s))
+    assert models is not None
+    timings["fit_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    result = compute(f, models, s, when)
+    timings["score_s"] = time.perf_counter() - t2
+    report["models"] = model_report(models)
+    report["distribution"] = result.distribution()
+    if show:
+        pos = {int(c): i for i, c in enumerate(result.ids.tolist())}
+        report["customers"] = []
+        for c in show:
+            if c in pos:
+                values = result.values(range(pos[c], pos[c] + 1))[0]
+                report["customers"].append({"id": c, "scores": values, "explanation": explain.render(
+                    result.explanation(pos[c]), values)})
+    if as_of:
+        report.update(changed=0, outbox_queued=0, stored=False)
+    else:
+        t3 = time.perf_counter()
+        stored = write(rt, result, {c.id: c for c in selected}, now=now, full=mode == "full")
+        report.update(stored)
+        timings["write_s"] = time.perf_counter() - t3
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    report["duration_ms"] = int((time.perf_counter() - t0) * 1000)
+    log.info("scoring run finished", extra={"mode": report["mode"], "customers": report["customers_scored"],
+                                            "duration_ms": report["duration_ms"]})
+    return report
+
+
+def job(rt: Runtime) -> dict[str, Any]:
+    """The scheduled ``score`` job: incremental, or the full pass when one is due."""
+    return run(rt)
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k != "cx_scored_at"}
+
+
+def write(rt: Runtime, result: Result, selected: dict[int, Selected], *, now: datetime,
+          full: bool) -> dict[str, Any]:
+    """Store one run's results (see the module docstring); returns counts for the report."""
+    ids = result.ids.tolist()
+    changed_total = queued_total = skipped = 0
+    if full:
+        with db.write(rt.engine) as conn:
+            store_models(conn, result.models, now)
+    for start in range(0, len(ids), WRITE_CHUNK):
+        rows = range(start, min(start + WRITE_CHUNK, len(ids)))
+        chunk_ids = ids[rows.start:rows.stop]
+        values = result.values(rows)
+        texts = result.values_json(rows)
+        explanations = result.explanations(rows)
+        with db.write(rt.engine) as conn:
+            # a customer merged away while we were scoring gets nothing (its scores were deleted)
+            alive = store.alive(conn, chunk_ids)
+            before = store.previous_values(conn, chunk_ids)
+            upserts, snaps, queue, marks = [], [], [], []
+            for k, cid in enumerate(chunk_ids):
+                if cid not in alive:
+                    skipped += 1
+                    continue
+                text = texts[k]
+                upserts.append((cid, text, explanations[k]))
+                old = before.get(cid)
+                changed = old is None or _comparable(old) != _comparable(values[k])
+                if changed:
+                    snaps.append((cid, text))
+                if changed or selected[cid].dirty:
+                    queue.append((cid, values[k]))
+                if selected[cid].dirty:  # the others' watermark is still right
+                    marks.append((cid, selected[cid].changed_at))
+            store.upsert_scores(conn, now, upserts)
+            store.insert_snapshots(conn, now, snaps)
+            if queue:
+                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True)
+            store.set_scored_at(conn, marks)
+            changed_total += len(snaps)
+    return {"changed": changed_total, "outbox_queued": queued_total, "merged_meanwhile": skipped,
+            "stored": True}

@@ -1,0 +1,113 @@
+"""Bulk reads and writes of scoring results: ``scores``, ``score_snapshots``, ``customers.scored_at``.
+
+They go through the DBAPI cursor of the caller's transaction with JSON serialised
+once by the caller, because a full pass writes 100,000 rows to each of these
+tables and SQLAlchemy's per-row parameter processing would cost more than the
+scoring itself. The SQL is the same on both databases except for placeholders,
+the JSONB casts on PostgreSQL, and SQLite's storage format for times (naive UTC
+text, as :class:`cx_connector.models.UTCDateTime` writes them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+
+class _Writer:
+    def __init__(self, conn: Connection) -> None:
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.raw = conn.connection.dbapi_connection
+
+    def sql(self, text: str) -> str:
+        """``?`` placeholders (``?j`` for JSON) in the dialect's style."""
+        if self.sqlite:
+            return text.replace("?j", "?")
+        return text.replace("?j", "%s::jsonb").replace("?", "%s")
+
+    def time(self, when: datetime) -> Any:
+        if self.sqlite:
+            return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+        return when
+
+    def many(self, text: str, rows: Sequence[tuple]) -> None:
+        if not rows:
+            return
+        cur = self.raw.cursor()
+        try:
+            cur.executemany(self.sql(text), rows)
+        finally:
+            cur.close()
+
+    def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(self.sql(text), tuple(params))
+            return cur.fetchall() if cur.description else []
+        finally:
+            cur.close()
+
+
+def previous_values(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The stored ``score_values`` of these customers (those that have any)."""
+    if not ids:
+        return {}
+    w = _Writer(conn)
+    listed = ", ".join(str(int(i)) for i in ids)  # integers, from our own tables
+    out = {}
+    sql = f"SELECT customer_id, score_values FROM scores WHERE customer_id IN ({listed})"
+    for cid, values in w.query(sql):
+        out[cid] = json.loads(values) if isinstance(values, str | bytes) else values
+    return out
+
+
+def upsert_scores(conn: Connection, scored_at: datetime, rows: Sequence[tuple[int, str, str]]) -> None:
+    """``(customer_id, values JSON, explanation JSON)`` rows become the customers' latest scores."""
+    w = _Writer(conn)
+    at = w.time(scored_at)
+    w.many("INSERT INTO scores (customer_id, scored_at, score_values, explanation) VALUES (?, ?, ?j, ?j) "
+           "ON CONFLICT (customer_id) DO UPDATE SET scored_at = excluded.scored_at, "
+           "score_values = excluded.score_values, explanation = excluded.explanation",
+           [(cid, at, values, expl) for cid, values, expl in rows])
+
+
+def insert_snapshots(conn: Connection, scored_at: datetime, rows: Sequence[tuple[int, str]]) -> None:
+    """``(customer_id, values JSON)`` rows added to the score history."""
+    w = _Writer(conn)
+    at = w.time(scored_at)
+    w.many("INSERT INTO score_snapshots (customer_id, scored_at, score_values) VALUES (?, ?, ?j)",
+           [(cid, at, values) for cid, values in rows])
+
+
+def set_scored_at(conn: Connection, rows: Sequence[tuple[int, datetime]]) -> None:
+    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect.
+
+    Customers sharing a watermark (marked changed by one import or webhook batch)
+    are updated by one statement.
+    """
+    w = _Writer(conn)
+    groups: dict[datetime, list[int]] = {}
+    for cid, at in rows:
+        groups.setdefault(at, []).append(cid)
+    singles = []
+    for at, ids in groups.items():
+        if len(ids) == 1:
+            singles.append((w.time(at), ids[0]))
+            continue
+        listed = ", ".join(str(int(i)) for i in ids)  # integers, from our own tables
+        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [w.time(at)])
+    w.many("UPDATE customers SET scored_at = ? WHERE id = ?", singles)
+
+
+def alive(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Those of ``ids`` that are still customers in their own right (not merged away)."""
+    if not ids:
+        return set()
+    w = _Writer(conn)
+    listed = ", ".join(str(int(i)) for i in ids)
+    return {r[0] for r in w.query(
+        f"SELECT id FROM customers WHERE id IN ({listed}) AND merged_into_id IS NULL")}

@@ -1,0 +1,103 @@
+"""The CX pyramid: outcomes, negative weight, decay, renormalised layers; NPS, CSAT, health."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cx_connector.runtime import build
+from cx_connector.scoring import cx_score, run
+from cx_connector.scoring.settings import ScoringSettings
+from tests.conftest import NOW, make_config
+from tests.scoring.shop import add, ago, explanation, order, tp, values
+
+
+def layers(rt, who):
+    return {k: v["score"] for k, v in explanation(rt, who)["cx"].items()}
+
+
+def test_a_negative_experience_weighs_twice_a_positive_one(rt):
+    add(rt, order("ann", ago(3), 10, "1"), tp("order_fulfilled", "ann", ago(2), order_id="1"),
+        order("ann", ago(3), 10, "2"), tp("order_cancelled", "ann", ago(2), order_id="2"))
+    run.run(rt, full=True)
+    assert layers(rt, "ann") == {"needs_met": pytest.approx(33.3)}
+    assert values(rt, "ann")["cx_score"] == 33  # the only layer with data
+    assert explanation(rt, "ann")["cx"]["needs_met"]["events"] == {"order_fulfilled": 1, "order_cancelled": 1}
+
+
+def test_experiences_decay_with_a_180_day_half_life(rt):
+    add(rt, order("ann", ago(400), 10, "1"), tp("order_fulfilled", "ann", ago(180), order_id="1"),
+        tp("refund_issued", "ann", ago(0), value=-1, order_id="1"))
+    run.run(rt, full=True)
+    # positive weight 0.5 (one half-life old) against negative 2 x 1
+    assert layers(rt, "ann")["needs_met"] == pytest.approx(100 * 0.5 / 2.5)
+
+
+def test_layers_without_data_are_left_out_and_weights_renormalised(rt):
+    add(rt, tp("nps_response", "bob", ago(5), rating=(10, 10)))
+    add(rt, order("cy", ago(9), 10, "1"), tp("order_fulfilled", "cy", ago(8), order_id="1"),
+        tp("csat_rating", "cy", ago(7), rating=(1, 5)))
+    run.run(rt, full=True)
+    assert values(rt, "bob")["cx_score"] == 100        # not 30: no data is not a bad experience
+    assert values(rt, "cy")["cx_score"] == round(0.4 * 100 / 0.7)  # needs met 100, enjoyment 0
+    assert "ease" not in explanation(rt, "cy")["cx"]
+
+
+def test_layer_weights_are_configurable(database_url):
+    rt = build(make_config(database_url, scoring={"cx": {"weights": {"needs_met": 1, "ease": 0,
+                                                                     "enjoyment": 1}}}), clock=lambda: NOW)
+    add(rt, order("cy", ago(9), 10, "1"), tp("order_fulfilled", "cy", ago(8), order_id="1"),
+        tp("csat_rating", "cy", ago(7), rating=(1, 5)))
+    run.run(rt, full=True)
+    assert values(rt, "cy")["cx_score"] == 50
+    rt.engine.dispose()
+
+
+def test_tickets_feed_needs_met_and_ease(rt):
+    add(rt,
+        tp("ticket_opened", "di", ago(20), ticket_id="fast"),
+        tp("ticket_solved", "di", ago(20) + (NOW - ago(0, 2)), ticket_id="fast"),
+        tp("ticket_opened", "di", ago(18), ticket_id="slow"),
+        tp("ticket_solved", "di", ago(14), ticket_id="slow"),
+        tp("ticket_reopened", "di", ago(13), ticket_id="slow"),
+        tp("ticket_solved", "di", ago(12), ticket_id="slow"),
+        *[tp("ticket_commented", "di", ago(17), ticket_id="slow", author="customer") for _ in range(3)],
+        tp("ticket_opened", "di", ago(10), ticket_id="open"),           # waiting 10 days
+        tp("ticket_opened", "di", ago(0, 5), ticket_id="new"))         # 5 hours: not late yet
+    run.run(rt, full=True)
+    e = explanation(rt, "di")["cx"]
+    assert e["needs_met"]["events"] == {"ticket_solved": 2, "ticket_overdue": 1}
+    assert e["ease"]["events"] == {"resolved_fast": 1, "resolved_slow": 1, "still_waiting": 1,
+                                   "ticket_reopened": 1, "many_contacts": 1}
+
+
+def test_nps_last_answer_and_category(rt):
+    add(rt, tp("nps_response", "ed", ago(30), rating=(9, 10)),
+        tp("nps_response", "ed", ago(2), rating=(6, 10)),
+        tp("nps_response", "fay", ago(2), rating=(4, 5)))            # another scale: 8 of 10
+    run.run(rt, full=True)
+    assert (values(rt, "ed")["cx_nps_last"], values(rt, "ed")["cx_nps_category"]) == (6, "detractor")
+    assert (values(rt, "fay")["cx_nps_last"], values(rt, "fay")["cx_nps_category"]) == (8, "passive")
+
+
+@pytest.mark.parametrize(("points", "category"), [(0, "detractor"), (6, "detractor"), (7, "passive"),
+                                                  (8, "passive"), (9, "promoter"), (10, "promoter")])
+def test_nps_categories(points, category):
+    assert cx_score.nps_category(np.array([float(points)]))[0] == category
+
+
+def test_csat_is_the_share_of_satisfied_ratings(rt):
+    add(rt, tp("csat_rating", "gus", ago(9), rating=(5, 5)), tp("csat_rating", "gus", ago(8), rating=(4, 5)),
+        tp("csat_rating", "gus", ago(7), rating=(2, 5)))
+    run.run(rt, full=True)
+    assert values(rt, "gus")["cx_csat"] == 67
+    assert explanation(rt, "gus")["csat"] == {"ratings": 3, "satisfied": 2}
+
+
+@pytest.mark.parametrize(("cx", "churn", "health"), [
+    (80, "low", "green"), (70, "low", "green"), (69, "low", "yellow"), (80, "medium", "yellow"),
+    (80, "high", "red"), (39, "low", "red"), (40, "medium", "yellow"), (np.nan, "low", "green"),
+    (np.nan, "high", "red"), (90, None, "green"), (np.nan, None, None)])
+def test_health_from_cx_and_churn_risk(cx, churn, health):
+    out = cx_score.health(np.array([cx], dtype=float), np.array([churn], dtype=object), ScoringSettings())
+    assert out[0] == health

@@ -1,0 +1,93 @@
+"""Retention probability, expected purchases, value and churn risk, through a scoring run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cx_connector.scoring import retention, run
+from cx_connector.scoring.settings import ScoringSettings
+from tests.conftest import make_config
+from tests.scoring.shop import add, ago, explanation, order, tp, values
+
+
+def test_few_purchasers_fall_back_to_recency_decay_and_say_so(rt):
+    add(rt, order("ann", ago(100), 40, "1"), order("ann", ago(45), 60, "2"))
+    report = run.run(rt, full=True)
+    assert report["models"]["bgnbd"]["used"] == "recency fallback"
+    assert "only 1 customer has purchases" in report["models"]["bgnbd"]["reason"]
+    v = values(rt, "ann")
+    assert v["cx_retention_probability"] == round(100 * 0.5 ** (45 / 90))  # 71
+    # own rate: 2 purchase days over max(101 days as a buyer, 90) x 90 days x retention
+    assert v["cx_expected_purchases_90d"] == pytest.approx(round(2 / 101 * 90 * 0.5 ** 0.5, 2))
+    assert v["cx_clv_90d"] == pytest.approx(round(2 / 101 * 90 * 0.5 ** 0.5 * 50, 2), abs=0.011)
+    e = explanation(rt, "ann")
+    assert e["retention"]["method"] == "recency"
+    assert "only 1 customer has" in e["model"]["bgnbd_fallback"]
+    assert e["value"]["method"] == "own_mean" and e["value"]["per_purchase"] == 50
+
+
+def test_customers_without_purchases_get_an_engagement_probability(rt):
+    add(rt, tp("contact_created", "bob", ago(90)), tp("email_engaged", "bob", ago(30)))
+    run.run(rt, full=True)
+    v = values(rt, "bob")
+    assert v["cx_retention_probability"] == round(100 * 0.5 ** (30 / 60))  # 71
+    assert v["cx_expected_purchases_90d"] is None and v["cx_clv_90d"] is None
+    assert explanation(rt, "bob")["retention"]["method"] == "engagement"
+
+
+def test_engagement_half_life_is_configurable(database_url):
+    from cx_connector.runtime import build
+    from tests.conftest import NOW
+    rt = build(make_config(database_url, scoring={"engagement_half_life_days": 30}), clock=lambda: NOW)
+    add(rt, tp("email_engaged", "bob", ago(30)))
+    run.run(rt, full=True)
+    assert values(rt, "bob")["cx_retention_probability"] == 50
+    rt.engine.dispose()
+
+
+def test_no_touchpoints_no_scores(rt):
+    from cx_connector import db
+    from cx_connector.models import customers
+    with db.write(rt.engine) as conn:
+        conn.execute(customers.insert().values(created_at=ago(5), updated_at=ago(5), profile_times={},
+                                               changed_at=ago(5)))
+    report = run.run(rt, full=True)
+    assert report["customers_scored"] == 1
+    assert report["distribution"]["cx_health"] == {"none": 1}
+
+
+def test_bgnbd_retention_uses_recency_not_raw_p_alive():
+    """With a fitted model, two one-time buyers have P(alive) = 1, but the one who bought
+    long ago is far less likely to buy within the horizon."""
+    from cx_connector.scoring.bgnbd import BGNBDParams
+    from cx_connector.scoring.features import Features
+    f = Features(ids=np.array([1, 2]), as_of=None, now_days=20000.0, today=20000)
+    f.purchase_days = np.array([1.0, 1.0])
+    f.first_day = f.last_day = np.array([19990, 19000])
+    f.spend = f.spend_days = f.repeat_spend = f.repeat_spend_days = np.zeros(2)
+    f.last_engaged = np.array([19990.0, 19000.0])
+    pop = retention.PopulationFit(bgnbd=BGNBDParams(0.243, 4.414, 0.793, 2.426, 0, 2357))
+    r = retention.score(f, pop, ScoringSettings())
+    assert np.all(r.p_alive == 1)
+    assert r.probability[0] > 3 * r.probability[1]
+    h = 90 / 7
+    T = np.array([10, 1000]) / 7
+    assert r.probability == pytest.approx(1 - ((4.414 + T) / (4.414 + T + h)) ** 0.243)
+
+
+@pytest.mark.parametrize(("pct", "risk"), [(0.294, "high"), (0.296, "medium"), (0.594, "medium"),
+                                           (0.596, "low"), (1.0, "low"), (float("nan"), None)])
+def test_churn_risk_thresholds_apply_to_the_published_percentage(pct, risk):
+    assert retention.churn_risk(np.array([pct]), ScoringSettings())[0] == risk
+
+
+def test_churn_thresholds_are_configurable(database_url):
+    from cx_connector.runtime import build
+    from tests.conftest import NOW
+    rt = build(make_config(database_url, scoring={"churn": {"high_below": 80, "medium_below": 90}}),
+               clock=lambda: NOW)
+    add(rt, tp("email_engaged", "bob", ago(30)))
+    run.run(rt, full=True)
+    assert values(rt, "bob")["cx_churn_risk"] == "high"
+    rt.engine.dispose()

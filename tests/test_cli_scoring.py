@@ -1,0 +1,124 @@
+"""``cx-connector score``, ``kpis``, ``customers explain`` and the demo's scores, as an admin runs them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from cx_connector import leases
+from cx_connector.cli import main
+from cx_connector.fields import FIELDS
+from cx_connector.scoring import run
+from tests.scoring.shop import add, order, tp
+
+
+@pytest.fixture
+def cli(tmp_path, database_url):
+    cfg = tmp_path / "cx.yaml"
+    cfg.write_text(f"database_url: {database_url}\nconnectors:\n  generic:\n"
+                   f"    secret: generic-test-secret-0123456789\n")
+
+    def invoke(*args):
+        return CliRunner().invoke(main, ["--config", str(cfg), *args])
+    return invoke
+
+
+def ago(days: float) -> datetime:
+    """Before the real now: the commands run on the real clock."""
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+@pytest.fixture
+def history(rt):
+    add(rt, order("ann", ago(40), 30, "1", "coffee"), tp("order_fulfilled", "ann", ago(39), order_id="1"),
+        order("ann", ago(10), 50, "2", "tea"), tp("nps_response", "ann", ago(5), rating=(9, 10)),
+        tp("email_engaged", "bob", ago(2)))
+    return rt
+
+
+def test_score_reports_the_run_and_the_model_used(cli, history):
+    r = cli("score", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["customers_scored"] == 2 and report["mode"] == "full"
+    assert report["duration_ms"] >= 0
+    assert report["models"]["bgnbd"]["used"] == "recency fallback"
+    assert set(report["models"]["gamma_gamma"]) == {"used", "reason"}
+    text = cli("score", "--full").output
+    assert "Scored 2 customers (full pass: asked for)" in text
+    assert "Retention: recency fallback (only 1 customer has purchases" in text
+
+
+def test_score_as_of_prints_a_customer_and_stores_nothing(cli, history, engine):
+    from tests.conftest import count
+    day = ago(20).date().isoformat()
+    r = cli("score", "--as-of", day, "--customer", "ann@example.com")
+    assert r.exit_code == 0, r.output
+    assert "report-only run" in r.output and "customer 1:" in r.output
+    assert "Bought on 1 day" in r.output        # the second order came after that day
+    assert count(engine, "scores") == 0
+
+
+def test_score_is_skipped_while_another_process_scores(cli, history, engine):
+    assert leases.acquire(engine, run.LEASE, "scheduler-elsewhere", timedelta(minutes=5))
+    r = cli("score")
+    assert r.exit_code == 1 and "another process is running the score job" in r.output
+
+
+def test_customers_explain_every_score_in_words_and_json(cli, history):
+    cli("score")
+    r = cli("customers", "explain", "ann@example.com")
+    assert r.exit_code == 0, r.output
+    for field in FIELDS.values():
+        assert f"({field.name})" in r.output
+    assert "Fallback (only 1 customer has purchases" in r.output
+    assert "9 is a promoter answer" in r.output
+    data = json.loads(cli("customers", "explain", "ann@example.com", "--json").output)
+    assert set(data["scores"]) == set(FIELDS)
+    assert data["scores"]["cx_nps_category"] == {"value": "promoter", "explanation":
+                                                 "9 is a promoter answer (promoter 9-10, passive 7-8, "
+                                                 "detractor 0-6)."}
+    assert data["inputs"]["retention"]["purchase_days"] == 2
+    assert data["inputs"]["settings"]["cx"]["negative_weight"] == 2.0
+    assert cli("customers", "explain", "nobody@example.com").exit_code == 1
+
+
+def test_explain_before_scoring_says_what_to_run(cli, history):
+    r = cli("customers", "explain", "ann@example.com")
+    assert r.exit_code == 1 and "run `cx-connector score`" in r.output
+
+
+def test_customers_list_and_show_include_every_score(cli, history):
+    cli("score")
+    listed = json.loads(cli("customers", "list", "--json").output)
+    assert all(set(c["scores"]) == set(FIELDS) for c in listed)
+    shown = json.loads(cli("customers", "show", "ann@example.com", "--json").output)
+    assert shown["scores"]["cx_nps_last"] == 9 and shown["scores"]["cx_journey_stage"] == "advocacy"
+
+
+def test_kpis_prints_the_snapshot_and_stores_it(cli, history, engine):
+    from tests.conftest import count
+    cli("score")
+    r = cli("kpis")
+    assert r.exit_code == 0, r.output
+    assert "NPS (promoters - detractors, %): 100.0" in r.output
+    data = json.loads(cli("kpis", "--json").output)
+    assert data["latest"]["nps"] == 100.0 and data["latest"]["customers"] == 2
+    assert count(engine, "kpi_snapshots") == 1
+
+
+def test_demo_scores_the_samples_and_prints_kpis():
+    r = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = r.output.split("Scores as of")[1]
+    assert "alice@example.com" in out and "CX 100 (green)" in out
+    assert "recency fallback (only 2 customers have purchases" in out
+    assert "Company KPIs (rolling 90 days):" in out and "nps: 0.0" in out
+    data = json.loads(CliRunner().invoke(main, ["demo", "--json"], catch_exceptions=False).output)
+    scored = {c["email"]: c["scores"] for c in data["scoring"]["customers"]}
+    assert scored["bob@example.com"]["cx_nps_category"] == "detractor"
+    assert set(scored["carol@acme.example"]) == set(FIELDS)
+    assert data["scoring"]["kpis"]["checkout_conversion"] == 0.0
