@@ -68,6 +68,7 @@ def mutate(doc: Any, ops: list[tuple[int, int, Any]]) -> Any:
     """Apply (where, how, value) edits: replace a node, delete a key, or add a key."""
     doc = copy.deepcopy(doc)
     for where, how, value in ops:
+        value = copy.deepcopy(value)  # never edit the shared sample values (made later examples differ)
         paths = _paths(doc)
         path = paths[where % len(paths)]
         if not path:
