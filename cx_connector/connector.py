@@ -649,14 +649,15 @@ class BackfillPage:
 
 
 def combine(results: Iterable[Normalised]) -> Normalised:
-    """The touchpoints and actions of several normalised records as one result (the
-    reasons of ignored ones are dropped: ignoring is what they are for)."""
+    """The touchpoints and actions of several normalised records as one result. The
+    reasons of ignored ones are dropped (ignoring is what they are for), and an action
+    repeated by several records (every order links the same customer) is kept once."""
     tps: list[Touchpoint] = []
     actions: list[Action] = []
     for result in results:
         tps += result.touchpoints
         actions += result.actions
-    return Normalised(touchpoints=tuple(tps), actions=tuple(actions))
+    return Normalised(touchpoints=tuple(tps), actions=tuple(dict.fromkeys(actions)))
 
 
 
