@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from connectors.hubspot.backfill import CONTACT_PROPERTIES, DEAL_PROPERTIES, search_body
 from cx_connector import backfill
 from cx_connector.models import touchpoints
-from cx_connector.throttle import FakeClock
+from tests.clock import SteppingClock as FakeClock
 from tests.conftest import NOW, count, fixture_bytes
 
 BASE = "https://api.hubapi.test"

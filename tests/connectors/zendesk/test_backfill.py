@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from cx_connector import backfill
 from cx_connector.models import backfill_state
-from cx_connector.throttle import FakeClock
+from tests.clock import SteppingClock as FakeClock
 from tests.conftest import NOW, count, fixture_bytes, fixture_json
 
 BASE = "https://acme.zendesk.test"
