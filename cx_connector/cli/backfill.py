@@ -124,8 +124,7 @@ def backfill_cmd(state: State, source: str, since: str | None, resume: bool, res
         _status(rt, source, as_json)
         return
     when = backfill.parse_since(since, rt.now()) if since else None
-    stderr = click.get_text_stream("stderr")
-    reporter = Reporter(stderr, tty=stderr.isatty())
+    reporter = Reporter(sys.stderr, tty=sys.stderr.isatty())
     if not as_json:
         names = [r.name for r in connector.backfill_resources if not only or r.name in only]
         click.echo(f"backfill {source}: {', '.join(names) or 'nothing'}"
