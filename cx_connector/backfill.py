@@ -35,6 +35,7 @@ database lease, ``backfill:<source>``).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -343,13 +344,16 @@ class _Run:
                            if exc.retry_after is not None else
                            f"rate limited; waiting {wait:g} s")
                 continue
-            except PlatformUnavailable as exc:
+            except (PlatformUnavailable, json.JSONDecodeError) as exc:
+                # an answer that is not JSON (a proxy's HTML error page with 200) is an outage too
+                message = exc.message if isinstance(exc, PlatformUnavailable) else \
+                    f"{self.source}: the answer was not JSON ({exc.msg})"
                 attempts += 1
                 if attempts >= self.max_attempts:
-                    raise _Stop("failed", f"{exc.message} ({attempts} attempts); "
+                    raise _Stop("failed", f"{message} ({attempts} attempts); "
                                           + self._resume_hint()) from exc
                 wait = _backoff(attempts)
-                self._wait(res, wait, f"{exc.message}; attempt {attempts + 1} in {wait:g} s")
+                self._wait(res, wait, f"{message}; attempt {attempts + 1} in {wait:g} s")
                 continue
             if not isinstance(page, BackfillPage):
                 raise TypeError(f"{type(self.connector).__name__}.backfill_page returned "

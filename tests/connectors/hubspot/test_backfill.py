@@ -301,3 +301,15 @@ def test_backfill_budgets(rt):
     budgets = rt.connectors["hubspot"].backfill_budgets()
     assert (budgets["api"].limit, budgets["api"].per_seconds) == (100, 10.0)
     assert (budgets["search"].limit, budgets["search"].per_seconds) == (4, 1.0)
+
+
+@responses.activate
+def test_an_answer_that_is_not_json_is_retried_like_an_outage(rt, engine):
+    responses.post(CONTACT_SEARCH, body="<html>502 Bad Gateway</html>", status=200,
+                   content_type="text/html")
+    search(CONTACT_SEARCH, contacts_search(), found([contact("1")]))
+    read(CONTACT_READ, ["1"], CONTACT_HISTORY, history({"1": {}}))
+    clock = FakeClock(NOW)
+    summary = run(rt, clock, only=["contacts"])
+    assert summary["status"] == "ok" and 2.0 in clock.sleeps
+    assert ids(engine) == ["contact:1:created"]
