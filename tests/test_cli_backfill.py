@@ -132,3 +132,20 @@ def test_plain_lines_name_the_remaining_records_and_waits():
         "backfill hubspot contacts: failed, 400 records · 2 pages · 0 new touchpoints: boom; run "
         "`cx-connector backfill hubspot --resume`",
     ]
+
+
+@responses.activate
+def test_ctrl_c_exits_130_and_says_how_to_resume(cli):
+    ratings(None, [1], "p2")
+
+    def interrupt(request):
+        raise KeyboardInterrupt
+
+    responses.add_callback(responses.GET, RATINGS, callback=interrupt, match=[
+        matchers.query_param_matcher({"score": "received", "page[size]": "100", "page[after]": "p2"})])
+    r = cli("backfill", "zendesk", "--only", "satisfaction_ratings")
+    assert r.exit_code == 130
+    assert "interrupted" in r.stderr and "cx-connector backfill zendesk --resume" in r.stderr
+    r = cli("backfill", "zendesk", "--status", "--json")
+    assert [(s["resource"], s["status"], s["cursor"]) for s in json.loads(r.stdout)] == [
+        ("satisfaction_ratings", "interrupted", "p2")]

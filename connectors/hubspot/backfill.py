@@ -41,7 +41,7 @@ Rate limits: the search endpoints allow a few requests per second per account (t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,6 +79,11 @@ DEAL_PROPERTIES = ("dealstage", "amount", "pipeline", "createdate", "hs_lastmodi
                    "hs_object_source")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+History = dict[str, dict[str, list[dict[str, Any]]]]
+#: builds a page's results: (client, rules, records, their history, throttles, skipped reasons)
+_Builder = Callable[[HubSpotClient, norm.Rules, list[dict[str, Any]], History, Mapping[str, Throttle],
+                     list[str]], list[Normalised]]
 
 
 def search_budget() -> RateBudget:
@@ -128,7 +133,7 @@ def search_body(properties: tuple[str, ...], modified: str, from_id: str | None,
 
 def _page(client: HubSpotClient, rules: norm.Rules, object_type: str, modified: str,
           properties: tuple[str, ...], history_of: tuple[str, ...], cursor: str | None,
-          since: datetime | None, throttles: Mapping[str, Throttle], build: Any) -> BackfillPage:
+          since: datetime | None, throttles: Mapping[str, Throttle], build: _Builder) -> BackfillPage:
     state = json.loads(cursor) if cursor else {}
     from_id, after = state.get("from_id"), state.get("after")
     throttles["search"].wait()
@@ -140,7 +145,7 @@ def _page(client: HubSpotClient, rules: norm.Rules, object_type: str, modified: 
                                "not a JSON object", platform="hubspot")
     records = [r for r in body.get("results") or [] if isinstance(r, dict) and r.get("id") is not None]
     ids = [str(r["id"]) for r in records]
-    history: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    history: History = {}
     for i in range(0, len(ids), HISTORY_BATCH):
         throttles["api"].wait()
         history.update(client.read_history(object_type, ids[i:i + HISTORY_BATCH], history_of))
@@ -191,7 +196,7 @@ def _normalise(events: list[dict[str, Any]], rules: norm.Rules, what: str,
 
 
 def _contact_results(client: HubSpotClient, rules: norm.Rules, records: list[dict[str, Any]],
-                     history: dict[str, dict[str, list[dict[str, Any]]]], throttles: Mapping[str, Throttle],
+                     history: History, throttles: Mapping[str, Throttle],
                      skipped: list[str]) -> list[Normalised]:
     out = []
     for record in records:
@@ -216,7 +221,7 @@ def _contact_results(client: HubSpotClient, rules: norm.Rules, records: list[dic
 
 
 def _deal_results(client: HubSpotClient, rules: norm.Rules, records: list[dict[str, Any]],
-                  history: dict[str, dict[str, list[dict[str, Any]]]], throttles: Mapping[str, Throttle],
+                  history: History, throttles: Mapping[str, Throttle],
                   skipped: list[str]) -> list[Normalised]:
     ids = [str(r["id"]) for r in records if str(r["id"]) in history]
     contacts: dict[str, list[str]] = {}
