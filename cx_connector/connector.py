@@ -58,6 +58,8 @@ __all__ = [
     "KINDS",
     "SCORE_FIELDS",
     "STAGES",
+    "BackfillPage",
+    "BackfillResource",
     "CatalogueProduct",
     "Connector",
     "CustomerRef",
@@ -86,6 +88,7 @@ __all__ = [
     "Touchpoint",
     "WriteResult",
     "clean_text",
+    "combine",
     "normalise_email",
     "normalise_phone",
     "parse_json",
@@ -577,6 +580,85 @@ class Connector:
         raise NotImplementedError
 
     # -- backfill (issue: backfill) --------------------------------------------------
+    # ``cx-connector backfill SOURCE`` imports a platform's history through its API. The
+    # core (:mod:`cx_connector.backfill`) works through :attr:`backfill_resources` in
+    # order; for each it calls :meth:`backfill_page` with the cursor saved after the
+    # previous page (``None`` to start) until a page says ``done``. Every page is stored
+    # through the webhook path (:func:`cx_connector.inbox.store`: same touchpoint ids,
+    # same identity resolution) in one transaction with its new cursor, so a crash or
+    # Ctrl-C resumes at the next page and nothing is stored twice. The core spends the
+    # :meth:`backfill_budgets` through the throttles it passes in, waits out 429s
+    # (``Retry-After``) and retries outages; the connector only speaks its API.
+    #
+    # The connector must map API records with its own normalise code (e.g. by building
+    # the webhook-shaped payload from the API record), so that a fact seen by a webhook
+    # and by the backfill is one touchpoint with one ``touchpoint_id``.
+    #: what :meth:`backfill_page` can import, in the order the core imports it
+    backfill_resources: ClassVar[tuple[BackfillResource, ...]] = ()
+
+    def backfill_budgets(self) -> dict[str, RateBudget]:
+        """Named rate budgets the backfill spends (a throttle per name is passed to
+        :meth:`backfill_page`). Default: ``{"api": self.rate_budget()}``. A platform
+        with stricter limits on some endpoints adds a budget for them (Zendesk's
+        incremental exports, HubSpot's search API)."""
+        return {"api": self.rate_budget()}
+
+    def backfill_page(self, resource: str, cursor: str | None, *, since: datetime | None,
+                      throttles: Mapping[str, Throttle], now: datetime) -> BackfillPage:
+        """Fetch and normalise one page of ``resource``, starting at ``cursor``.
+
+        ``since``: only records changed on the platform at or after this time (``None``:
+        everything); it is the same on every page of a run. Call
+        ``throttles[name].wait(cost)`` before every HTTP request. HTTP failures raise the
+        :class:`~cx_connector.errors.PlatformAPIError` subclass
+        :func:`cx_connector.http.raise_for_status` maps them to: the core retries the
+        same cursor after a 429 or an outage. A record that cannot be normalised is
+        left out and named in :attr:`BackfillPage.skipped`, never a reason to stop.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BackfillResource:
+    """One kind of record a connector can backfill (``orders``, ``tickets``).
+
+    ``name`` keys the saved cursor (``backfill_state.resource``): keep it stable.
+    """
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackfillPage:
+    """One page of a backfill, as :meth:`Connector.backfill_page` returns it.
+
+    ``result``: the page's touchpoints and actions (:func:`combine` joins per-record
+    results). ``cursor``: where the next page starts, opaque to the core (saved as
+    text). ``done``: the resource has no further page. ``records``: platform records
+    read. ``remaining``: records still to come after this page when the platform says
+    (for the progress bar's ETA). ``skipped``: records left out, each with its reason.
+    """
+
+    result: Normalised = field(default_factory=Normalised)
+    cursor: str | None = None
+    done: bool = False
+    records: int = 0
+    remaining: int | None = None
+    skipped: tuple[str, ...] = ()
+
+
+def combine(results: Iterable[Normalised]) -> Normalised:
+    """The touchpoints and actions of several normalised records as one result. The
+    reasons of ignored ones are dropped (ignoring is what they are for), and an action
+    repeated by several records (every order links the same customer) is kept once."""
+    tps: list[Touchpoint] = []
+    actions: list[Action] = []
+    for result in results:
+        tps += result.touchpoints
+        actions += result.actions
+    return Normalised(touchpoints=tuple(tps), actions=tuple(dict.fromkeys(actions)))
+
 
 
 def iter_json_array(payload: Any, what: str) -> Iterator[Any]:

@@ -28,6 +28,9 @@ from cx_connector.http import Session
 
 #: HubSpot's batch endpoints take at most 100 inputs
 BATCH = 100
+#: ...and at most 50 when property history is asked for
+#: (https://developers.hubspot.com/docs/api/crm/understanding-the-crm, "propertiesWithHistory")
+HISTORY_BATCH = 50
 
 #: properties read for a contact; ``hs_merged_object_ids`` maps a merged-away id that
 #: HubSpot answers with the surviving record back to the id we asked for
@@ -60,13 +63,13 @@ class HubSpotClient:
         self.session = Session("hubspot", base_url,
                                headers={"Authorization": f"Bearer {access_token}"})
 
-    def _batch_read(self, object_type: str, ids: list[str],
-                    properties: Iterable[str]) -> list[dict[str, Any]]:
+    def _batch_read(self, object_type: str, ids: list[str], properties: Iterable[str],
+                    history: Iterable[str] = ()) -> list[dict[str, Any]]:
         try:
             resp = self.session.call("POST", f"/crm/v3/objects/{object_type}/batch/read", json={
                 "inputs": [{"id": i} for i in ids],
                 "properties": list(properties),
-                "propertiesWithHistory": [],
+                "propertiesWithHistory": list(history),
             })
         except PlatformRecordGone:  # none of the ids exists
             return []
@@ -88,6 +91,19 @@ class HubSpotClient:
             for i in chunk:
                 record = by_id.get(i) or merged.get(i)
                 out[i] = _contact(record) if record is not None else None
+        return out
+
+    def read_history(self, object_type: str, ids: list[str],
+                     history: Iterable[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Every value each record's ``history`` properties had, newest first, with its
+        ``timestamp`` and ``sourceType`` (one request: at most :data:`HISTORY_BATCH` ids).
+        Deleted records are left out."""
+        if len(ids) > HISTORY_BATCH:
+            raise ValueError(f"a batch read with history takes at most {HISTORY_BATCH} ids")
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for record in self._batch_read(object_type, ids, (), history):
+            changes = record.get("propertiesWithHistory")
+            out[str(record.get("id"))] = changes if isinstance(changes, dict) else {}
         return out
 
     def existing(self, object_type: str, ids: list[str]) -> set[str]:

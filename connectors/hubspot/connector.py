@@ -15,10 +15,11 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
+from connectors.hubspot import backfill, setup, signatures, writer
 from connectors.hubspot import normalise as norm
-from connectors.hubspot import setup, signatures, writer
 from connectors.hubspot.client import Contact, HubSpotClient
 from cx_connector.connector import (
+    BackfillPage,
     Connector,
     CustomerRef,
     Delivery,
@@ -275,6 +276,17 @@ class HubSpotConnector(Connector):
             if record is not None:
                 found.append(self._link(sid, record))
         return Lookup(found=tuple(found), missing=tuple(sorted(missing)))
+
+    # -- backfill (connectors/hubspot/backfill.py) ------------------------------------------
+
+    backfill_resources = backfill.RESOURCES
+
+    def backfill_budgets(self) -> dict[str, RateBudget]:
+        return {"api": self.rate_budget(), "search": backfill.search_budget()}
+
+    def backfill_page(self, resource: str, cursor: str | None, *, since: datetime | None,
+                      throttles: Mapping[str, Throttle], now: datetime) -> BackfillPage:
+        return backfill.page(self.client, self.rules, resource, cursor, since=since, throttles=throttles)
 
     def _link(self, source_id: str, contact: Contact) -> Link:
         return Link(source=self.name, source_id=source_id,

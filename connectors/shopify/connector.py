@@ -20,9 +20,10 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.shopify import graphql, setup, signatures, writer
+from connectors.shopify import backfill, graphql, setup, signatures, writer
 from connectors.shopify import normalise as norm
 from cx_connector.connector import (
+    BackfillPage,
     Connector,
     Delivery,
     Duration,
@@ -112,6 +113,15 @@ class ShopifyConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, self.settings.api_version, dry_run=dry_run)
+
+    # -- backfill (connectors/shopify/backfill.py; spends the GraphQL bucket of rate_budget) --
+    backfill_resources = backfill.RESOURCES
+
+    def backfill_page(self, resource: str, cursor: str | None, *, since: datetime | None,
+                      throttles: Mapping[str, Throttle], now: datetime) -> BackfillPage:
+        return backfill.page(self._api, self.settings.api_version, self._context(), resource, cursor,
+                             since=since, throttles=throttles)
+
     @classmethod
     def demo_settings(cls) -> dict[str, Any]:
         return {"shop": "demo-shop.myshopify.com", "access_token": "shpat_demo_not_for_production",

@@ -39,6 +39,14 @@ class ZendeskClient:
             raise PlatformAPIError(f"{self.source}: {method} {path} answered with something that is not "
                                    f"JSON: {exc}", platform=self.source, status=resp.status_code) from None
 
+    def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``GET path`` as a JSON object (ids exact); the backfill's reads go through here."""
+        body = self._json("GET", path, params=params)
+        if not isinstance(body, dict):
+            raise PlatformAPIError(f"{self.source}: GET {path} answered with a JSON "
+                                   f"{type(body).__name__}, not an object", platform=self.source)
+        return body
+
     def show_many_users(self, ids: list[str]) -> list[dict[str, Any]]:
         """``GET /api/v2/users/show_many.json?ids=1,2,3`` (at most 100 ids).
         https://developer.zendesk.com/api-reference/ticketing/users/users/#show-many-users"""

@@ -19,9 +19,10 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.zendesk import normalise, setup, signatures, writer
+from connectors.zendesk import backfill, normalise, setup, signatures, writer
 from connectors.zendesk.client import SHOW_MANY_LIMIT, ZendeskClient
 from cx_connector.connector import (
+    BackfillPage,
     Connector,
     Delivery,
     Lookup,
@@ -57,6 +58,9 @@ class ZendeskSettings:
     #: the plan's API budget per minute: Team 200, Growth/Professional 400, Enterprise 700,
     #: High Volume add-on 2500 (https://developer.zendesk.com/api-reference/introduction/rate-limits)
     requests_per_minute: int = 200
+    #: the incremental export endpoints' own limit (backfill): 10 per minute, 30 with the
+    #: High Volume add-on (https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/)
+    incremental_exports_per_minute: int = 10
 
 
 class ZendeskSettingsSchema(SettingsSchema):
@@ -73,6 +77,8 @@ class ZendeskSettingsSchema(SettingsSchema):
     csat_scale = fields.Integer(load_default=5, validate=validate.OneOf(
         (2, 3, 5), error="the CSAT survey's rating scale: 2, 3 or 5"))
     requests_per_minute = fields.Integer(load_default=200, validate=validate.Range(min=1, max=100000))
+    incremental_exports_per_minute = fields.Integer(load_default=10, validate=validate.Range(min=1,
+                                                                                           max=1000))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> ZendeskSettings:
@@ -181,3 +187,17 @@ class ZendeskConnector(Connector):
     def lookup(self, source_ids: list[str], *, now: datetime) -> Lookup:
         """Requesters' email, name and phone (``users/show_many``, 100 per request)."""
         return self.client.lookup_users(source_ids)
+
+    # -- backfill (connectors/zendesk/backfill.py) ------------------------------------------
+
+    backfill_resources = backfill.RESOURCES
+
+    def backfill_budgets(self) -> dict[str, RateBudget]:
+        n = self.settings.incremental_exports_per_minute
+        return {"api": self.rate_budget(),
+                "export": RateBudget("window", n, 60.0, describe=f"{n} incremental exports / minute")}
+
+    def backfill_page(self, resource: str, cursor: str | None, *, since: datetime | None,
+                      throttles: Mapping[str, Throttle], now: datetime) -> BackfillPage:
+        return backfill.page(self.client, self._options, resource, cursor, since=since,
+                             throttles=throttles)

@@ -40,7 +40,7 @@ from sqlalchemy import Connection, select
 
 from cx_connector import db, outbox
 from cx_connector.fields import FIELDS, SCORE_FIELDS
-from cx_connector.models import customers, population_models
+from cx_connector.models import customers, job_runs, population_models
 from cx_connector.runtime import Runtime
 from cx_connector.scoring import cross_sell, cx_score, explain, features, retention, store
 from cx_connector.scoring.cross_sell import CrossSellModel
@@ -115,6 +115,14 @@ def store_models(conn: Connection, models: Models, as_of: datetime) -> None:
             conn.execute(population_models.delete().where(population_models.c.id.in_(old)))
 
 
+def last_backfill(conn: Connection) -> datetime | None:
+    """When the newest backfill that asked for a full pass finished (see cx_connector.backfill)."""
+    rows = conn.execute(select(job_runs.c.finished_at, job_runs.c.details)
+                        .where(job_runs.c.job == "backfill", job_runs.c.status == "ok")
+                        .order_by(job_runs.c.id.desc()).limit(20)).all()
+    return next((r.finished_at for r in rows if (r.details or {}).get("full_score_pass")), None)
+
+
 def last_full_pass(models: Models | None) -> datetime | None:
     return models.fitted_at if models else None
 
@@ -131,12 +139,18 @@ def full_pass_due(last_full: datetime | None, now: datetime, at: str) -> bool:
 
 
 def mode_for(models: Models | None, s: ScoringSettings, now: datetime, full_score_at: str,
-             force_full: bool) -> tuple[str, str]:
-    """``("full" | "incremental", why)``."""
+             force_full: bool, backfilled_at: datetime | None = None) -> tuple[str, str]:
+    """``("full" | "incremental", why)``.
+
+    ``backfilled_at``: when the latest backfill that imported history finished; the
+    models fitted before it have not seen that history, so the next run is a full pass.
+    """
     if force_full:
         return "full", "asked for"
     if models is None:
         return "full", "no population model yet"
+    if backfilled_at is not None and backfilled_at >= models.fitted_at:
+        return "full", "a backfill imported history since the models were fitted"
     if models.settings != model_settings(s):
         return "full", "scoring settings changed since the models were fitted"
     if full_pass_due(models.fitted_at, now, full_score_at):
@@ -317,7 +331,8 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
         if as_of:
             mode, why = "full", f"as of {as_of.isoformat()} (report only: nothing stored)"
         else:
-            mode, why = mode_for(models, s, now, rt.config.schedule.full_score_at, full)
+            mode, why = mode_for(models, s, now, rt.config.schedule.full_score_at, full,
+                                 last_backfill(conn))
         selected = _select_customers(conn, mode)
         report: dict[str, Any] = {"mode": "as_of" if as_of else mode, "why": why, "as_of": when,
                                   "customers_scored": len(selected)}

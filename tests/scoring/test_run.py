@@ -71,6 +71,24 @@ def test_a_full_pass_runs_once_a_day_at_full_score_at(rt):
     assert run.run(_with_clock(rt, NOW + timedelta(hours=16)))["mode"] == "incremental"
 
 
+def test_a_finished_backfill_makes_the_next_run_a_full_pass(rt):
+    from cx_connector.backfill import request_full_score_pass
+    from cx_connector.models import job_runs
+
+    add(rt, order("ann", ago(20), 10, "1"), tp("email_engaged", "bob", ago(3)))
+    run.run(rt)
+    later = NOW + timedelta(hours=1)
+    with db.write(rt.engine) as conn:  # what cx-connector backfill records when it finishes
+        request_full_score_pass(conn, later)
+        conn.execute(job_runs.insert().values(job="backfill", started_at=later, finished_at=later,
+                                              status="ok", details={"full_score_pass": True}))
+    report = run.run(_with_clock(rt, later + timedelta(minutes=5)))
+    assert (report["mode"], report["customers_scored"]) == ("full", 2)
+    assert "backfill" in report["why"]
+    assert count(rt.engine, "population_models") == 6        # refitted on the imported history
+    assert run.run(_with_clock(rt, later + timedelta(minutes=10)))["mode"] == "incremental"
+
+
 @pytest.mark.parametrize(("last", "now", "due"), [
     (None, "2026-06-15T12:00", True),
     ("2026-06-15T02:59", "2026-06-15T03:00", True),

@@ -68,7 +68,9 @@ def mutate(doc: Any, ops: list[tuple[int, int, Any]]) -> Any:
     """Apply (where, how, value) edits: replace a node, delete a key, or add a key."""
     doc = copy.deepcopy(doc)
     for where, how, value in ops:
-        value = copy.deepcopy(value)  # never edit the shared sample values (made later examples differ)
+        # a fresh copy per edit: the sampled values are shared objects, and an edit into a
+        # value inserted earlier must neither change later examples nor make the body cyclic
+        value = copy.deepcopy(value)
         paths = _paths(doc)
         path = paths[where % len(paths)]
         if not path:
