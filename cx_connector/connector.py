@@ -418,9 +418,14 @@ class Duration(fields.Field):
             seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
         else:
             raise self.make_error("invalid")
+        if seconds != seconds:  # NaN (YAML .nan)
+            raise self.make_error("invalid")
         if seconds <= 0:
             raise ValidationError("must be longer than zero")
-        return timedelta(seconds=seconds)
+        try:
+            return timedelta(seconds=seconds)
+        except OverflowError:  # YAML .inf, or more weeks than a timedelta holds
+            raise ValidationError("too long (timedelta overflow)") from None
 
 
 class SettingsSchema(Schema):

@@ -57,6 +57,12 @@ def test_durations(text, seconds):
     assert c.schedule.sync_every == timedelta(seconds=seconds)
 
 
+@pytest.mark.parametrize("text", [float("inf"), float("nan"), "99999999999999999999w", True, "5 minutes"])
+def test_impossible_durations_are_config_errors_not_crashes(text):
+    p = problems({"schedule": {"score_every": text}})
+    assert list(p) == ["schedule.score_every"]
+
+
 def test_env_interpolation_with_defaults_and_escape():
     env = {"SECRET": "s3cr3t:with#chars", "EMPTY": ""}
     c = config_from_mapping({
