@@ -83,6 +83,12 @@ RATING_KINDS = {"csat_rating": "csat", "nps_response": "nps", "ces_response": "c
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
+#: amounts (value, price, rating) are stored with 18 digits, 4 after the point
+#: (``models.Money``): anything this large or larger cannot be stored exactly
+MONEY_LIMIT = Decimal(10) ** 14
+_FITS = validate.Range(min=-MONEY_LIMIT, max=MONEY_LIMIT, min_inclusive=False, max_inclusive=False,
+                       error="out of range: at most 14 digits before the decimal point")
+
 
 def clean_text(value: Any) -> Any:
     """Strings (recursively, in lists and dicts) without NUL and lone surrogates.
@@ -252,8 +258,8 @@ class CustomerSchema(_Base):
 
 class RatingSchema(_Base):
     type = fields.String(required=True, validate=validate.OneOf(RATING_TYPES))
-    score = fields.Decimal(required=True, as_string=True)
-    scale_max = fields.Decimal(required=True, as_string=True, validate=validate.Range(min=1))
+    score = fields.Decimal(required=True, as_string=True, validate=_FITS)
+    scale_max = fields.Decimal(required=True, as_string=True, validate=[validate.Range(min=1), _FITS])
 
     @validates_schema
     def _check(self, data: dict, **_: Any) -> None:
@@ -271,7 +277,7 @@ class ProductSchema(_Base):
     title = fields.String(load_default=None, allow_none=True)
     category = fields.String(load_default=None, allow_none=True)
     quantity = fields.Integer(load_default=1, validate=validate.Range(min=0))
-    price = fields.Decimal(load_default=None, allow_none=True, as_string=True)
+    price = fields.Decimal(load_default=None, allow_none=True, as_string=True, validate=_FITS)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Product:
@@ -288,7 +294,7 @@ class TouchpointSchema(_Base):
     kind = fields.String(required=True, validate=validate.OneOf(sorted(KINDS)))
     stage = fields.String(load_default="", validate=validate.OneOf(("", *STAGES)))
     channel = fields.String(load_default="other", validate=validate.OneOf(CHANNELS))
-    value = fields.Decimal(load_default=None, allow_none=True, as_string=True)
+    value = fields.Decimal(load_default=None, allow_none=True, as_string=True, validate=_FITS)
     currency = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
     rating = fields.Nested(RatingSchema, load_default=None, allow_none=True)
     products = fields.List(fields.Nested(ProductSchema), load_default=list)
@@ -305,6 +311,8 @@ class TouchpointSchema(_Base):
             raise ValidationError(f"a {kind} needs a rating of type {wanted}", "rating")
         if data.get("value") is not None and data.get("value").is_nan():
             raise ValidationError("must be a number", "value")
+        if kind == "refund_issued" and data.get("value") is not None and data["value"] > 0:
+            raise ValidationError("a refund is negative: send the refunded amount as -value", "value")
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Touchpoint:

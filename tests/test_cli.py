@@ -41,12 +41,34 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(cli, tmp_path, engi
     assert r.exit_code == 1
     assert "line 2: not valid JSON" in r.output
     assert "line 3: kind: Must be one of" in r.output
-    assert "line 7: not valid JSON: expected a JSON object" in r.output
+    assert "line 7: expected one touchpoint as a JSON object, got a list" in r.output
     assert "line 8: customer.source_id" in r.output
     assert "3 valid lines (2 new touchpoints, 1 already known), 4 invalid lines skipped" in r.output
     assert count(engine, "touchpoints") == 2
     with engine.connect() as conn:
         assert conn.execute(text("SELECT email FROM customers")).scalar_one() == "ann@example.com"
+
+
+def test_import_reports_unstorable_amounts_by_line_and_keeps_the_rest(cli, tmp_path, engine):
+    f = tmp_path / "tp.jsonl"
+    f.write_text("\n".join([
+        line("o1"),
+        line("o2", value="1e30"),                                       # cannot be stored exactly
+        line("o3", value="123456789012345678"),                         # 18 digits before the point
+        line("o4", products=[{"title": "x", "price": "1e20"}]),
+        line("r1", kind="refund_issued", value="10"),                   # refunds are negative
+        line("r2", kind="refund_issued", value="-10"),
+        line("n1", customer={"source_id": "\u0000"}),                    # blank once cleaned
+    ]) + "\n")
+    r = cli("import", str(f))
+    assert r.exit_code == 1, r.output
+    assert "line 2: value: out of range" in r.output
+    assert "line 3: value: out of range" in r.output
+    assert "line 4: products.0.price: out of range" in r.output
+    assert "line 5: value: a refund is negative" in r.output
+    assert "line 7: customer.source_id must be a non-empty string" in r.output
+    assert "2 valid lines (2 new touchpoints, 0 already known), 5 invalid lines skipped" in r.output
+    assert count(engine, "touchpoints") == 2
 
 
 def test_import_json_summary_and_stdin(cli, engine):

@@ -59,16 +59,21 @@ def import_(state: State, file: click.File, as_json: bool) -> None:
             continue
         try:
             data = json.loads(line, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad += 1
+            errors.append({"line": lineno, "errors": [f"not valid JSON: {exc}"]})
+            continue
+        try:
             if not isinstance(data, dict):
-                raise ValueError("expected a JSON object")
+                raise ValueError(f"expected one touchpoint as a JSON object, got a {type(data).__name__}")
             tp = schema.load(data)
         except ValidationError as exc:
             bad += 1
             errors.append({"line": lineno, "errors": _messages(exc.messages)})
             continue
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # the touchpoint's own checks (e.g. a blank source_id)
             bad += 1
-            errors.append({"line": lineno, "errors": [f"not valid JSON: {exc}"]})
+            errors.append({"line": lineno, "errors": [str(exc)]})
             continue
         good += 1
         pending[tp.source].append(tp)
