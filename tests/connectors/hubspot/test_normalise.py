@@ -12,7 +12,7 @@ from sqlalchemy import select
 from connectors.hubspot.connector import HubSpotConnector, HubSpotSettingsSchema
 from cx_connector.connector import Delivery, Forget, Merge
 from cx_connector.errors import PayloadError
-from cx_connector.models import deliveries, identities, touchpoints
+from cx_connector.models import audit_log, deliveries, identities, touchpoints
 from tests.conftest import NOW, TEST_CONNECTORS, count, fixture_bytes
 
 # sample -> (inbox status, [(touchpoint_id, kind, stage, channel, customer source_id, attributes)])
@@ -293,6 +293,13 @@ def test_contact_merge_repoints_identities_through_the_endpoint(post_signed, eng
     assert {v for v, _, _ in rows} == {"10", "20", "30"}
     assert len({c for _, c, _ in rows}) == 1 and owners == {rows[0][1]}
     assert {v for v, _, gone in rows if gone is not None} == {"10", "20"}
+    with engine.connect() as conn:  # both the customer merge and the platform's merge are audited
+        log = {r.action: r for r in conn.execute(select(audit_log))}
+    assert log["customers_merged"].details["survivor"] == rows[0][1]
+    assert len(log["customers_merged"].details["merged"]) == 1
+    assert "hubspot merged 10, 20 into 30" in log["customers_merged"].details["reason"]
+    assert (log["platform_merge"].source, log["platform_merge"].external_id) == ("hubspot", "30")
+    assert log["platform_merge"].details == {"merged_ids": ["10", "20"]}
 
 
 @pytest.mark.parametrize(("kind", "source_id"), [
