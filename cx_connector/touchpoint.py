@@ -26,6 +26,7 @@ from marshmallow import (
     fields,
     post_load,
     validate,
+    validates,
     validates_schema,
 )
 
@@ -299,6 +300,13 @@ class TouchpointSchema(_Base):
     rating = fields.Nested(RatingSchema, load_default=None, allow_none=True)
     products = fields.List(fields.Nested(ProductSchema), load_default=list)
     attributes = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @validates("occurred_at")
+    def _in_range(self, value: datetime, **_: Any) -> None:
+        try:
+            ensure_utc(value)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before the year 1 in UTC
+            raise ValidationError("out of range once converted to UTC") from None
 
     @validates_schema
     def _check(self, data: dict, **_: Any) -> None:

@@ -104,6 +104,7 @@ def test_same_fact_in_a_new_delivery_is_one_touchpoint(post_signed, engine):
     (json.dumps(tp(kind="nps_response")).encode(), "rating"),
     (json.dumps(tp(source="shopify")).encode(), "source"),
     (json.dumps(tp(value="1e30")).encode(), "value: out of range"),
+    (json.dumps(tp(occurred_at="0001-01-01T00:00:00+14:00")).encode(), "occurred_at: out of range"),
     (json.dumps(tp(kind="refund_issued", value="12.50")).encode(), "value: a refund is negative"),
 ])
 def test_malformed_payload_is_stored_failed_with_its_error(post_signed, engine, body, needle):
