@@ -59,3 +59,27 @@ def test_every_command_is_in_the_command_table():
 def test_no_leftover_merge_fragments():
     assert "to add to the reference table" not in README
     assert "to add to the command-line table" not in README
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n### {title}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+
+
+def test_every_shopify_topic_is_in_the_readme_table():
+    from connectors.shopify.normalise import HANDLERS
+
+    table = [line for line in _section("Shopify").splitlines() if line.startswith("| `")]
+    for topic in HANDLERS:
+        assert any(f"`{topic}`" in line.split("|")[1] for line in table), topic
+
+
+def test_every_zendesk_event_is_in_the_readme_table():
+    from connectors.zendesk import normalise
+
+    table = [line.split("|")[1] for line in _section("Zendesk").splitlines()
+             if line.startswith("| `") or line.startswith("| trigger")]
+    for action in normalise._TICKET_EVENTS:
+        assert any(f"ticket.{action}" in cell or f"`{action}`" in cell for cell in table), action
+    for action in normalise.USER_ACTIONS:
+        assert any(f"user.{action}" in cell or f"`{action}`" in cell or f"/ `{action}`" in cell
+                   for cell in table), action
