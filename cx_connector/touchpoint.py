@@ -87,8 +87,18 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: amounts (value, price, rating) are stored with 18 digits, 4 after the point
 #: (``models.Money``): anything this large or larger cannot be stored exactly
 MONEY_LIMIT = Decimal(10) ** 14
-_FITS = validate.Range(min=-MONEY_LIMIT, max=MONEY_LIMIT, min_inclusive=False, max_inclusive=False,
-                       error="out of range: at most 14 digits before the decimal point")
+_MONEY_PLACES = Decimal("0.0001")
+
+
+def _fits(value: Decimal | None) -> None:
+    """Refuse an amount the money columns cannot hold once rounded to 4 places."""
+    if value is None or not value.is_finite():
+        return
+    if abs(value) >= MONEY_LIMIT or abs(value.quantize(_MONEY_PLACES)) >= MONEY_LIMIT:
+        raise ValidationError("out of range: at most 14 digits before the decimal point")
+
+
+_FITS = _fits
 
 
 def clean_text(value: Any) -> Any:
