@@ -107,6 +107,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body, parse_float=Decimal)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is JSON nested too deeply to be read") from None
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,8 @@ def _normalise(connector: Connector, delivery: Delivery,
             raise TypeError(f"{type(connector).__name__}.normalise returned {type(result).__name__}")
     except PayloadError as exc:
         return None, "failed", exc.message
+    except RecursionError:  # parsed, but nested too deeply for the normaliser to walk
+        return None, "failed", "the payload is nested too deeply to be processed"
     except Exception as exc:  # a connector bug must not lose the delivery or answer 500
         log.exception("normaliser crashed", extra={"source": connector.name})
         return None, "failed", f"internal error while normalising: {type(exc).__name__}: {exc}"
