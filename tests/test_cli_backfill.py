@@ -100,6 +100,11 @@ def test_refused_for_a_connector_without_an_api_and_bad_since(cli):
     assert r.exit_code == 1 and "connector shopify is not enabled" in r.stderr
     r = cli("backfill", "zendesk", "--status")
     assert r.exit_code == 0 and "no backfill of zendesk has been started" in r.stdout
+    # a refused run prints its error alone, not a "backfill zendesk: ..." line as if it started
+    r = cli("backfill", "zendesk", "--only", "bogus")
+    assert r.exit_code == 2 and r.stderr.startswith("error: zendesk has no backfill resource bogus")
+    r = cli("backfill", "zendesk", "--resume", "--restart")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --resume and --restart exclude each other")
 
 
 def test_terminal_bar_with_rate_and_eta():
