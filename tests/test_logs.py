@@ -21,7 +21,9 @@ def test_json_lines_with_request_id_and_secrets_scrubbed(capsys):
     try:
         token = logs.request_id.set("req-42")
         logging.getLogger("cx_connector.test").info("calling https://x/?token=%s", "s3cr3t-value-123",
-                                                    extra={"detail": "header s3cr3t-value-123"})
+                                                    extra={"detail": "header s3cr3t-value-123",
+                                                           "report": {"url": "x?s3cr3t-value-123",
+                                                                      "n": [1, 2]}})
         try:
             raise ValueError("boom s3cr3t-value-123")
         except ValueError:
@@ -35,7 +37,9 @@ def test_json_lines_with_request_id_and_secrets_scrubbed(capsys):
     lines = [json.loads(line) for line in err.strip().splitlines()]
     assert lines[0]["request_id"] == "req-42" and lines[0]["logger"] == "cx_connector.test"
     assert "[redacted]" in lines[0]["message"] and lines[0]["detail"] == "header [redacted]"
-    assert "ValueError: boom [redacted]" in lines[1]["message"]
+    assert lines[0]["report"] == {"url": "x?[redacted]", "n": [1, 2]}  # nested values too
+    assert lines[1]["message"] == "failed"  # the traceback has its own key, scrubbed
+    assert "ValueError: boom [redacted]" in lines[1]["exception"]
 
 
 def test_request_id_is_echoed_and_generated(client):
