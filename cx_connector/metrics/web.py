@@ -83,7 +83,8 @@ class WebMetrics:
             "cx_http_request_duration_seconds", "Time from request start to response, by route "
             "(platforms give webhooks about 5 s).", ["route"], registry=r)
         self.workers = Gauge(
-            "cx_web_workers", "Live web worker processes of this instance.", registry=r,
+            "cx_web_workers", "Live web worker processes of this instance (a new worker counts "
+            "from its first request).", registry=r,
             multiprocess_mode="livesum")
         self.workers.set(1)
         self.sources = frozenset(sources)
