@@ -208,11 +208,12 @@ def _validate_token(value: str | None) -> None:
 
 
 class MetricsSchema(_Strict):
-    token = fields.String(load_default=None, allow_none=True, validate=_validate_token)
+    token = fields.String(load_default=None, allow_none=True,
+                          validate=lambda v: _validate_token(v or None))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Metrics:
-        return Metrics(**data)
+        return Metrics(token=data["token"] or None)  # "" (an unset ${VAR:-}): no token
 
 
 def _connectors_schema() -> type[Schema]:

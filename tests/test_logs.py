@@ -14,6 +14,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from cx_connector import logs
+from tests.metrics.test_multiprocess import _healthy, wait_for
 from tests.test_crash import free_port
 
 
@@ -171,12 +172,7 @@ def test_gunicorn_logger_class_writes_json_error_and_access_lines(tmp_path, data
         env={**os.environ, "CX_CONNECTOR_CONFIG": str(cfg)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for _ in range(150):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+        wait_for(lambda: _healthy(port), "gunicorn")
         r = requests.get(f"http://127.0.0.1:{port}/healthz?token={secret}", timeout=5,
                          headers={"User-Agent": f"probe {secret}", "X-Request-Id": "gunicorn-1"})
         assert r.status_code == 200

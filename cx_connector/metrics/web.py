@@ -87,13 +87,35 @@ class WebMetrics:
             "from its first request).", registry=r,
             multiprocess_mode="livesum")
         self.workers.set(1)
-        self.sources = frozenset(sources)
-        for source in sorted(self.sources):  # zeros, so that rate() and alerts see every series
+        self.sources: frozenset[str] = frozenset()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._seen: Any = None
+        self.add_sources(sources)
+
+    def add_sources(self, sources: Iterable[str]) -> None:
+        """Enabled sources: their series exist from the start (zeros, so that ``rate()`` and
+        alerts see them), and only they may label the webhook request counter."""
+        self._seen = sources
+        new = frozenset(sources) - self.sources
+        if not new:
+            return
+        for source in sorted(new):
             for status in STATUSES:
                 self.deliveries.labels(source, status)
             self.signature_failures.labels(source)
             self.normalise_failures.labels(source)
             self.touchpoints.labels(source)
+        self.sources = self.sources | new
+
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: ``labels()`` validates and locks on every
+        call, which would be most of what counting a request costs."""
+        key = (id(metric), values)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*values)
+        return c
 
 
 _metrics: WebMetrics | None = None
@@ -105,6 +127,9 @@ def web(sources: Iterable[str] = ()) -> WebMetrics:
     global _metrics
     m = _metrics
     if m is not None and m.pid == os.getpid():
+        if sources is not m._seen and sources:  # another app in this process (tests, demo)
+            with _guard:
+                m.add_sources(sources)
         return m
     with _guard:
         if _metrics is None or _metrics.pid != os.getpid():
@@ -252,15 +277,16 @@ def delivered(sources: Iterable[str], source: str, status: str, touchpoints: int
               normalise_failed: bool) -> None:
     """A verified webhook was answered 200 (see :class:`cx_connector.inbox.Receipt`)."""
     m = web(sources)
-    m.deliveries.labels(source, status).inc()
+    m.child(m.deliveries, source, status).inc()
     if touchpoints:
-        m.touchpoints.labels(source).inc(touchpoints)
+        m.child(m.touchpoints, source).inc(touchpoints)
     if normalise_failed:
-        m.normalise_failures.labels(source).inc()
+        m.child(m.normalise_failures, source).inc()
 
 
 def signature_failed(sources: Iterable[str], source: str) -> None:
-    web(sources).signature_failures.labels(source).inc()
+    m = web(sources)
+    m.child(m.signature_failures, source).inc()
 
 
 def observe(sources: Iterable[str], request: Any, code: int, seconds: float | None) -> None:
@@ -269,10 +295,10 @@ def observe(sources: Iterable[str], request: Any, code: int, seconds: float | No
     m = web(sources)
     rule = request.url_rule
     route = rule.rule if rule is not None else "unmatched"
-    m.http_requests.labels(route, request.method, str(code)).inc()
+    m.child(m.http_requests, route, request.method, str(code)).inc()
     if seconds is not None:
-        m.http_duration.labels(route).observe(seconds)
+        m.child(m.http_duration, route).observe(seconds)
     if request.endpoint == "webhooks.receive":
         source = (request.view_args or {}).get("source")
         if source in m.sources:
-            m.requests.labels(source, str(code)).inc()
+            m.child(m.requests, source, str(code)).inc()

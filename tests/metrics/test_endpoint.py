@@ -60,12 +60,18 @@ def test_without_any_token_configured_metrics_are_disabled(database_url):
         rt.engine.dispose()
 
 
-def test_a_short_metrics_token_is_a_configuration_error(database_url):
+def test_a_short_metrics_token_is_a_configuration_error_and_an_empty_one_is_none(database_url):
+    from cx_connector.config import config_from_mapping
     from cx_connector.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         make_config(database_url, metrics={"token": "short"})
     assert "metrics.token" in str(err.value)
+    assert make_config(database_url, metrics={"token": ""}).metrics.token is None
+    unset = config_from_mapping({"metrics": {"token": "${CX_METRICS_TOKEN:-}"}}, env={})
+    assert unset.metrics.token is None
+    assert config_from_mapping({"metrics": {"token": "${T}"}}, env={"T": METRICS_TOKEN}).secrets() == \
+        [METRICS_TOKEN]
 
 
 # --- webhooks -----------------------------------------------------------------------------------
@@ -171,3 +177,14 @@ def test_scrape_output_is_valid_prometheus_text(client):
     assert len(names) == len(set(names))  # one family per name, whichever collector made it
     assert parse(text)
     assert value(parse(text), "cx_database_up") == 1
+
+
+def test_every_app_in_a_process_gets_the_series_of_its_sources():
+    from cx_connector.metrics import web
+
+    web.web({"generic": None})
+    m = web.web({"shopify": None, "made-up-for-this-test": None})
+    assert {"generic", "shopify", "made-up-for-this-test"} <= m.sources
+    families = {f.name: f for f in m.registry.collect()}
+    labels = {tuple(sorted(s.labels.items())) for s in families["cx_webhook_signature_failures"].samples}
+    assert (("source", "made-up-for-this-test"),) in labels

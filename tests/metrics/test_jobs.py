@@ -22,15 +22,9 @@ from tests.conftest import NOW, make_config
 from tests.metrics.scraping import scrape, series, value
 from tests.scoring.shop import add, ago, order, tp
 from tests.seeding import seed
+from tests.test_sync import URL, ok
 
-URL = "https://api.hubapi.test/crm/v3/objects/contacts/batch/update"
 IDS = [str(900000000000 + i) for i in range(30)]
-
-
-def ok(request):
-    data = json.loads(request.body)
-    return 200, {}, json.dumps(
-        {"status": "COMPLETE", "results": [{"id": i["id"], "properties": {}} for i in data["inputs"]]})
 
 
 def test_scoring_runs_show_duration_customers_and_last_success(rt, client):

@@ -113,7 +113,7 @@ def per_worker(path: Path) -> dict[int, float]:
     return out
 
 
-def wait_for(check, what: str, timeout: float = 30.0):
+def wait_for(check, what: str, timeout: float = 60.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = check()
