@@ -10,9 +10,9 @@ and kept where a scrape of any web instance can read it:
 **Web-side events, per instance** (:mod:`cx_connector.metrics.web`): webhook requests
 by source and status code, deliveries by outcome, signature and normalise failures,
 new touchpoints from webhooks, HTTP requests and latency. Counted in the worker that
-served the request, in ``prometheus_client``'s multiprocess files (a shared-memory
-write, ~1 µs; the webhook path never waits on a lock, a socket or the database for
-metrics), and summed over every worker of the instance, live or dead, by whichever
+served the request, in ``prometheus_client``'s multiprocess files (shared-memory
+writes, a few microseconds each; the webhook path never waits on another process, a
+socket or the database for metrics), and summed over every worker of the instance, live or dead, by whichever
 worker answers the scrape. Scope: the instance; Prometheus scrapes each instance and
 sums (``sum without (instance, pid) (...)``).
 

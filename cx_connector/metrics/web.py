@@ -4,7 +4,8 @@ Each gunicorn worker counts in memory-mapped files of ``prometheus_client``'s
 multiprocess mode (one file per process and metric type, in the directory named by
 ``PROMETHEUS_MULTIPROC_DIR``); a scrape, whichever worker answers it, sums the files
 of every worker of this instance, live or dead. An increment is a write to shared
-memory (about a microsecond): the webhook path never waits on anything for metrics.
+memory (a few microseconds each): the webhook path never waits on another process for
+metrics.
 
 Without the directory (the test client, ``cx-connector demo``, a single process),
 the same counters live in this process's memory.
