@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from cx_connector import db, inbox, logs
 from cx_connector.config import Config, load_config
 from cx_connector.errors import CxError, DatabaseUnavailable, NotFound, SignatureError
+from cx_connector.metrics import scrape as metrics_endpoint
+from cx_connector.metrics import web as metrics
 from cx_connector.runtime import Runtime, build
 
 log = logging.getLogger("cx_connector.http")
@@ -48,7 +50,10 @@ def receive(source: str) -> Any:
                                 method=request.method, url=request.url, now=rt.now())
     except SignatureError as exc:
         log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})
+        metrics.signature_failed(rt.connectors, source)
         raise
+    metrics.delivered(rt.connectors, source, receipt.status, receipt.touchpoints,
+                      receipt.failed_at == "normalise")
     log.info("webhook received", extra={"source": source, "status": receipt.status,
                                         "delivery_id": receipt.delivery_id,
                                         "touchpoints": receipt.touchpoints})
@@ -105,16 +110,27 @@ def _before() -> None:
     rid = rid if rid and len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
     g.request_id = rid
     g.started = time.perf_counter()
-    logs.request_id.set(rid)
+    g.request_id_token = logs.request_id.set(rid)
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    # a worker's lines between requests must not carry the last request's id
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        try:
+            logs.request_id.reset(token)
+        except ValueError:  # set in another context
+            logs.request_id.set(None)
 
 
 def _after(resp: Any) -> Any:
     resp.headers["X-Request-Id"] = g.get("request_id", "")
     started = g.get("started")
-    if started is not None and request.path != "/healthz":
+    elapsed = time.perf_counter() - started if started is not None else None
+    metrics.observe(runtime().connectors, request, resp.status_code, elapsed)
+    if elapsed is not None and request.path != "/healthz":
         log.info("request", extra={"method": request.method, "path": request.path,
-                                   "status": resp.status_code,
-                                   "ms": round((time.perf_counter() - started) * 1000, 2)})
+                                   "status": resp.status_code, "ms": round(elapsed * 1000, 2)})
     return resp
 
 
@@ -143,7 +159,9 @@ def create_app(config_path: str | None = None, *, config: Config | None = None,
     app.extensions["cx"] = rt
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
+    app.register_blueprint(metrics_endpoint.blueprint)
     app.register_error_handler(Exception, _error)
     app.before_request(_before)
     app.after_request(_after)
+    app.teardown_request(_teardown)
     return app

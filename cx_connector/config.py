@@ -32,6 +32,7 @@ from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
 
 DEFAULT_PATH = "cx-connector.yaml"
 ENV_PATH = "CX_CONNECTOR_CONFIG"
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_DATABASE_URL = "sqlite:///cx-connector.db"
 
 _VAR_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -92,6 +93,12 @@ class Checkouts:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    #: bearer token for GET /metrics (16+ characters); the admin token is always accepted too
+    token: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = None
@@ -102,6 +109,7 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     privacy: Privacy = field(default_factory=Privacy)
     checkouts: Checkouts = field(default_factory=Checkouts)
+    metrics: Metrics = field(default_factory=Metrics)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -109,7 +117,7 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every configured secret value (for log scrubbing and the leak tests)."""
-        values = [self.admin_token] if self.admin_token else []
+        values = [t for t in (self.admin_token, self.metrics.token) if t]
         password = urlsplit(self.database_url).password
         if password:
             values.append(password)
@@ -193,6 +201,21 @@ class CheckoutsSchema(_Strict):
         return Checkouts(**data)
 
 
+def _validate_token(value: str | None) -> None:
+    if value is not None and len(value) < 16:
+        raise ValidationError("too short: use at least 16 random characters "
+                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+class MetricsSchema(_Strict):
+    token = fields.String(load_default=None, allow_none=True,
+                          validate=lambda v: _validate_token(v or None))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Metrics:
+        return Metrics(token=data["token"] or None)  # "" (an unset ${VAR:-}): no token
+
+
 def _connectors_schema() -> type[Schema]:
     available = registry.available()
     attrs: dict[str, Any] = {
@@ -221,6 +244,7 @@ class ConfigSchema(_Strict):
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
     privacy = fields.Nested(PrivacySchema, load_default=Privacy)
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
+    metrics = fields.Nested(MetricsSchema, load_default=Metrics)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")
@@ -231,9 +255,7 @@ class ConfigSchema(_Strict):
 
     @validates("admin_token")
     def _token(self, value: str | None, **_: Any) -> None:
-        if value is not None and len(value) < 16:
-            raise ValidationError("too short: use at least 16 random characters "
-                                  "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        _validate_token(value)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> dict:
@@ -335,6 +357,13 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
     assert loaded is not None
     loaded["connectors"] = connectors
     return Config(origin=origin, **loaded)
+
+
+def prometheus_multiproc_dir(env: Mapping[str, str] | None = None) -> str | None:
+    """The directory of prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``),
+    which the library itself reads on import; see :mod:`cx_connector.metrics`."""
+    env = os.environ if env is None else env
+    return env.get(PROMETHEUS_DIR_ENV) or env.get(PROMETHEUS_DIR_ENV.lower()) or None
 
 
 def resolve_path(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Path:

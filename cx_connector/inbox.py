@@ -43,6 +43,7 @@ from cx_connector.connector import (
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
+from cx_connector.metrics import stored as stored_metrics
 from cx_connector.models import deliveries, products, touchpoints
 from cx_connector.touchpoint import clean_text
 
@@ -54,12 +55,14 @@ _DROP_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
 
 @dataclass(frozen=True)
 class Receipt:
-    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate."""
+    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate;
+    ``failed_at``: ``normalise`` or ``store`` when it failed."""
 
     status: str
     delivery_id: int | None = None
     touchpoints: int = 0
     error: str | None = None
+    failed_at: str | None = None
 
 
 def now_utc() -> datetime:
@@ -98,7 +101,8 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
             if result is not None and status == "processed":
                 stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
                                actor="webhook")
-            return Receipt(status, delivery_id, stored, error)
+            return Receipt(status, delivery_id, stored, error,
+                           "normalise" if status == "failed" else None)
     except (PayloadError, *_STORE_ERRORS) as exc:
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
             raise
@@ -107,7 +111,7 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         with db.write(engine) as conn:
             delivery_id = _insert_delivery(conn, row, "failed", error)
         return Receipt("failed" if delivery_id else "duplicate", delivery_id, 0,
-                       error if delivery_id else None)
+                       error if delivery_id else None, "store" if delivery_id else None)
 
 
 _STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
@@ -168,6 +172,7 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
     conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
         status=status, error=clean_text(error), processed_at=now,
         attempts=deliveries.c.attempts + 1))
+    stored_metrics.touchpoints_imported(conn, connector.name, "replay", stored, now)
     return Receipt(status, delivery_id, stored, error)
 
 

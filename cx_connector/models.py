@@ -3,7 +3,7 @@
 Every table of the data flow is here, in flow order: the inbox (``deliveries``),
 ``touchpoints``, ``customers`` and their ``identities``, ``scores`` (+ history),
 the ``outbox`` and the values last written per record, then bookkeeping (job runs,
-leases, audit log, backfill cursors, alert states).
+leases, audit log, backfill cursors, alert states, metric values).
 
 External ids are strings everywhere (HubSpot and Zendesk ids exceed 2^32, Shopify's
 exceed 2^53). Times are stored in UTC and always read back time-zone aware.
@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Date,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -392,6 +393,22 @@ class AlertState(Base):
     details: Mapped[dict] = mapped_column(Json, default=dict)
 
 
+class MetricValue(Base):
+    """A counter (or last value) for ``/metrics`` that the clock process, the CLI and the
+    admin pages record: one row per metric and label set, changed once per job run or
+    per batch, never per webhook (see :mod:`cx_connector.metrics`). Kept in the
+    database so that every web instance, on any host, reports the same figures and
+    they survive restarts."""
+
+    __tablename__ = "metric_values"
+
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    #: the label set as canonical JSON (sorted keys), ``{}`` for none
+    labels: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 deliveries = Delivery.__table__
 customers = Customer.__table__
 identities = Identity.__table__
@@ -408,3 +425,4 @@ leases = Lease.__table__
 audit_log = AuditEntry.__table__
 backfill_state = BackfillState.__table__
 alert_states = AlertState.__table__
+metric_values = MetricValue.__table__

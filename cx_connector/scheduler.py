@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cx_connector import db, enrich, leases
+from cx_connector import db, enrich, leases, logs
 from cx_connector.config import Config
+from cx_connector.metrics import stored
 from cx_connector.models import job_runs
 from cx_connector.runtime import Runtime
 
@@ -63,8 +64,15 @@ def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None
             ttl: timedelta = timedelta(minutes=5)) -> dict[str, Any]:
     """Run one job under its lease and record the run. Returns the run's record.
 
-    ``status`` is ``skipped`` when another process holds the lease.
+    ``status`` is ``skipped`` when another process holds the lease. Every log line the
+    job writes carries ``job`` (and ``job_run_id``, the ``job_runs`` row).
     """
+    with logs.fields(job=job_id):
+        return _run_job(rt, job_id, func, lease=lease, ttl=ttl)
+
+
+def _run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None,
+             ttl: timedelta) -> dict[str, Any]:
     started = rt.now()
     t0 = time.perf_counter()
     record: dict[str, Any] = {"job": job_id, "started_at": started}
@@ -78,15 +86,18 @@ def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None
             run_id = conn.execute(job_runs.insert().values(
                 job=job_id, started_at=started, status="running", details={},
                 host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
-        try:
-            details = func(rt) or {}
-            record.update(status="ok", details=details)
-        except Exception as exc:
-            log.exception("job failed", extra={"job": job_id})
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          details={"traceback": traceback.format_exc(limit=5)})
-        record["id"] = run_id
-        _record(rt, record, t0)
+        with logs.fields(job_run_id=run_id):
+            try:
+                details = func(rt) or {}
+                record.update(status="ok", details=details)
+            except Exception as exc:
+                log.exception("job failed", extra={"job": job_id})
+                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                              details={"traceback": traceback.format_exc(limit=5)})
+            record["id"] = run_id
+            _record(rt, record, t0)
+            if record["status"] == "ok":
+                log.info("job finished", extra={"status": "ok", "duration_ms": record["duration_ms"]})
     return record
 
 
@@ -103,6 +114,7 @@ def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
             record["id"] = conn.execute(job_runs.insert().values(
                 job=record["job"], started_at=record["started_at"], host=socket.gethostname(),
                 **values).returning(job_runs.c.id)).scalar_one()
+        stored.record_run(conn, record)  # the run's counters commit with its row
 
 
 def build(rt: Runtime) -> Any:

@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, update
 from sqlalchemy.orm import aliased
 
-from cx_connector import audit, db, leases
+from cx_connector import audit, db, leases, logs
 from cx_connector.config import Writeback
 from cx_connector.connector import Connector, Merge, RecordWrite, WriteResult
 from cx_connector.errors import (
@@ -60,6 +60,7 @@ from cx_connector.errors import (
     PlatformAuthError,
     PlatformRateLimited,
     PlatformRecordGone,
+    PlatformUnavailable,
     PlatformValidationError,
 )
 from cx_connector.models import audit_log, identities, outbox, written_values
@@ -113,7 +114,11 @@ class Stats:
     merged: int = 0
     rate_limited: int = 0
     splits: int = 0
+    #: requests that waited for the rate budget, and the seconds waited
+    waits: int = 0
     waited_seconds: float = 0.0
+    #: writes that did not land, per attempt, by reason class (see :mod:`cx_connector.metrics`)
+    failures: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -165,7 +170,7 @@ def sync(rt: Runtime, *, dry_run: bool | None = None, clock: Clock | None = None
 
     if len(targets) > 1:
         with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="sync") as pool:
-            results = list(pool.map(one, targets.values()))
+            results = list(pool.map(logs.carry_context(one), targets.values()))
     else:
         results = [one(c) for c in targets.values()]
     return {"dry_run": dry, "platforms": {s.source: s.as_dict() for s in results}}
@@ -293,6 +298,7 @@ class PlatformRun:
         if self.stop is not None:
             self.stats.errors.append(self.stop.reason)
         self.stats.requests = self.limiter.requests
+        self.stats.waits = self.limiter.waits
         self.stats.waited_seconds = self.limiter.waited
         return self.stats
 
@@ -327,7 +333,7 @@ class PlatformRun:
                 self.mark(self.send(batch))
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sync-{self.source}") as pool:
-            for done in pool.map(self.send, batches):
+            for done in pool.map(logs.carry_context(self.send), batches):
                 self.mark(done)
 
     def send(self, batch: list[Item]) -> list[tuple[Item, WriteResult]]:
@@ -346,11 +352,13 @@ class PlatformRun:
                 if throttled >= MAX_RATE_LIMITED or wait > self.opts.max_wait.total_seconds():
                     self._set_stop(_Stop(f"{self.source}: rate limited ({exc.message}); "
                                          f"waiting {wait:.0f}s until the next run", wait))
+                    self._failed("rate_limited", len(batch))
                     return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
                 self.limiter.pause(wait)
                 continue
             except PlatformAuthError as exc:
                 self._set_stop(_Stop(exc.message))
+                self._failed("auth", len(batch))
                 return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
             except (PlatformValidationError, PlatformRecordGone) as exc:
                 if len(batch) > 1:
@@ -359,12 +367,17 @@ class PlatformRun:
                     half = len(batch) // 2
                     return self.send(batch[:half]) + self.send(batch[half:])
                 if isinstance(exc, PlatformRecordGone):
+                    self._failed("gone", 1)
                     return [(batch[0], WriteResult.gone(exc.message))]
+                self._failed("invalid", 1)
                 return [(batch[0], WriteResult.failed(exc.message))]
             except PlatformAPIError as exc:
+                self._failed("unavailable" if isinstance(exc, PlatformUnavailable) else "api_error",
+                             len(batch))
                 return [(i, WriteResult.retry(exc.message)) for i in batch]
             except Exception as exc:  # a bug must not lose writes: they are retried, then dead
                 log.exception("write-back to %s failed", self.source)
+                self._failed("internal", len(batch))
                 return [(i, WriteResult.retry(f"internal error: {type(exc).__name__}: {exc}"))
                         for i in batch]
             out = []
@@ -372,8 +385,14 @@ class PlatformRun:
                 result = results.get(item.row.external_id)
                 if result is None:
                     result = WriteResult.retry(f"{self.source} returned no result for this record")
+                if result.status in _FAILURE_CLASS:
+                    self._failed(_FAILURE_CLASS[result.status], 1)
                 out.append((item, result))
             return out
+
+    def _failed(self, reason: str, n: int) -> None:
+        with self._lock:
+            self.stats.failures[reason] = self.stats.failures.get(reason, 0) + n
 
     def _set_stop(self, stop: _Stop) -> None:
         with self._lock:
@@ -517,6 +536,10 @@ class PlatformRun:
         identity.apply_merge(conn, Merge(row.source, (row.external_id,), into), now=now, actor=ACTOR)
         self.stats.merged += 1
         return into
+
+
+#: reason class of a record the platform did not take (a per-record result of a batch)
+_FAILURE_CLASS = {"retry": "record_retry", "failed": "invalid", "gone": "gone"}
 
 
 def _release(stop: _Stop) -> WriteResult:

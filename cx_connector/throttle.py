@@ -83,12 +83,15 @@ class Limiter(Throttle):
         self._stamp = clock.monotonic()
         self._paused_until = 0.0
         self.requests = 0
+        #: seconds slept waiting for the budget, and how many requests had to wait
         self.waited = 0.0
+        self.waits = 0
 
     # -- Throttle --------------------------------------------------------------------
 
     def wait(self, cost: float | None = None) -> None:
         cost = self.budget.cost if cost is None else float(cost)
+        first = True
         while True:
             with self._lock:
                 delay = self._delay(cost)
@@ -96,7 +99,9 @@ class Limiter(Throttle):
                     self._spend(cost)
                     self.requests += 1
                     return
-            self.waited += delay
+                self.waited += delay
+                self.waits += first
+            first = False
             self.clock.sleep(delay)
 
     def observe(self, *, available: float | None = None, capacity: float | None = None,

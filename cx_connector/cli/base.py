@@ -2,12 +2,18 @@
 
 Every deliberate error (:class:`~cx_connector.errors.CxError`) ends the command
 with its message on stderr and its exit code (2 for configuration and schema
-problems), never a traceback.
+problems), never a traceback. Anything else (a bug) is logged like every other log
+line, as JSON with the traceback and secrets scrubbed, and exits 1.
+
+Commands log to stderr at WARNING unless ``logging.level`` asks for more detail (their
+normal output is for the person at the terminal); the clock process logs at the
+configured level.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -37,14 +43,17 @@ class State:
             self._config = load_config(self.config_path)
         return self._config
 
+    def configure_logging(self) -> None:
+        from cx_connector import logs
+
+        config = self.config()
+        logs.configure(config.logging.level if config.logging.level != "INFO" else "WARNING",
+                       config.logging.format, config.secrets())
+
     def runtime(self, *, migrated: bool = True) -> Runtime:
         if self._runtime is None:
-            from cx_connector import logs
-
-            config = self.config()
-            logs.configure(config.logging.level if config.logging.level != "INFO" else "WARNING",
-                           config.logging.format, config.secrets())
-            self._runtime = build(config)
+            self.configure_logging()
+            self._runtime = build(self.config())
         if migrated:
             db.check_migrated(self._runtime.engine)
         return self._runtime
@@ -57,6 +66,26 @@ class Group(click.Group):
         except CxError as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            state = ctx.find_object(State)
+            if not _logging_configured():
+                try:
+                    state.configure_logging()  # type: ignore[union-attr]
+                except Exception:  # no usable configuration: JSON, nothing to scrub
+                    from cx_connector import logs
+
+                    logs.configure("WARNING", "json", ())
+            logging.getLogger("cx_connector.cli").exception(
+                "command failed", extra={"command": ctx.invoked_subcommand})
+            ctx.exit(1)
+
+
+def _logging_configured() -> bool:
+    from cx_connector.logs import is_configured
+
+    return is_configured()
 
 
 pass_state = click.make_pass_decorator(State)

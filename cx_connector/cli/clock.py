@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from typing import Any
 
@@ -10,6 +11,8 @@ import click
 
 from cx_connector import logs, scheduler
 from cx_connector.cli.base import State, emit_json, pass_state
+
+log = logging.getLogger("cx_connector.clock")
 
 
 @click.command("scheduler")
@@ -25,6 +28,9 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
     rt = state.runtime()
     config = state.config()
     logs.configure(config.logging.level, config.logging.format, config.secrets())
+    # every run logs its own "job finished" / "job failed" line; APScheduler's INFO lines
+    # ("Running job...", "executed successfully") would only repeat them
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
     jobs = scheduler.jobs()
     if once:
         if only and only not in {j.id for j in jobs}:
@@ -42,6 +48,6 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
         sched.shutdown(wait=True)
 
     signal.signal(signal.SIGTERM, stop)
-    click.echo(f"scheduler running: {', '.join(j.id for j in jobs) or 'no jobs'}", err=True)
+    log.info("scheduler running", extra={"jobs": [j.id for j in jobs]})
     with contextlib.suppress(KeyboardInterrupt, SystemExit):
         sched.start()

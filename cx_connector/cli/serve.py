@@ -16,9 +16,14 @@ from cx_connector.cli.base import State, pass_state
               help="gunicorn worker processes.")
 @pass_state
 def serve(state: State, host: str, port: int, workers: int) -> None:
-    """Serve the webhooks (and admin pages) with gunicorn."""
+    """Serve the webhooks (and admin pages) with gunicorn.
+
+    gunicorn's own log lines are JSON like the app's, and /metrics sums every worker
+    (prometheus_client's multiprocess mode, prepared by the hooks of cx_connector.metrics).
+    """
     from gunicorn.app.base import BaseApplication
 
+    from cx_connector import logs, metrics
     from cx_connector.app import create_app
 
     state.runtime()  # fail here, with exit code 2, on a bad config or an unmigrated database
@@ -30,6 +35,10 @@ def serve(state: State, host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("logger_class", logs.gunicorn_logger_class(state.config()))
+            self.cfg.set("on_starting", metrics.on_starting)
+            self.cfg.set("child_exit", metrics.child_exit)
+            self.cfg.set("on_exit", metrics.on_exit)
 
         def load(self) -> Any:
             return create_app(config_path)
