@@ -26,6 +26,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
 from cx_connector import registry
+from cx_connector.alerts.settings import AlertSettings, AlertSettingsSchema, reference_problems
 from cx_connector.connector import Duration
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
@@ -102,6 +103,7 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     privacy: Privacy = field(default_factory=Privacy)
     checkouts: Checkouts = field(default_factory=Checkouts)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -115,6 +117,7 @@ class Config:
             values.append(password)
         for name, settings in self.connectors.items():
             values += registry.available()[name](settings).secrets()
+        values += self.alerts.secrets()
         return [v for v in values if v]
 
 
@@ -221,6 +224,7 @@ class ConfigSchema(_Strict):
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
     privacy = fields.Nested(PrivacySchema, load_default=Privacy)
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
+    alerts = fields.Nested(AlertSettingsSchema, load_default=AlertSettings)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")
@@ -325,6 +329,10 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
                 connectors[name] = known[name].settings_schema().load(settings)
             except ValidationError as exc:
                 problems += _flatten(exc.messages, f"connectors.{name}")
+    # alert rules may only name defined webhooks and enabled platforms that take alerts
+    named = section if isinstance(section, dict) else {}
+    problems += reference_problems(data.get("alerts"), {n: registry.available()[n] for n in named
+                                                        if n in registry.available()})
 
     if problems:
         # a key whose environment variable is missing reports that, not the empty value's fault
