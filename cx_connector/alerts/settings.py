@@ -224,7 +224,7 @@ class RuleSchema(_Strict):
     retention_below = fields.Float(validate=validate.Range(min=0, max=100, min_inclusive=False))
     times = fields.Integer(validate=validate.Range(min=1, max=100))
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)  # report these along with any bad value
     def _fits_condition(self, data: dict, **_: Any) -> None:
         condition = data.get("condition")
         if condition not in CONDITION_KEYS:
