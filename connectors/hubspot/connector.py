@@ -123,7 +123,8 @@ class HubSpotSettingsSchema(SettingsSchema):
     requests_per_10s = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
     alert_task_owner = fields.String(load_default="contact_owner", validate=validate.Regexp(
         r"^(contact_owner|none|\d{1,20})$", error="contact_owner, none, or a numeric HubSpot owner id"))
-    alert_task_priority = fields.String(load_default="HIGH", validate=validate.OneOf(["LOW", "MEDIUM", "HIGH"]))
+    alert_task_priority = fields.String(load_default="HIGH",
+                                        validate=validate.OneOf(["LOW", "MEDIUM", "HIGH"]))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> HubSpotSettings:

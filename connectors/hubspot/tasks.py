@@ -39,8 +39,8 @@ LOOK_BACK = 100
 
 def body(alert: RecordAlert, *, owner_id: str | None, priority: str) -> dict[str, Any]:
     properties = {
-        "hs_timestamp": alert.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") +
-        f"{alert.at.microsecond // 1000:03d}Z",
+        "hs_timestamp": alert.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{alert.at.microsecond // 1000:03d}Z",
         "hs_task_subject": alert.title[:255],
         "hs_task_body": "<br>".join(html.escape(line) for line in alert.lines),
         "hs_task_status": "NOT_STARTED",
@@ -49,15 +49,22 @@ def body(alert: RecordAlert, *, owner_id: str | None, priority: str) -> dict[str
     }
     if owner_id:
         properties["hubspot_owner_id"] = owner_id
-    return {"properties": properties, "associations": [{
-        "to": {"id": alert.external_id},
-        "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}]}]}
+    return {
+        "properties": properties,
+        "associations": [
+            {
+                "to": {"id": alert.external_id},
+                "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_CONTACT}],
+            }
+        ],
+    }
 
 
 def contact_owner(session: Session, throttle: Throttle, contact_id: str) -> str | None:
     throttle.wait()
-    resp = session.call("GET", f"/crm/v3/objects/contacts/{contact_id}",
-                        params={"properties": "hubspot_owner_id"})
+    resp = session.call(
+        "GET", f"/crm/v3/objects/contacts/{contact_id}", params={"properties": "hubspot_owner_id"}
+    )
     owner = ((resp.json() or {}).get("properties") or {}).get("hubspot_owner_id")
     return str(owner) if owner not in (None, "") else None
 
@@ -65,8 +72,9 @@ def contact_owner(session: Session, throttle: Throttle, contact_id: str) -> str 
 def existing(session: Session, throttle: Throttle, alert: RecordAlert) -> str | None:
     """The id of a task on the contact that already carries ``alert.key``, if any."""
     throttle.wait()
-    resp = session.call("POST", "/crm/v4/associations/contacts/tasks/batch/read",
-                        json={"inputs": [{"id": alert.external_id}]})
+    resp = session.call(
+        "POST", "/crm/v4/associations/contacts/tasks/batch/read", json={"inputs": [{"id": alert.external_id}]}
+    )
     ids: list[str] = []
     for result in resp.json().get("results") or []:
         ids += [str(t.get("toObjectId")) for t in result.get("to") or [] if t.get("toObjectId") is not None]
@@ -74,8 +82,11 @@ def existing(session: Session, throttle: Throttle, alert: RecordAlert) -> str | 
     if not ids:
         return None
     throttle.wait()
-    resp = session.call("POST", "/crm/v3/objects/tasks/batch/read",
-                        json={"inputs": [{"id": i} for i in ids], "properties": ["hs_task_body"]})
+    resp = session.call(
+        "POST",
+        "/crm/v3/objects/tasks/batch/read",
+        json={"inputs": [{"id": i} for i in ids], "properties": ["hs_task_body"]},
+    )
     for task in resp.json().get("results") or []:
         if alert.key in str((task.get("properties") or {}).get("hs_task_body") or ""):
             return str(task.get("id"))

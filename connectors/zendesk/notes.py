@@ -28,11 +28,15 @@ def post(session: Session, throttle: Throttle, alert: RecordAlert) -> str:
     throttle.wait()
     user = session.call("GET", path).json().get("user") or {}
     if user.get("active") is False:
-        raise PlatformRecordGone(f"zendesk: user {alert.external_id} is deleted", platform="zendesk", status=200)
+        raise PlatformRecordGone(
+            f"zendesk: user {alert.external_id} is deleted", platform="zendesk", status=200
+        )
     notes = str(user.get("notes") or "")
     if alert.key in notes:
         return "already there"
     text = note(alert)
     throttle.wait()
-    session.call("PUT", path, json={"user": {"notes": f"{notes.rstrip()}\n\n{text}" if notes.strip() else text}})
+    session.call(
+        "PUT", path, json={"user": {"notes": f"{notes.rstrip()}\n\n{text}" if notes.strip() else text}}
+    )
     return "note appended"

@@ -45,10 +45,12 @@ v = scores.c.score_values
 #: score fields copied into every score-based alert's details
 SCORE_DETAILS = ("cx_health", "cx_score", "cx_churn_risk", "cx_retention_probability", "cx_clv_90d")
 
-_alive_scores = scores.join(customers, and_(customers.c.id == scores.c.customer_id,
-                                            customers.c.merged_into_id.is_(None)))
-_alive_touchpoints = touchpoints.join(customers, and_(customers.c.id == t.customer_id,
-                                                      customers.c.merged_into_id.is_(None)))
+_alive_scores = scores.join(
+    customers, and_(customers.c.id == scores.c.customer_id, customers.c.merged_into_id.is_(None))
+)
+_alive_touchpoints = touchpoints.join(
+    customers, and_(customers.c.id == t.customer_id, customers.c.merged_into_id.is_(None))
+)
 
 
 def _iso(when: datetime) -> str:
@@ -60,38 +62,56 @@ def _score_details(values: dict[str, Any], scored_at: datetime) -> dict[str, Any
 
 
 def turned_red(conn: Connection, rule: Rule, now: datetime) -> Matches:
-    rows = conn.execute(select(scores.c.customer_id, scores.c.score_values, scores.c.scored_at)
-                        .select_from(_alive_scores).where(v["cx_health"].as_string() == "red"))
+    rows = conn.execute(
+        select(scores.c.customer_id, scores.c.score_values, scores.c.scored_at)
+        .select_from(_alive_scores)
+        .where(v["cx_health"].as_string() == "red")
+    )
     return {cid: _score_details(values, at) for cid, values, at in rows}
 
 
 def detractor_nps(conn: Connection, rule: Rule, now: datetime) -> Matches:
-    rows = conn.execute(select(t.customer_id, t.source, t.touchpoint_id, t.occurred_at, t.rating_score,
-                               t.rating_scale_max)
-                        .select_from(_alive_touchpoints)
-                        .where(t.kind == "nps_response", t.occurred_at > now - rule.within,
-                               t.rating_score.is_not(None), t.rating_scale_max > 0)
-                        .order_by(t.customer_id, t.occurred_at, t.id)).all()
+    rows = conn.execute(
+        select(t.customer_id, t.source, t.touchpoint_id, t.occurred_at, t.rating_score, t.rating_scale_max)
+        .select_from(_alive_touchpoints)
+        .where(
+            t.kind == "nps_response",
+            t.occurred_at > now - rule.within,
+            t.rating_score.is_not(None),
+            t.rating_scale_max > 0,
+        )
+        .order_by(t.customer_id, t.occurred_at, t.id)
+    ).all()
     latest = {r.customer_id: r for r in rows}  # ordered by time: the last one wins
     if not latest:
         return {}
     answers = list(latest.values())
-    points = nps_points(np.array([float(r.rating_score) for r in answers]),
-                        np.array([float(r.rating_scale_max) for r in answers]))
+    points = nps_points(
+        np.array([float(r.rating_score) for r in answers]),
+        np.array([float(r.rating_scale_max) for r in answers]),
+    )
     out: Matches = {}
     for r, p in zip(answers, points.tolist(), strict=True):
         if p <= rule.detractor_max:
             out[r.customer_id] = {
-                "source": r.source, "touchpoint_id": r.touchpoint_id, "answered_at": _iso(r.occurred_at),
-                "score": float(r.rating_score), "scale_max": float(r.rating_scale_max), "nps": int(p),
-                "detractor_max": rule.detractor_max}
+                "source": r.source,
+                "touchpoint_id": r.touchpoint_id,
+                "answered_at": _iso(r.occurred_at),
+                "score": float(r.rating_score),
+                "scale_max": float(r.rating_scale_max),
+                "nps": int(p),
+                "detractor_max": rule.detractor_max,
+            }
     return out
 
 
 def high_value_at_risk(conn: Connection, rule: Rule, now: datetime) -> Matches:
     retention = v["cx_retention_probability"].as_float()
-    q = (select(scores.c.customer_id, scores.c.score_values, scores.c.scored_at)
-         .select_from(_alive_scores).where(retention < rule.retention_below))
+    q = (
+        select(scores.c.customer_id, scores.c.score_values, scores.c.scored_at)
+        .select_from(_alive_scores)
+        .where(retention < rule.retention_below)
+    )
     if rule.value != "lifetime_revenue":
         q = q.where(v[rule.value].as_float() >= rule.value_at_least)
     rows = conn.execute(q).all()
@@ -100,10 +120,17 @@ def high_value_at_risk(conn: Connection, rule: Rule, now: datetime) -> Matches:
         worth = {cid: value for cid, value in revenue.items() if value >= rule.value_at_least}
     else:
         worth = {r.customer_id: (r.score_values or {}).get(rule.value) for r in rows}
-    return {r.customer_id: {**_score_details(r.score_values, r.scored_at), "value_measure": rule.value,
-                            "value": worth[r.customer_id], "value_at_least": rule.value_at_least,
-                            "retention_below": rule.retention_below}
-            for r in rows if r.customer_id in worth}
+    return {
+        r.customer_id: {
+            **_score_details(r.score_values, r.scored_at),
+            "value_measure": rule.value,
+            "value": worth[r.customer_id],
+            "value_at_least": rule.value_at_least,
+            "retention_below": rule.retention_below,
+        }
+        for r in rows
+        if r.customer_id in worth
+    }
 
 
 def ticket_reopened(conn: Connection, rule: Rule, now: datetime) -> Matches:
@@ -112,15 +139,23 @@ def ticket_reopened(conn: Connection, rule: Rule, now: datetime) -> Matches:
     ticket = t.attributes["ticket_id"].as_string()
     reopens: dict[tuple[int, str, str], list[datetime]] = {}
     for cid, source, tid, when in conn.execute(
-            select(t.customer_id, t.source, ticket, t.occurred_at).select_from(_alive_touchpoints)
-            .where(t.kind == "ticket_reopened", ticket.is_not(None))):
+        select(t.customer_id, t.source, ticket, t.occurred_at)
+        .select_from(_alive_touchpoints)
+        .where(t.kind == "ticket_reopened", ticket.is_not(None))
+    ):
         reopens.setdefault((cid, source, tid), []).append(when)
     since = now - rule.within
     tickets: dict[int, list[dict[str, Any]]] = {}
     for (cid, source, tid), times in reopens.items():
         if len(times) >= rule.times and max(times) > since:
-            tickets.setdefault(cid, []).append({"source": source, "ticket_id": tid, "reopens": len(times),
-                                                "last_reopened_at": _iso(max(times))})
+            tickets.setdefault(cid, []).append(
+                {
+                    "source": source,
+                    "ticket_id": tid,
+                    "reopens": len(times),
+                    "last_reopened_at": _iso(max(times)),
+                }
+            )
     out: Matches = {}
     for cid, items in tickets.items():
         items.sort(key=lambda i: i["last_reopened_at"], reverse=True)

@@ -59,15 +59,26 @@ class RuleReport:
     merged_into: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self, *, ids: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"rule": self.rule, "condition": self.condition, "matching": self.matching,
-                               "active_before": self.active_before, "fired": len(self.fired),
-                               "cleared": len(self.cleared), "moved": len(self.moved),
-                               "baseline": len(self.baseline), "deliveries_queued": self.deliveries}
+        out: dict[str, Any] = {
+            "rule": self.rule,
+            "condition": self.condition,
+            "matching": self.matching,
+            "active_before": self.active_before,
+            "fired": len(self.fired),
+            "cleared": len(self.cleared),
+            "moved": len(self.moved),
+            "baseline": len(self.baseline),
+            "deliveries_queued": self.deliveries,
+        }
         if self.first_evaluation:
             out["first_evaluation"] = True
         if ids:
-            out.update(fired_ids=self.fired, cleared_ids=self.cleared, baseline_ids=self.baseline,
-                       moved_ids=[list(m) for m in self.moved])
+            out.update(
+                fired_ids=self.fired,
+                cleared_ids=self.cleared,
+                baseline_ids=self.baseline,
+                moved_ids=[list(m) for m in self.moved],
+            )
         return out
 
 
@@ -85,8 +96,15 @@ def evaluate_rule(engine: Engine, rule: Rule, *, now: datetime, dry_run: bool = 
         report = _plan(conn, rule, found, now)
         _apply(conn, rule, report, found, now)
     if report.fired or report.cleared or report.baseline:
-        log.info("alerts evaluated", extra={"rule": rule.name, "fired": len(report.fired),
-                                            "cleared": len(report.cleared), "baseline": len(report.baseline)})
+        log.info(
+            "alerts evaluated",
+            extra={
+                "rule": rule.name,
+                "fired": len(report.fired),
+                "cleared": len(report.cleared),
+                "baseline": len(report.baseline),
+            },
+        )
     return report
 
 
@@ -94,8 +112,13 @@ def _plan(conn: Connection, rule: Rule, found: conditions.Matches, now: datetime
     seen = conn.execute(select(alert_rules.c.condition).where(alert_rules.c.name == rule.name)).first()
     first = seen is None or seen.condition != rule.condition
     report = RuleReport(rule.name, rule.condition, matching=len(found), first_evaluation=first)
-    active = set(conn.execute(select(alert_states.c.customer_id).where(
-        alert_states.c.rule == rule.name, alert_states.c.cleared_at.is_(None))).scalars())
+    active = set(
+        conn.execute(
+            select(alert_states.c.customer_id).where(
+                alert_states.c.rule == rule.name, alert_states.c.cleared_at.is_(None)
+            )
+        ).scalars()
+    )
     report.active_before = len(active)
     new = [cid for cid in found if cid not in active]
     gone = sorted(active - set(found))
@@ -121,81 +144,185 @@ def _survivors(conn: Connection, ids: list[int]) -> dict[int, int]:
     """The customer each of ``ids`` was merged into (merges point straight at the survivor)."""
     out: dict[int, int] = {}
     for i in range(0, len(ids), 500):
-        out.update(conn.execute(select(customers.c.id, customers.c.merged_into_id).where(
-            customers.c.id.in_(ids[i:i + 500]), customers.c.merged_into_id.is_not(None))).all())
+        out.update(
+            conn.execute(
+                select(customers.c.id, customers.c.merged_into_id).where(
+                    customers.c.id.in_(ids[i : i + 500]), customers.c.merged_into_id.is_not(None)
+                )
+            ).all()
+        )
     return out
 
 
-def _apply(conn: Connection, rule: Rule, report: RuleReport, found: conditions.Matches,
-           now: datetime) -> None:
+def _apply(
+    conn: Connection, rule: Rule, report: RuleReport, found: conditions.Matches, now: datetime
+) -> None:
     common = {"rule": rule.name, "condition": rule.condition}
     states: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
     queued: list[dict[str, Any]] = []
 
     def entry(action: str, cid: int, details: dict[str, Any]) -> None:
-        audits.append({"at": now, "actor": ACTOR, "action": action, "customer_id": cid, "source": None,
-                       "external_id": None, "details": {**common, **details}})
+        audits.append(
+            {
+                "at": now,
+                "actor": ACTOR,
+                "action": action,
+                "customer_id": cid,
+                "source": None,
+                "external_id": None,
+                "details": {**common, **details},
+            }
+        )
 
     for cid in report.baseline:
-        states.append({"customer_id": cid, "rule": rule.name, "fired_at": now, "cleared_at": None,
-                       "details": {**found[cid], "baseline": True}})
-        entry("alert_baseline", cid, {"details": found[cid],
-                                      "reason": "matched when the rule was first evaluated: not sent "
-                                                "(set notify_existing to alert about these too)"})
+        states.append(
+            {
+                "customer_id": cid,
+                "rule": rule.name,
+                "fired_at": now,
+                "cleared_at": None,
+                "details": {**found[cid], "baseline": True},
+            }
+        )
+        entry(
+            "alert_baseline",
+            cid,
+            {
+                "details": found[cid],
+                "reason": "matched when the rule was first evaluated: not sent "
+                "(set notify_existing to alert about these too)",
+            },
+        )
     for cid in report.fired:
-        states.append({"customer_id": cid, "rule": rule.name, "fired_at": now, "cleared_at": None,
-                       "details": found[cid]})
+        states.append(
+            {
+                "customer_id": cid,
+                "rule": rule.name,
+                "fired_at": now,
+                "cleared_at": None,
+                "details": found[cid],
+            }
+        )
         queued += [_delivery(rule, cid, "fired", now, action, found[cid], now) for action in rule.actions]
         entry("alert_fired", cid, {"fired_at": now, "details": found[cid], "actions": list(rule.actions)})
     if states:
-        conn.execute(db.upsert(conn, alert_states, ["customer_id", "rule"],
-                               ["fired_at", "cleared_at", "details"]), states)
+        conn.execute(
+            db.upsert(conn, alert_states, ["customer_id", "rule"], ["fired_at", "cleared_at", "details"]),
+            states,
+        )
 
     old: dict[int, Any] = {}
     leaving = report.cleared + [m[0] for m in report.moved]
     for i in range(0, len(leaving), 500):
-        for row in conn.execute(select(alert_states.c.customer_id, alert_states.c.fired_at,
-                                       alert_states.c.details).where(
-                alert_states.c.rule == rule.name, alert_states.c.customer_id.in_(leaving[i:i + 500]))):
+        for row in conn.execute(
+            select(alert_states.c.customer_id, alert_states.c.fired_at, alert_states.c.details).where(
+                alert_states.c.rule == rule.name, alert_states.c.customer_id.in_(leaving[i : i + 500])
+            )
+        ):
             old[row.customer_id] = row
     for cid, into in report.moved:
-        conn.execute(db.upsert(conn, alert_states, ["customer_id", "rule"], ["fired_at", "cleared_at", "details"]),
-                     [{"customer_id": into, "rule": rule.name, "fired_at": old[cid].fired_at, "cleared_at": None,
-                       "details": {**(old[cid].details or {}), "moved_from": cid}}])
-        entry("alert_moved", into, {"from_customer": cid, "fired_at": old[cid].fired_at,
-                                    "reason": f"customer #{cid} was merged into #{into}: the alert continues here"})
+        conn.execute(
+            db.upsert(conn, alert_states, ["customer_id", "rule"], ["fired_at", "cleared_at", "details"]),
+            [
+                {
+                    "customer_id": into,
+                    "rule": rule.name,
+                    "fired_at": old[cid].fired_at,
+                    "cleared_at": None,
+                    "details": {**(old[cid].details or {}), "moved_from": cid},
+                }
+            ],
+        )
+        entry(
+            "alert_moved",
+            into,
+            {
+                "from_customer": cid,
+                "fired_at": old[cid].fired_at,
+                "reason": f"customer #{cid} was merged into #{into}: the alert continues here",
+            },
+        )
     webhooks = [a for a in rule.actions if a.startswith("webhook:")]
     for cid in leaving:
-        conn.execute(update(alert_states).where(alert_states.c.customer_id == cid,
-                                                alert_states.c.rule == rule.name).values(cleared_at=now))
+        conn.execute(
+            update(alert_states)
+            .where(alert_states.c.customer_id == cid, alert_states.c.rule == rule.name)
+            .values(cleared_at=now)
+        )
     for cid in report.cleared:
         state = old[cid]
         into = report.merged_into.get(cid)
-        entry("alert_cleared", cid, {"fired_at": state.fired_at,
-                                     "reason": f"merged into customer #{into}" if into is not None
-                                     else "the condition no longer holds"})
+        entry(
+            "alert_cleared",
+            cid,
+            {
+                "fired_at": state.fired_at,
+                "reason": f"merged into customer #{into}"
+                if into is not None
+                else "the condition no longer holds",
+            },
+        )
         if rule.notify_on_clear and into is None and not (state.details or {}).get("baseline"):
-            queued += [_delivery(rule, cid, "cleared", state.fired_at, action, state.details or {}, now)
-                       for action in webhooks]
+            queued += [
+                _delivery(rule, cid, "cleared", state.fired_at, action, state.details or {}, now)
+                for action in webhooks
+            ]
     for cid, into in report.moved:
-        entry("alert_cleared", cid, {"fired_at": old[cid].fired_at,
-                                     "reason": f"merged into customer #{into}: the alert continues there"})
+        entry(
+            "alert_cleared",
+            cid,
+            {
+                "fired_at": old[cid].fired_at,
+                "reason": f"merged into customer #{into}: the alert continues there",
+            },
+        )
     if queued:
         conn.execute(alert_deliveries.insert(), queued)
     if audits:
         conn.execute(audit_log.insert(), audits)
     report.deliveries = len(queued)
-    conn.execute(db.upsert(conn, alert_rules, ["name"], ["condition", "first_evaluated_at", "last_evaluated_at"]
-                           if report.first_evaluation else ["last_evaluated_at"]),
-                 [{"name": rule.name, "condition": rule.condition, "first_evaluated_at": now,
-                   "last_evaluated_at": now}])
+    conn.execute(
+        db.upsert(
+            conn,
+            alert_rules,
+            ["name"],
+            ["condition", "first_evaluated_at", "last_evaluated_at"]
+            if report.first_evaluation
+            else ["last_evaluated_at"],
+        ),
+        [
+            {
+                "name": rule.name,
+                "condition": rule.condition,
+                "first_evaluated_at": now,
+                "last_evaluated_at": now,
+            }
+        ],
+    )
 
 
-def _delivery(rule: Rule, cid: int, event: str, fired_at: datetime, action: str, details: dict[str, Any],
-              now: datetime) -> dict[str, Any]:
-    return {"customer_id": cid, "rule": rule.name, "condition": rule.condition, "event": event,
-            "fired_at": fired_at, "action": action, "external_id": None, "details": details,
-            "status": "pending", "attempts": 0, "next_attempt_at": now, "uncertain": False,
-            "claimed_at": None, "claimed_by": None, "last_error": None, "result": None,
-            "created_at": now, "updated_at": now, "done_at": None}
+def _delivery(
+    rule: Rule, cid: int, event: str, fired_at: datetime, action: str, details: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    return {
+        "customer_id": cid,
+        "rule": rule.name,
+        "condition": rule.condition,
+        "event": event,
+        "fired_at": fired_at,
+        "action": action,
+        "external_id": None,
+        "details": details,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "uncertain": False,
+        "claimed_at": None,
+        "claimed_by": None,
+        "last_error": None,
+        "result": None,
+        "created_at": now,
+        "updated_at": now,
+        "done_at": None,
+    }

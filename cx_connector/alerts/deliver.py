@@ -137,11 +137,20 @@ def backoff(rng: random.Random, attempt: int, base: timedelta, cap: timedelta) -
     return rng.uniform(0, min(cap.total_seconds(), base.total_seconds() * 2 ** max(0, attempt - 1)))
 
 
-def deliver(rt: Runtime, *, clock: Clock | None = None, rng: random.Random | None = None,
-            worker: str | None = None) -> dict[str, Any]:
+def deliver(
+    rt: Runtime, *, clock: Clock | None = None, rng: random.Random | None = None, worker: str | None = None
+) -> dict[str, Any]:
     """Send every due delivery (see the module docstring); returns the run's counts."""
-    return Run(rt, clock=clock or Clock(rt.now()), rng=rng or random.Random(),
-               worker=worker or leases.holder_id()).run().as_dict()
+    return (
+        Run(
+            rt,
+            clock=clock or Clock(rt.now()),
+            rng=rng or random.Random(),
+            worker=worker or leases.holder_id(),
+        )
+        .run()
+        .as_dict()
+    )
 
 
 class Run:
@@ -168,15 +177,24 @@ class Run:
         last_id = 0
         while self.clock.monotonic() < deadline:
             # in id order, each delivery at most once a run (a retry waits for a later run)
-            rows = claim(self.engine, self.worker, limit=CLAIM_BATCH, now=self.clock.now(),
-                         skip_actions=list(self.stopped), after_id=last_id)
+            rows = claim(
+                self.engine,
+                self.worker,
+                limit=CLAIM_BATCH,
+                now=self.clock.now(),
+                skip_actions=list(self.stopped),
+                after_id=last_id,
+            )
             if not rows:
                 break
             last_id = rows[-1].id
             self.stats.claimed += len(rows)
             for row in rows:
-                outcome = self.send(row) if self.clock.monotonic() < deadline else \
-                    Outcome("release", reason="the run ended before it was sent")
+                outcome = (
+                    self.send(row)
+                    if self.clock.monotonic() < deadline
+                    else Outcome("release", reason="the run ended before it was sent")
+                )
                 self.mark(row, outcome)
         if self.stopped:
             self.stats.errors += sorted({reason for reason, _ in self.stopped.values()})
@@ -200,7 +218,9 @@ class Run:
             if hook is None:
                 return Outcome("dead", reason=f"webhook {name} is no longer configured under alerts.webhooks")
             target: Any = hook
-            budget = RateBudget("window", hook.max_per_minute, 60.0, describe=f"{hook.max_per_minute} / minute")
+            budget = RateBudget(
+                "window", hook.max_per_minute, 60.0, describe=f"{hook.max_per_minute} / minute"
+            )
         elif kind == "platform":
             connector = self.rt.connectors.get(name)
             if connector is None or not connector.alert_target:
@@ -221,8 +241,11 @@ class Run:
             except PlatformRateLimited as exc:
                 throttled += 1
                 self.stats.rate_limited += 1
-                wait = exc.retry_after if exc.retry_after is not None else backoff(
-                    self.rng, throttled, self.opts.backoff_base, self.opts.backoff_max)
+                wait = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff(self.rng, throttled, self.opts.backoff_base, self.opts.backoff_max)
+                )
                 throttle.pause(wait)
                 if throttled >= MAX_RATE_LIMITED or wait > self.opts.max_wait.total_seconds():
                     reason = f"{exc.message} (waiting {wait:.0f}s, until a later run)"
@@ -246,10 +269,15 @@ class Run:
         if hook.format == "slack":
             payload = messages.slack_body(alert, personal=hook.personal_data)
         else:
-            payload = messages.json_body(alert, personal=hook.personal_data, sent_at=now, attempt=row.attempts + 1)
+            payload = messages.json_body(
+                alert, personal=hook.personal_data, sent_at=now, attempt=row.attempts + 1
+            )
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode()
-        headers = {"Content-Type": "application/json", ALERT_ID_HEADER: f"{alert.key}:{alert.event}",
-                   EVENT_HEADER: f"alert.{alert.event}"}
+        headers = {
+            "Content-Type": "application/json",
+            ALERT_ID_HEADER: f"{alert.key}:{alert.event}",
+            EVENT_HEADER: f"alert.{alert.event}",
+        }
         if hook.secret:
             headers.update(sign(hook.secret, body, int(now.timestamp())))
         throttle.wait()
@@ -259,32 +287,71 @@ class Run:
             raise _webhook_error(exc, hook) from None
         return Outcome("done", result=f"HTTP {resp.status_code}")
 
-    def _post_to_platform(self, connector: Connector, alert: messages.Alert, row: Claimed,
-                          throttle: Limiter) -> Outcome:
+    def _post_to_platform(
+        self, connector: Connector, alert: messages.Alert, row: Claimed, throttle: Limiter
+    ) -> Outcome:
         record = next((r for r in alert.customer.records if r.source == connector.name), None)
         if record is None:
-            return Outcome("skipped", reason=f"the customer has no {connector.title or connector.name} record "
-                                             f"to put a {connector.alert_target} on", source=connector.name)
-        result = connector.post_alert(RecordAlert(
-            key=alert.key, external_id=record.id, title=messages.title(alert), lines=messages.record_lines(alert),
-            at=alert.fired_at, maybe_sent=row.uncertain), throttle)
-        return Outcome("done", result=f"{connector.alert_target}: {result}"[:255], external_id=record.id,
-                       source=connector.name)
+            return Outcome(
+                "skipped",
+                reason=f"the customer has no {connector.title or connector.name} record "
+                f"to put a {connector.alert_target} on",
+                source=connector.name,
+            )
+        result = connector.post_alert(
+            RecordAlert(
+                key=alert.key,
+                external_id=record.id,
+                title=messages.title(alert),
+                lines=messages.record_lines(alert),
+                at=alert.fired_at,
+                maybe_sent=row.uncertain,
+            ),
+            throttle,
+        )
+        return Outcome(
+            "done",
+            result=f"{connector.alert_target}: {result}"[:255],
+            external_id=record.id,
+            source=connector.name,
+        )
 
     # -- marking ---------------------------------------------------------------------------
 
     def mark(self, row: Claimed, outcome: Outcome) -> None:
         now = self.clock.now()
-        source = outcome.source or (row.action.partition(":")[2] if row.action.startswith("platform:") else None)
+        source = outcome.source or (
+            row.action.partition(":")[2] if row.action.startswith("platform:") else None
+        )
         with db.write(self.engine) as conn:
-            cur = conn.execute(select(alert_deliveries.c.status, alert_deliveries.c.claimed_by).where(
-                alert_deliveries.c.id == row.id).with_for_update()).first()
-            details: dict[str, Any] = {"delivery_id": row.id, "rule": row.rule, "condition": row.condition,
-                                       "event": row.event, "action": row.action, "fired_at": row.fired_at}
+            cur = conn.execute(
+                select(alert_deliveries.c.status, alert_deliveries.c.claimed_by)
+                .where(alert_deliveries.c.id == row.id)
+                .with_for_update()
+            ).first()
+            details: dict[str, Any] = {
+                "delivery_id": row.id,
+                "rule": row.rule,
+                "condition": row.condition,
+                "event": row.event,
+                "action": row.action,
+                "fired_at": row.fired_at,
+            }
             if cur is None or cur.status != "in_flight" or cur.claimed_by != self.worker:
                 # our claim expired and another run took the delivery over: its result is theirs
-                _audit(conn, "alert_delivery_claim_lost", now, row, source, outcome.external_id,
-                       {**details, "result": outcome.status, "reason": "claim expired before the result came back"})
+                _audit(
+                    conn,
+                    "alert_delivery_claim_lost",
+                    now,
+                    row,
+                    source,
+                    outcome.external_id,
+                    {
+                        **details,
+                        "result": outcome.status,
+                        "reason": "claim expired before the result came back",
+                    },
+                )
                 return
             values: dict[str, Any] = {"updated_at": now, "claimed_at": None, "claimed_by": None}
             if outcome.external_id:
@@ -293,7 +360,9 @@ class Run:
             values["attempts"] = attempts
             action = None
             if outcome.status == "done":
-                values.update(status="done", done_at=now, result=outcome.result, last_error=None, uncertain=False)
+                values.update(
+                    status="done", done_at=now, result=outcome.result, last_error=None, uncertain=False
+                )
                 action = "alert_delivered"
                 details.update(attempt=attempts, result=outcome.result)
                 self.stats.delivered += 1
@@ -303,16 +372,27 @@ class Run:
                 details.update(reason=outcome.reason)
                 self.stats.skipped += 1
             elif outcome.status == "release":
-                values.update(status="pending", last_error=outcome.reason,
-                              next_attempt_at=now + timedelta(seconds=outcome.retry_after or 0))
+                values.update(
+                    status="pending",
+                    last_error=outcome.reason,
+                    next_attempt_at=now + timedelta(seconds=outcome.retry_after or 0),
+                )
                 self.stats.released += 1
             elif outcome.status == "retry" and attempts < self.opts.max_attempts:
-                wait = max(outcome.retry_after or 0.0,
-                           backoff(self.rng, attempts, self.opts.backoff_base, self.opts.backoff_max))
-                values.update(status="pending", last_error=outcome.reason, next_attempt_at=now + timedelta(seconds=wait),
-                              uncertain=row.uncertain or outcome.uncertain)
+                wait = max(
+                    outcome.retry_after or 0.0,
+                    backoff(self.rng, attempts, self.opts.backoff_base, self.opts.backoff_max),
+                )
+                values.update(
+                    status="pending",
+                    last_error=outcome.reason,
+                    next_attempt_at=now + timedelta(seconds=wait),
+                    uncertain=row.uncertain or outcome.uncertain,
+                )
                 action = "alert_delivery_retry"
-                details.update(attempt=attempts, reason=outcome.reason, next_attempt_at=values["next_attempt_at"])
+                details.update(
+                    attempt=attempts, reason=outcome.reason, next_attempt_at=values["next_attempt_at"]
+                )
                 self.stats.retried += 1
             else:  # dead: refused for good, or retried max_attempts times
                 reason = outcome.reason or "refused"
@@ -322,17 +402,35 @@ class Run:
                 action = "alert_delivery_failed"
                 details.update(attempt=attempts, reason=reason)
                 self.stats.dead += 1
-                log.warning("alert delivery failed", extra={"delivery_id": row.id, "rule": row.rule,
-                                                            "action": row.action, "reason": reason})
+                log.warning(
+                    "alert delivery failed",
+                    extra={"delivery_id": row.id, "rule": row.rule, "action": row.action, "reason": reason},
+                )
             conn.execute(update(alert_deliveries).where(alert_deliveries.c.id == row.id).values(**values))
             if action:
                 _audit(conn, action, now, row, source, outcome.external_id, details)
 
 
-def _audit(conn: Connection, action: str, at: datetime, row: Claimed, source: str | None,
-           external_id: str | None, details: dict[str, Any]) -> None:
-    conn.execute(audit_log.insert().values(at=at, actor=ACTOR, action=action, customer_id=row.customer_id,
-                                           source=source, external_id=external_id, details=details))
+def _audit(
+    conn: Connection,
+    action: str,
+    at: datetime,
+    row: Claimed,
+    source: str | None,
+    external_id: str | None,
+    details: dict[str, Any],
+) -> None:
+    conn.execute(
+        audit_log.insert().values(
+            at=at,
+            actor=ACTOR,
+            action=action,
+            customer_id=row.customer_id,
+            source=source,
+            external_id=external_id,
+            details=details,
+        )
+    )
 
 
 def _webhook_error(exc: PlatformAPIError, hook: Webhook) -> PlatformAPIError:
@@ -340,17 +438,25 @@ def _webhook_error(exc: PlatformAPIError, hook: Webhook) -> PlatformAPIError:
     what, status = f"webhook {hook.name}", exc.status
     body = (exc.body or "").strip().replace(hook.url, "[url]")[:200]
     if status is not None and 300 <= status < 400:  # never followed: the signed body would go elsewhere
-        return PlatformValidationError(f"{what}: HTTP {status}: the URL redirects; configure the final URL in "
-                                       f"alerts.webhooks.{hook.name}.url", platform="alerts", status=status)
+        return PlatformValidationError(
+            f"{what}: HTTP {status}: the URL redirects; configure the final URL in "
+            f"alerts.webhooks.{hook.name}.url",
+            platform="alerts",
+            status=status,
+        )
     if status is None:
         cause = "timed out" if "timed out" in exc.message else "could not connect"
         message = f"{what}: no answer ({cause}); will retry"
     elif status in (401, 403):
-        message = (f"{what}: HTTP {status}: the receiver refused the request; check "
-                   f"alerts.webhooks.{hook.name} (URL and secret)")
+        message = (
+            f"{what}: HTTP {status}: the receiver refused the request; check "
+            f"alerts.webhooks.{hook.name} (URL and secret)"
+        )
     elif status in (404, 410):
-        message = (f"{what}: HTTP {status}: the URL does not exist (any more): check "
-                   f"alerts.webhooks.{hook.name}.url" + (f" ({body})" if body else ""))
+        message = (
+            f"{what}: HTTP {status}: the URL does not exist (any more): check "
+            f"alerts.webhooks.{hook.name}.url" + (f" ({body})" if body else "")
+        )
     elif status == 429:
         message = f"{what}: HTTP 429: rate limited; backing off"
     elif status >= 500 or status in (408, 425):
@@ -366,37 +472,84 @@ def _webhook_error(exc: PlatformAPIError, hook: Webhook) -> PlatformAPIError:
 def _alert(conn: Connection, row: Claimed, connectors: dict[str, Connector]) -> messages.Alert:
     cleared_at = None
     if row.event == "cleared" and row.customer_id is not None:
-        cleared_at = conn.execute(select(alert_states.c.cleared_at).where(
-            alert_states.c.customer_id == row.customer_id, alert_states.c.rule == row.rule,
-            alert_states.c.fired_at == row.fired_at)).scalar()
-    return messages.Alert(key=messages.alert_key(row.rule, row.customer_id, row.fired_at), rule=row.rule,
-                          condition=row.condition, event=row.event, fired_at=row.fired_at,
-                          details=row.details or {}, customer=messages.load_customer(conn, row.customer_id, connectors),
-                          cleared_at=cleared_at)
+        cleared_at = conn.execute(
+            select(alert_states.c.cleared_at).where(
+                alert_states.c.customer_id == row.customer_id,
+                alert_states.c.rule == row.rule,
+                alert_states.c.fired_at == row.fired_at,
+            )
+        ).scalar()
+    return messages.Alert(
+        key=messages.alert_key(row.rule, row.customer_id, row.fired_at),
+        rule=row.rule,
+        condition=row.condition,
+        event=row.event,
+        fired_at=row.fired_at,
+        details=row.details or {},
+        customer=messages.load_customer(conn, row.customer_id, connectors),
+        cleared_at=cleared_at,
+    )
 
 
 # --- claiming and recovery ------------------------------------------------------------------
 
 
-def claim(engine: Engine, worker: str, *, limit: int, now: datetime,
-          skip_actions: list[str] | None = None, after_id: int = 0) -> list[Claimed]:
+def claim(
+    engine: Engine,
+    worker: str,
+    *,
+    limit: int,
+    now: datetime,
+    skip_actions: list[str] | None = None,
+    after_id: int = 0,
+) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries with ids above ``after_id``, oldest first
     (committed), except those of ``skip_actions`` (targets a run has stopped sending to)."""
     d = alert_deliveries.c
-    q = (select(d.id, d.customer_id, d.rule, d.condition, d.event, d.fired_at, d.action, d.details, d.attempts,
-                d.uncertain)
-         .where(d.status == "pending", d.next_attempt_at <= now, d.id > after_id)
-         .order_by(d.id).limit(limit).with_for_update(skip_locked=True))
+    q = (
+        select(
+            d.id,
+            d.customer_id,
+            d.rule,
+            d.condition,
+            d.event,
+            d.fired_at,
+            d.action,
+            d.details,
+            d.attempts,
+            d.uncertain,
+        )
+        .where(d.status == "pending", d.next_attempt_at <= now, d.id > after_id)
+        .order_by(d.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     if skip_actions:
         q = q.where(d.action.not_in(skip_actions))
     with db.write(engine) as conn:
         rows = conn.execute(q).all()
         if not rows:
             return []
-        conn.execute(update(alert_deliveries).where(d.id.in_([r.id for r in rows])).values(
-            status="in_flight", claimed_at=now, claimed_by=worker, updated_at=now))
-    return [Claimed(r.id, r.customer_id, r.rule, r.condition, r.event, r.fired_at, r.action, dict(r.details or {}),
-                    r.attempts, bool(r.uncertain)) for r in rows]
+        conn.execute(
+            update(alert_deliveries)
+            .where(d.id.in_([r.id for r in rows]))
+            .values(status="in_flight", claimed_at=now, claimed_by=worker, updated_at=now)
+        )
+    return [
+        Claimed(
+            r.id,
+            r.customer_id,
+            r.rule,
+            r.condition,
+            r.event,
+            r.fired_at,
+            r.action,
+            dict(r.details or {}),
+            r.attempts,
+            bool(r.uncertain),
+        )
+        for r in rows
+    ]
 
 
 def recover_expired(engine: Engine, timeout: timedelta, *, now: datetime) -> int:
@@ -404,20 +557,54 @@ def recover_expired(engine: Engine, timeout: timedelta, *, now: datetime) -> int
     marked uncertain: they may have been sent."""
     d = alert_deliveries.c
     with db.write(engine) as conn:
-        rows = conn.execute(select(d.id, d.customer_id, d.rule, d.condition, d.event, d.fired_at, d.action,
-                                   d.claimed_by, d.attempts)
-                            .where(and_(d.status == "in_flight", d.claimed_at < now - timeout))
-                            .with_for_update(skip_locked=True)).all()
+        rows = conn.execute(
+            select(
+                d.id,
+                d.customer_id,
+                d.rule,
+                d.condition,
+                d.event,
+                d.fired_at,
+                d.action,
+                d.claimed_by,
+                d.attempts,
+            )
+            .where(and_(d.status == "in_flight", d.claimed_at < now - timeout))
+            .with_for_update(skip_locked=True)
+        ).all()
         for r in rows:
-            conn.execute(update(alert_deliveries).where(d.id == r.id).values(
-                status="pending", next_attempt_at=now, claimed_at=None, claimed_by=None, uncertain=True,
-                attempts=r.attempts + 1, updated_at=now,
-                last_error=f"claimed by {r.claimed_by}, which did not finish within {timeout}; sending again "
-                           "(it may have been sent: receivers dedupe on the alert id)"))
-            conn.execute(audit_log.insert().values(
-                at=now, actor=ACTOR, action="alert_delivery_recovered", customer_id=r.customer_id,
-                details={"delivery_id": r.id, "rule": r.rule, "condition": r.condition, "event": r.event,
-                         "action": r.action, "fired_at": r.fired_at, "claimed_by": r.claimed_by}))
+            conn.execute(
+                update(alert_deliveries)
+                .where(d.id == r.id)
+                .values(
+                    status="pending",
+                    next_attempt_at=now,
+                    claimed_at=None,
+                    claimed_by=None,
+                    uncertain=True,
+                    attempts=r.attempts + 1,
+                    updated_at=now,
+                    last_error=f"claimed by {r.claimed_by}, which did not finish within {timeout}; "
+                    "sending again (it may have been sent: receivers dedupe on the alert id)",
+                )
+            )
+            conn.execute(
+                audit_log.insert().values(
+                    at=now,
+                    actor=ACTOR,
+                    action="alert_delivery_recovered",
+                    customer_id=r.customer_id,
+                    details={
+                        "delivery_id": r.id,
+                        "rule": r.rule,
+                        "condition": r.condition,
+                        "event": r.event,
+                        "action": r.action,
+                        "fired_at": r.fired_at,
+                        "claimed_by": r.claimed_by,
+                    },
+                )
+            )
     return len(rows)
 
 
@@ -426,8 +613,9 @@ def counts(engine: Engine) -> dict[str, int]:
     d = alert_deliveries.c
     out: dict[str, int] = {}
     with db.read(engine) as conn:
-        for status, attempts, n in conn.execute(select(d.status, d.attempts, func.count())
-                                                .group_by(d.status, d.attempts)):
+        for status, attempts, n in conn.execute(
+            select(d.status, d.attempts, func.count()).group_by(d.status, d.attempts)
+        ):
             key = "retrying" if status == "pending" and attempts else status
             out[key] = out.get(key, 0) + n
     return out

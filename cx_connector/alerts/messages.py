@@ -26,8 +26,11 @@ HEADLINES = {
     "ticket_reopened": "ticket reopened repeatedly",
 }
 
-VALUE_LABELS = {"cx_clv_90d": "expected value (90 days)", "lifetime_revenue": "lifetime revenue",
-                "cx_expected_purchases_90d": "expected purchases (90 days)"}
+VALUE_LABELS = {
+    "cx_clv_90d": "expected value (90 days)",
+    "lifetime_revenue": "lifetime revenue",
+    "cx_expected_purchases_90d": "expected purchases (90 days)",
+}
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,17 @@ def load_customer(conn: Connection, customer_id: int | None, connectors: Mapping
     """The customer as it is now, with links to its records on the enabled platforms."""
     if customer_id is None:
         return Customer(None)
-    row = conn.execute(select(customers.c.name, customers.c.email).where(customers.c.id == customer_id)).first()
+    row = conn.execute(
+        select(customers.c.name, customers.c.email).where(customers.c.id == customer_id)
+    ).first()
     records = []
-    for source, value in conn.execute(select(identities.c.source, identities.c.value).where(
-            identities.c.customer_id == customer_id, identities.c.kind == "id",
-            identities.c.gone_at.is_(None)).order_by(identities.c.id)):
+    for source, value in conn.execute(
+        select(identities.c.source, identities.c.value)
+        .where(
+            identities.c.customer_id == customer_id, identities.c.kind == "id", identities.c.gone_at.is_(None)
+        )
+        .order_by(identities.c.id)
+    ):
         connector = connectors.get(source)
         if connector is not None and connector.writable_record(value):
             records.append(Record(source, connector.title or source, value, connector.record_url(value)))
@@ -107,16 +116,22 @@ def facts(a: Alert) -> list[tuple[str, str]]:
         out = [("NPS answer", f"{d.get('nps')} of 10")]
         if scale not in (None, 10, 10.0):
             out.append(("As answered", f"{_number(d.get('score'), 1)} of {_number(scale)}"))
-        return out + [("Answered", _day(d.get("answered_at"))), ("Source", str(d.get("source")))]
+        return [*out, ("Answered", _day(d.get("answered_at"))), ("Source", str(d.get("source")))]
     if a.condition == "ticket_reopened":
-        out = [("Ticket", f"{d.get('ticket_id')} ({d.get('source')})"), ("Reopened", f"{d.get('reopens')} times"),
-               ("Last reopened", _day(d.get("last_reopened_at")))]
+        out = [
+            ("Ticket", f"{d.get('ticket_id')} ({d.get('source')})"),
+            ("Reopened", f"{d.get('reopens')} times"),
+            ("Last reopened", _day(d.get("last_reopened_at"))),
+        ]
         if (d.get("tickets_matching") or 1) > 1:
             out.append(("Tickets reopened repeatedly", str(d.get("tickets_matching"))))
         return out
-    out = [("CX score", _number(d.get("cx_score"))), ("Health", str(d.get("cx_health") or "n/a")),
-           ("Churn risk", str(d.get("cx_churn_risk") or "n/a")),
-           ("Retention probability", f"{_number(d.get('cx_retention_probability'))}%")]
+    out = [
+        ("CX score", _number(d.get("cx_score"))),
+        ("Health", str(d.get("cx_health") or "n/a")),
+        ("Churn risk", str(d.get("cx_churn_risk") or "n/a")),
+        ("Retention probability", f"{_number(d.get('cx_retention_probability'))}%"),
+    ]
     if a.condition == "high_value_at_risk":
         measure = str(d.get("value_measure"))
         out.append((VALUE_LABELS.get(measure, measure).capitalize(), _number(d.get("value"), 2)))
@@ -130,23 +145,34 @@ def summary(a: Alert, personal: bool = True) -> str:
     who = a.customer.who(personal)
     d = a.details
     if a.event == "cleared":
-        return (f"{who} no longer matches alert rule {a.rule} ({HEADLINES[a.condition]}); "
-                f"it fired {a.fired_at:%Y-%m-%d %H:%M} UTC.")
+        return (
+            f"{who} no longer matches alert rule {a.rule} ({HEADLINES[a.condition]}); "
+            f"it fired {a.fired_at:%Y-%m-%d %H:%M} UTC."
+        )
     if a.condition == "turned_red":
-        return (f"{who} turned red: CX score {_number(d.get('cx_score'))}, churn risk "
-                f"{d.get('cx_churn_risk') or 'n/a'}, retention probability "
-                f"{_number(d.get('cx_retention_probability'))}%.")
+        return (
+            f"{who} turned red: CX score {_number(d.get('cx_score'))}, churn risk "
+            f"{d.get('cx_churn_risk') or 'n/a'}, retention probability "
+            f"{_number(d.get('cx_retention_probability'))}%."
+        )
     if a.condition == "detractor_nps":
-        return (f"{who} answered NPS {d.get('nps')} of 10 (a detractor: {d.get('detractor_max')} or less) on "
-                f"{_day(d.get('answered_at'))}, via {d.get('source')}.")
+        return (
+            f"{who} answered NPS {d.get('nps')} of 10 (a detractor: {d.get('detractor_max')} or less) on "
+            f"{_day(d.get('answered_at'))}, via {d.get('source')}."
+        )
     if a.condition == "high_value_at_risk":
         measure = str(d.get("value_measure"))
-        return (f"{who}, {VALUE_LABELS.get(measure, measure)} {_number(d.get('value'), 2)}, has a retention "
-                f"probability of {_number(d.get('cx_retention_probability'))}%, below "
-                f"{_number(d.get('retention_below'))}%.")
+        return (
+            f"{who}, {VALUE_LABELS.get(measure, measure)} {_number(d.get('value'), 2)}, has a retention "
+            f"probability of {_number(d.get('cx_retention_probability'))}%, below "
+            f"{_number(d.get('retention_below'))}%."
+        )
     more = (d.get("tickets_matching") or 1) - 1
-    return (f"{who}: ticket {d.get('ticket_id')} ({d.get('source')}) was reopened {d.get('reopens')} times, "
-            f"last on {_day(d.get('last_reopened_at'))}" + (f"; {more} more of their tickets too." if more else "."))
+    return (
+        f"{who}: ticket {d.get('ticket_id')} ({d.get('source')}) was reopened {d.get('reopens')} times, "
+        f"last on {_day(d.get('last_reopened_at'))}"
+        + (f"; {more} more of their tickets too." if more else ".")
+    )
 
 
 def title(a: Alert, personal: bool = True) -> str:
@@ -165,10 +191,21 @@ def json_body(a: Alert, *, personal: bool, sent_at: datetime, attempt: int) -> d
     if personal:
         customer.update(name=c.name, email=c.email)
     customer["records"] = [{"source": r.source, "id": r.id, "url": r.url} for r in c.records]
-    return {"type": f"alert.{a.event}", "id": f"{a.key}:{a.event}", "alert_key": a.key, "rule": a.rule,
-            "condition": a.condition, "fired_at": _iso(a.fired_at), "cleared_at": _iso(a.cleared_at),
-            "title": title(a, personal), "summary": summary(a, personal), "details": dict(a.details),
-            "customer": customer, "sent_at": _iso(sent_at), "attempt": attempt}
+    return {
+        "type": f"alert.{a.event}",
+        "id": f"{a.key}:{a.event}",
+        "alert_key": a.key,
+        "rule": a.rule,
+        "condition": a.condition,
+        "fired_at": _iso(a.fired_at),
+        "cleared_at": _iso(a.cleared_at),
+        "title": title(a, personal),
+        "summary": summary(a, personal),
+        "details": dict(a.details),
+        "customer": customer,
+        "sent_at": _iso(sent_at),
+        "attempt": attempt,
+    }
 
 
 def _mrkdwn(text: str) -> str:
@@ -186,8 +223,15 @@ def slack_body(a: Alert, *, personal: bool) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(summary(a, personal))}},
     ]
     if a.event == "fired":
-        blocks.append({"type": "section", "fields": [
-            {"type": "mrkdwn", "text": f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}"} for label, value in facts(a)[:10]]})
+        blocks.append(
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}"}
+                    for label, value in facts(a)[:10]
+                ],
+            }
+        )
     links = [f"<{r.url}|{_mrkdwn(r.title)} record>" for r in a.customer.records if r.url]
     context = [f"rule `{_mrkdwn(a.rule)}`", f"fired {a.fired_at:%Y-%m-%d %H:%M} UTC", *links]
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]})
@@ -196,6 +240,11 @@ def slack_body(a: Alert, *, personal: bool) -> dict[str, Any]:
 
 def record_lines(a: Alert) -> tuple[str, ...]:
     """The body of a platform task or note (plain text; the connector formats it)."""
-    return (summary(a), "", *(f"{label}: {value}" for label, value in facts(a)), "",
-            f"Alert rule {a.rule} ({HEADLINES[a.condition]}), fired {a.fired_at:%Y-%m-%d %H:%M} UTC.",
-            f"Reference: {a.key}")
+    return (
+        summary(a),
+        "",
+        *(f"{label}: {value}" for label, value in facts(a)),
+        "",
+        f"Alert rule {a.rule} ({HEADLINES[a.condition]}), fired {a.fired_at:%Y-%m-%d %H:%M} UTC.",
+        f"Reference: {a.key}",
+    )

@@ -30,9 +30,9 @@ CONDITIONS: dict[str, str] = {
     "turned_red": "the customer's cx_health became red",
     "detractor_nps": "the customer's latest NPS answer (within `within`) is a detractor",
     "high_value_at_risk": "a customer worth at least `value_at_least` has a retention probability "
-                          "below `retention_below`",
+    "below `retention_below`",
     "ticket_reopened": "one of the customer's tickets was reopened `times` times or more "
-                       "(the last time within `within`)",
+    "(the last time within `within`)",
 }
 
 #: the settings each condition takes (besides the common ones)
@@ -161,8 +161,10 @@ class Named(fields.Field):
         errors: dict[str, Any] = {}
         for name, item in value.items():
             if not isinstance(name, str) or not _NAME_RE.match(name):
-                errors[str(name)] = ["not a valid name: use lower-case letters, digits, - and _ "
-                                     "(at most 64, starting with a letter)"]
+                errors[str(name)] = [
+                    "not a valid name: use lower-case letters, digits, - and _ "
+                    "(at most 64, starting with a letter)"
+                ]
                 continue
             try:
                 out[name] = self.schema().load(item if item is not None else {})
@@ -196,9 +198,11 @@ def check_url(value: str) -> None:
 
 class WebhookSchema(_Strict):
     url = fields.String(required=True, validate=check_url)
-    secret = fields.String(load_default=None, allow_none=True,
-                           validate=validate.Length(min=16, error="too short: use at least 16 random "
-                                                                  "characters"))
+    secret = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=16, error="too short: use at least 16 random characters"),
+    )
     format = fields.String(load_default="json", validate=validate.OneOf(["json", "slack"]))
     personal_data = fields.Boolean(load_default=True)
     max_per_minute = fields.Integer(load_default=60, validate=validate.Range(min=1, max=6000))
@@ -206,20 +210,25 @@ class WebhookSchema(_Strict):
     @validates_schema
     def _signed(self, data: dict, **_: Any) -> None:
         if data.get("format", "json") == "json" and not data.get("secret"):
-            raise ValidationError("missing: format json is signed with this secret "
-                                  "(receivers verify X-CX-Signature with it)", "secret")
+            raise ValidationError(
+                "missing: format json is signed with this secret (receivers verify X-CX-Signature with it)",
+                "secret",
+            )
 
 
 class RuleSchema(_Strict):
-    condition = fields.String(required=True, validate=validate.OneOf(
-        list(CONDITIONS), error="one of: " + ", ".join(CONDITIONS)))
+    condition = fields.String(
+        required=True, validate=validate.OneOf(list(CONDITIONS), error="one of: " + ", ".join(CONDITIONS))
+    )
     webhooks = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     platforms = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     notify_existing = fields.Boolean(load_default=False)
     notify_on_clear = fields.Boolean(load_default=False)
     detractor_max = fields.Integer(validate=validate.Range(min=0, max=9))
     within = Duration()
-    value = fields.String(validate=validate.OneOf(VALUE_MEASURES, error="one of: " + ", ".join(VALUE_MEASURES)))
+    value = fields.String(
+        validate=validate.OneOf(VALUE_MEASURES, error="one of: " + ", ".join(VALUE_MEASURES))
+    )
     value_at_least = fields.Float(validate=validate.Range(min=0))
     retention_below = fields.Float(validate=validate.Range(min=0, max=100, min_inclusive=False))
     times = fields.Integer(validate=validate.Range(min=1, max=100))
@@ -233,11 +242,11 @@ class RuleSchema(_Strict):
         errors: dict[str, list[str]] = {}
         for key in set().union(*CONDITION_KEYS.values()) - set(takes):
             if key in data:
-                errors[key] = [f"not a setting of condition {condition} (it takes: "
-                               f"{', '.join(takes) or 'nothing'})"]
+                errors[key] = [
+                    f"not a setting of condition {condition} (it takes: {', '.join(takes) or 'nothing'})"
+                ]
         if condition == "high_value_at_risk" and "value_at_least" not in data:
-            errors["value_at_least"] = ["missing: the value (of `value`) from which a customer is "
-                                        "high-value"]
+            errors["value_at_least"] = ["missing: the value (of `value`) from which a customer is high-value"]
         if not data.get("webhooks") and not data.get("platforms"):
             errors["webhooks"] = ["a rule needs an action: name webhooks and/or platforms"]
         if errors:
@@ -246,7 +255,9 @@ class RuleSchema(_Strict):
 
 class AlertSettingsSchema(_Strict):
     every = Duration(load_default=AlertSettings.every)
-    max_attempts = fields.Integer(load_default=AlertSettings.max_attempts, validate=validate.Range(min=1, max=100))
+    max_attempts = fields.Integer(
+        load_default=AlertSettings.max_attempts, validate=validate.Range(min=1, max=100)
+    )
     backoff_base = Duration(load_default=AlertSettings.backoff_base)
     backoff_max = Duration(load_default=AlertSettings.backoff_max)
     claim_timeout = Duration(load_default=AlertSettings.claim_timeout)
@@ -258,9 +269,17 @@ class AlertSettingsSchema(_Strict):
     @post_load
     def _make(self, data: dict, **_: Any) -> AlertSettings:
         data["webhooks"] = {name: Webhook(name=name, **w) for name, w in data["webhooks"].items()}
-        data["rules"] = {name: Rule(name=name, **{**r, "webhooks": tuple(dict.fromkeys(r["webhooks"])),
-                                                  "platforms": tuple(dict.fromkeys(r["platforms"]))})
-                         for name, r in data["rules"].items()}
+        data["rules"] = {
+            name: Rule(
+                name=name,
+                **{
+                    **r,
+                    "webhooks": tuple(dict.fromkeys(r["webhooks"])),
+                    "platforms": tuple(dict.fromkeys(r["platforms"])),
+                },
+            )
+            for name, r in data["rules"].items()
+        }
         return AlertSettings(**data)
 
 
@@ -283,18 +302,30 @@ def reference_problems(raw: Any, enabled: Mapping[str, Any]) -> list[tuple[str, 
         named = rule.get("webhooks")
         unknown = [str(w) for w in named if w not in hooks] if isinstance(named, list) else []
         if unknown:
-            problems.append((f"alerts.rules.{name}.webhooks",
-                             f"no webhook named {', '.join(unknown)} under alerts.webhooks "
-                             f"(defined: {', '.join(map(str, hooks)) or 'none'})"))
+            problems.append(
+                (
+                    f"alerts.rules.{name}.webhooks",
+                    f"no webhook named {', '.join(unknown)} under alerts.webhooks "
+                    f"(defined: {', '.join(map(str, hooks)) or 'none'})",
+                )
+            )
         platforms = rule.get("platforms")
         for platform in platforms if isinstance(platforms, list) else []:
             cls = enabled.get(platform)
             if cls is None:
-                problems.append((f"alerts.rules.{name}.platforms",
-                                 f"{platform} is not an enabled connector (add a connectors.{platform} "
-                                 f"section); platforms that take alerts: {', '.join(able) or 'none enabled'}"))
+                problems.append(
+                    (
+                        f"alerts.rules.{name}.platforms",
+                        f"{platform} is not an enabled connector (add a connectors.{platform} "
+                        f"section); platforms that take alerts: {', '.join(able) or 'none enabled'}",
+                    )
+                )
             elif not getattr(cls, "alert_target", ""):
-                problems.append((f"alerts.rules.{name}.platforms",
-                                 f"{platform} cannot take alerts (enabled platforms that can: "
-                                 f"{', '.join(able) or 'none'})"))
+                problems.append(
+                    (
+                        f"alerts.rules.{name}.platforms",
+                        f"{platform} cannot take alerts (enabled platforms that can: "
+                        f"{', '.join(able) or 'none'})",
+                    )
+                )
     return problems

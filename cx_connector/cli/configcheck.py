@@ -19,5 +19,5 @@ def check_config(state: State) -> None:
     click.echo(f"  connectors: {', '.join(config.connectors) or 'none enabled'}")
     click.echo(f"  admin:      {'token set' if config.admin_token else 'disabled (no admin_token)'}")
     click.echo(f"  write-back: {'dry run' if config.writeback.dry_run else 'live'}")
-    rules = config.alerts.rules  # webhooks by name only: their URLs are secrets
-    click.echo(f"  alerts:     {', '.join(f'{r.name} ({r.condition})' for r in rules.values()) or 'no rules'}")
+    rules = ", ".join(f"{r.name} ({r.condition})" for r in config.alerts.rules.values())
+    click.echo(f"  alerts:     {rules or 'no rules'}")  # never the webhooks' URLs: they are secrets

@@ -19,18 +19,16 @@ HOOK_URL = "https://hooks.example.test/cx/alerts-7f3a9c"
 SLACK_URL = "https://hooks.slack.test/services/T0001/B0002/slackPathToken123"
 SECRET = "alert-signing-secret-0123456789"
 
-WEBHOOKS = {"ops": {"url": HOOK_URL, "secret": SECRET},
-            "slack": {"url": SLACK_URL, "format": "slack"}}
+WEBHOOKS = {"ops": {"url": HOOK_URL, "secret": SECRET}, "slack": {"url": SLACK_URL, "format": "slack"}}
 
 
 def alerts_section(rules: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"webhooks": WEBHOOKS, "rules": rules, **extra}
 
 
-
-
-def make_rt(database_url: str, rules: dict[str, Any], connectors: dict[str, Any] | None = None,
-            **extra: Any) -> Runtime:
+def make_rt(
+    database_url: str, rules: dict[str, Any], connectors: dict[str, Any] | None = None, **extra: Any
+) -> Runtime:
     """A runtime whose ``alerts`` section has these rules (``extra``: other alerts keys);
     ``connectors``: settings replacing those of the test connectors."""
     sections = {k: dict(v) for k, v in TEST_CONNECTORS.items() if k in registry.available()}
@@ -71,25 +69,47 @@ def customer(rt: Runtime, who: str, source: str = "crm") -> int:
 
 
 def set_scores(rt: Runtime, customer_id: int, **values: Any) -> None:
-    row = {"customer_id": customer_id, "scored_at": rt.now(), "explanation": {},
-           "score_values": {"cx_score": 50, "cx_health": "yellow", "cx_churn_risk": "medium",
-                            "cx_retention_probability": 50, "cx_clv_90d": 100.0, **values}}
+    row = {
+        "customer_id": customer_id,
+        "scored_at": rt.now(),
+        "explanation": {},
+        "score_values": {
+            "cx_score": 50,
+            "cx_health": "yellow",
+            "cx_churn_risk": "medium",
+            "cx_retention_probability": 50,
+            "cx_clv_90d": 100.0,
+            **values,
+        },
+    }
     with db.write(rt.engine) as conn:
-        conn.execute(db.upsert(conn, scores, ["customer_id"], ["scored_at", "score_values", "explanation"]), [row])
+        conn.execute(
+            db.upsert(conn, scores, ["customer_id"], ["scored_at", "score_values", "explanation"]), [row]
+        )
 
 
 def states(rt: Runtime) -> list[dict[str, Any]]:
     with db.read(rt.engine) as conn:
-        return [dict(r) for r in conn.execute(select(alert_states).order_by(
-            alert_states.c.rule, alert_states.c.customer_id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(alert_states).order_by(alert_states.c.rule, alert_states.c.customer_id)
+            ).mappings()
+        ]
 
 
 def deliveries(rt: Runtime) -> list[dict[str, Any]]:
     with db.read(rt.engine) as conn:
-        return [dict(r) for r in conn.execute(select(alert_deliveries).order_by(alert_deliveries.c.id)).mappings()]
+        return [
+            dict(r) for r in conn.execute(select(alert_deliveries).order_by(alert_deliveries.c.id)).mappings()
+        ]
 
 
 def audits(rt: Runtime, prefix: str = "alert") -> list[dict[str, Any]]:
     with db.read(rt.engine) as conn:
-        return [dict(r) for r in conn.execute(select(audit_log).where(audit_log.c.action.like(f"{prefix}%"))
-                                              .order_by(audit_log.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(audit_log).where(audit_log.c.action.like(f"{prefix}%")).order_by(audit_log.c.id)
+            ).mappings()
+        ]

@@ -17,11 +17,18 @@ RULES = {"red": {"condition": "turned_red", "webhooks": ["ops"], "notify_existin
 @pytest.fixture
 def cli(tmp_path, database_url):
     cfg = tmp_path / "cx.yaml"
-    cfg.write_text(json.dumps({"database_url": database_url,
-                               "alerts": {"webhooks": WEBHOOKS, "rules": RULES, "max_attempts": 2}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "database_url": database_url,
+                "alerts": {"webhooks": WEBHOOKS, "rules": RULES, "max_attempts": 2},
+            }
+        )
+    )
 
     def run(*args):
         return CliRunner().invoke(main, ["--config", str(cfg), *args], catch_exceptions=False)
+
     return run
 
 
@@ -33,7 +40,10 @@ def test_check_then_list_then_retry(cli, make):
 
     r = cli("alerts", "check", "--dry-run")
     assert r.exit_code == 0, r.output
-    assert "red (turned_red): 1 matching, 1 would fire, 0 would clear" in r.output and f"fired: #{ann}" in r.output
+    assert (
+        "red (turned_red): 1 matching, 1 would fire, 0 would clear" in r.output
+        and f"fired: #{ann}" in r.output
+    )
     assert deliveries(rt) == []
 
     responses.add(responses.POST, HOOK_URL, status=404, body="no_service")
@@ -80,7 +90,9 @@ def test_no_rules(tmp_path, database_url):
 
 def test_check_config_names_rules_never_urls(tmp_path, database_url):
     cfg = tmp_path / "cx.yaml"
-    cfg.write_text(json.dumps({"database_url": database_url, "alerts": {"webhooks": WEBHOOKS, "rules": RULES}}))
+    cfg.write_text(
+        json.dumps({"database_url": database_url, "alerts": {"webhooks": WEBHOOKS, "rules": RULES}})
+    )
     r = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
     assert r.exit_code == 0 and "alerts:     red (turned_red)" in r.output
     assert HOOK_URL not in r.output and "slackPathToken" not in r.output
@@ -88,9 +100,21 @@ def test_check_config_names_rules_never_urls(tmp_path, database_url):
 
 def test_bad_alerts_config_exits_2_naming_the_key(tmp_path, database_url):
     cfg = tmp_path / "cx.yaml"
-    cfg.write_text(json.dumps({"database_url": database_url, "alerts": {
-        "webhooks": {"ops": {"url": "http://hooks.example.com/T0/B0/sekrit-token", "secret": "short"}},
-        "rules": {"red": {"condition": "turned_red", "webhooks": ["ops"], "platforms": ["shopify"]}}}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "database_url": database_url,
+                "alerts": {
+                    "webhooks": {
+                        "ops": {"url": "http://hooks.example.com/T0/B0/sekrit-token", "secret": "short"}
+                    },
+                    "rules": {
+                        "red": {"condition": "turned_red", "webhooks": ["ops"], "platforms": ["shopify"]}
+                    },
+                },
+            }
+        )
+    )
     r = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
     assert r.exit_code == 2
     assert "alerts.webhooks.ops.url: must be https" in r.output

@@ -27,7 +27,9 @@ def test_first_evaluation_records_the_baseline_without_sending(make):
     assert report.first_evaluation and report.baseline == [ann] and report.fired == []
     assert deliveries(rt) == []
     [state] = states(rt)
-    assert state["customer_id"] == ann and state["cleared_at"] is None and state["details"]["baseline"] is True
+    assert (
+        state["customer_id"] == ann and state["cleared_at"] is None and state["details"]["baseline"] is True
+    )
     [entry] = audits(rt)
     assert entry["action"] == "alert_baseline" and entry["customer_id"] == ann
     assert entry["details"]["rule"] == "red" and "notify_existing" in entry["details"]["reason"]
@@ -45,11 +47,18 @@ def test_fires_once_per_customer_until_it_clears_then_again(make):
     assert report.fired == [ann] and report.deliveries == 3
     fired_at = rt.now()
     assert [(d["action"], d["event"], d["status"], d["fired_at"]) for d in deliveries(rt)] == [
-        ("webhook:ops", "fired", "pending", fired_at), ("webhook:slack", "fired", "pending", fired_at),
-        ("platform:hubspot", "fired", "pending", fired_at)]
+        ("webhook:ops", "fired", "pending", fired_at),
+        ("webhook:slack", "fired", "pending", fired_at),
+        ("platform:hubspot", "fired", "pending", fired_at),
+    ]
     assert deliveries(rt)[0]["details"] == {
-        "cx_health": "red", "cx_score": 31, "cx_churn_risk": "high", "cx_retention_probability": 12,
-        "cx_clv_90d": 100.0, "scored_at": "2026-06-15T12:05:00Z"}
+        "cx_health": "red",
+        "cx_score": 31,
+        "cx_churn_risk": "high",
+        "cx_retention_probability": 12,
+        "cx_clv_90d": 100.0,
+        "scored_at": "2026-06-15T12:05:00Z",
+    }
 
     for _ in range(3):  # still red: nothing new
         later(rt, minutes=5)
@@ -89,7 +98,10 @@ def test_notify_existing_and_notify_on_clear(make):
     evaluate(rt)
     cleared = [d for d in deliveries(rt) if d["event"] == "cleared"]
     # the webhooks hear that it cleared; no task is created for that
-    assert [(d["action"], d["fired_at"]) for d in cleared] == [("webhook:ops", fired_at), ("webhook:slack", fired_at)]
+    assert [(d["action"], d["fired_at"]) for d in cleared] == [
+        ("webhook:ops", fired_at),
+        ("webhook:slack", fired_at),
+    ]
 
 
 def test_a_baseline_alert_clearing_is_not_announced(make):
@@ -147,8 +159,17 @@ def test_an_alert_follows_a_merge_instead_of_firing_twice(make):
 
 
 def test_rules_are_independent(make):
-    rt = make({**RED, "risk": {"condition": "high_value_at_risk", "value_at_least": 500, "webhooks": ["ops"],
-                               "notify_existing": True}})
+    rt = make(
+        {
+            **RED,
+            "risk": {
+                "condition": "high_value_at_risk",
+                "value_at_least": 500,
+                "webhooks": ["ops"],
+                "notify_existing": True,
+            },
+        }
+    )
     ann = customer(rt, "ann")
     set_scores(rt, ann, cx_health="red", cx_retention_probability=10, cx_clv_90d=900)
     reports = decide.evaluate(rt.engine, list(rt.config.alerts.rules.values()), now=rt.now())

@@ -28,8 +28,18 @@ RED_OPS = {"red": {"condition": "turned_red", "webhooks": ["ops"], "notify_exist
 def fire(rt, **scores):
     """ann (HubSpot contact 501) turns red and the alert is decided."""
     ann = customer(rt, "501", source="hubspot")
-    set_scores(rt, ann, **{"cx_health": "red", "cx_score": 31, "cx_churn_risk": "high",
-                           "cx_retention_probability": 12, "cx_clv_90d": 250.5, **scores})
+    set_scores(
+        rt,
+        ann,
+        **{
+            "cx_health": "red",
+            "cx_score": 31,
+            "cx_churn_risk": "high",
+            "cx_retention_probability": 12,
+            "cx_clv_90d": 250.5,
+            **scores,
+        },
+    )
     decide.evaluate(rt.engine, list(rt.config.alerts.rules.values()), now=rt.now())
     return ann
 
@@ -41,7 +51,9 @@ def send(rt, clock=None, worker="w1"):
 def verify(secret: str, body: bytes, headers) -> bool:
     """What a receiver does (README, "Alerts"), written from the documentation."""
     timestamp = headers["X-CX-Timestamp"]
-    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    expected = (
+        "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    )
     return hmac.compare_digest(expected, headers["X-CX-Signature"])
 
 
@@ -56,16 +68,33 @@ def test_json_webhook_body_headers_and_signature(make):
     req = call.request
     key = f"cx-alert:red:{ann}:{int(NOW.timestamp() * 1000)}"
     assert json.loads(req.body) == {
-        "type": "alert.fired", "id": f"{key}:fired", "alert_key": key, "rule": "red", "condition": "turned_red",
-        "fired_at": "2026-06-15T12:00:00Z", "cleared_at": None,
+        "type": "alert.fired",
+        "id": f"{key}:fired",
+        "alert_key": key,
+        "rule": "red",
+        "condition": "turned_red",
+        "fired_at": "2026-06-15T12:00:00Z",
+        "cleared_at": None,
         "title": f"CX alert: 501@example.com (customer #{ann}): turned red",
         "summary": f"501@example.com (customer #{ann}) turned red: CX score 31, churn risk high, "
-                   "retention probability 12%.",
-        "details": {"cx_health": "red", "cx_score": 31, "cx_churn_risk": "high", "cx_retention_probability": 12,
-                    "cx_clv_90d": 250.5, "scored_at": "2026-06-15T12:00:00Z"},
-        "customer": {"id": ann, "name": None, "email": "501@example.com",
-                     "records": [{"source": "hubspot", "id": "501", "url": None}]},
-        "sent_at": "2026-06-15T12:00:00Z", "attempt": 1}
+        "retention probability 12%.",
+        "details": {
+            "cx_health": "red",
+            "cx_score": 31,
+            "cx_churn_risk": "high",
+            "cx_retention_probability": 12,
+            "cx_clv_90d": 250.5,
+            "scored_at": "2026-06-15T12:00:00Z",
+        },
+        "customer": {
+            "id": ann,
+            "name": None,
+            "email": "501@example.com",
+            "records": [{"source": "hubspot", "id": "501", "url": None}],
+        },
+        "sent_at": "2026-06-15T12:00:00Z",
+        "attempt": 1,
+    }
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["X-CX-Alert-Id"] == f"{key}:fired" and req.headers["X-CX-Event"] == "alert.fired"
     assert req.headers["X-CX-Timestamp"] == str(int(NOW.timestamp()))
@@ -94,27 +123,58 @@ def test_personal_data_can_be_left_out(make):
 
 @responses.activate
 def test_slack_format(make):
-    rt = make({"red": {"condition": "turned_red", "webhooks": ["slack"], "notify_existing": True}},
-              connectors={"hubspot": {"client_secret": "hubspot-test-secret", "access_token": "hubspot-test-token",
-                                      "webhook_url": "https://cx.example.com/webhooks/hubspot",
-                                      "api_base_url": "https://api.hubapi.test", "portal_id": "4242"}})
+    rt = make(
+        {"red": {"condition": "turned_red", "webhooks": ["slack"], "notify_existing": True}},
+        connectors={
+            "hubspot": {
+                "client_secret": "hubspot-test-secret",
+                "access_token": "hubspot-test-token",
+                "webhook_url": "https://cx.example.com/webhooks/hubspot",
+                "api_base_url": "https://api.hubapi.test",
+                "portal_id": "4242",
+            }
+        },
+    )
     responses.add(responses.POST, SLACK_URL, body="ok")
     ann = fire(rt)
     send(rt)
     req = responses.calls[0].request
     who = f"501@example.com (customer #{ann})"
-    assert json.loads(req.body) == {"text": f"CX alert: {who}: turned red", "blocks": [
-        {"type": "header", "text": {"type": "plain_text", "text": f"CX alert: {who}: turned red"}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{who} turned red: CX score 31, churn risk high, "
-                                                                "retention probability 12%."}},
-        {"type": "section", "fields": [
-            {"type": "mrkdwn", "text": "*CX score*\n31"}, {"type": "mrkdwn", "text": "*Health*\nred"},
-            {"type": "mrkdwn", "text": "*Churn risk*\nhigh"},
-            {"type": "mrkdwn", "text": "*Retention probability*\n12%"},
-            {"type": "mrkdwn", "text": "*Expected value (90 days)*\n250.50"}]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": (
-            "rule `red` · fired 2026-06-15 12:00 UTC · "
-            "<https://app.hubspot.com/contacts/4242/record/0-1/501|HubSpot record>")}]}]}
+    assert json.loads(req.body) == {
+        "text": f"CX alert: {who}: turned red",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": f"CX alert: {who}: turned red"}},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"{who} turned red: CX score 31, churn risk high, retention probability 12%.",
+                },
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": "*CX score*\n31"},
+                    {"type": "mrkdwn", "text": "*Health*\nred"},
+                    {"type": "mrkdwn", "text": "*Churn risk*\nhigh"},
+                    {"type": "mrkdwn", "text": "*Retention probability*\n12%"},
+                    {"type": "mrkdwn", "text": "*Expected value (90 days)*\n250.50"},
+                ],
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": (
+                            "rule `red` · fired 2026-06-15 12:00 UTC · "
+                            "<https://app.hubspot.com/contacts/4242/record/0-1/501|HubSpot record>"
+                        ),
+                    }
+                ],
+            },
+        ],
+    }
     assert "X-CX-Signature" not in req.headers  # no secret configured: Slack's URL is its secret
 
 
@@ -145,7 +205,10 @@ def test_server_errors_are_retried_with_backoff_then_reported_failed(make, caplo
     assert d["last_error"] == "gave up after 3 attempts: webhook ops: HTTP 503: receiver error; will retry"
     assert len(responses.calls) == 3
     assert [a["action"] for a in audits(rt, "alert_deliver")] == [
-        "alert_delivery_retry", "alert_delivery_retry", "alert_delivery_failed"]
+        "alert_delivery_retry",
+        "alert_delivery_retry",
+        "alert_delivery_failed",
+    ]
     failed = audits(rt, "alert_delivery_failed")[0]["details"]
     assert failed["reason"] == d["last_error"] and failed["attempt"] == 3
     # visible to the admin
@@ -157,11 +220,16 @@ def test_server_errors_are_retried_with_backoff_then_reported_failed(make, caplo
 
 
 @responses.activate
-@pytest.mark.parametrize(("code", "reason"), [
-    (404, "webhook ops: HTTP 404: the URL does not exist (any more): check alerts.webhooks.ops.url (no_service)"),
-    (400, "webhook ops: HTTP 400: refused: no_service"),
-    (410, "webhook ops: HTTP 410: the URL does not exist (any more): check alerts.webhooks.ops.url (no_service)"),
-])
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (404, "webhook ops: HTTP 404: the URL does not exist (any more): check alerts.webhooks.ops.url "
+              "(no_service)"),
+        (400, "webhook ops: HTTP 400: refused: no_service"),
+        (410, "webhook ops: HTTP 410: the URL does not exist (any more): check alerts.webhooks.ops.url "
+              "(no_service)"),
+    ],
+)
 def test_refusals_fail_at_once(make, code, reason):
     rt = make(RED_OPS)
     responses.add(responses.POST, HOOK_URL, status=code, body="no_service")
@@ -184,7 +252,9 @@ def test_a_redirect_is_not_followed(make):
 @responses.activate
 def test_timeouts_are_retried_and_marked_uncertain(make, caplog):
     rt = make(RED_OPS)
-    responses.add(responses.POST, HOOK_URL, body=requests.exceptions.ReadTimeout(f"read timed out: {HOOK_URL}"))
+    responses.add(
+        responses.POST, HOOK_URL, body=requests.exceptions.ReadTimeout(f"read timed out: {HOOK_URL}")
+    )
     fire(rt)
     send(rt)
     [d] = deliveries(rt)
@@ -249,7 +319,10 @@ def test_a_crash_between_claim_and_mark_loses_nothing_and_the_resend_is_the_same
     assert stats["recovered"] == 1 and stats["delivered"] == 1
     [d] = deliveries(rt)
     assert d["status"] == "done" and d["id"] == claimed.id
-    assert [a["action"] for a in audits(rt, "alert_deliver")] == ["alert_delivery_recovered", "alert_delivered"]
+    assert [a["action"] for a in audits(rt, "alert_deliver")] == [
+        "alert_delivery_recovered",
+        "alert_delivered",
+    ]
     key = json.loads(responses.calls[0].request.body)["id"]
     assert key.startswith("cx-alert:red:") and responses.calls[0].request.headers["X-CX-Alert-Id"] == key
 
@@ -285,21 +358,34 @@ def test_dead_deliveries_can_be_requeued(make):
 def test_a_webhook_removed_from_the_config_fails_its_pending_deliveries(make):
     rt = make({"red": {"condition": "turned_red", "webhooks": ["ops", "slack"], "notify_existing": True}})
     fire(rt)
-    rt2 = make({"red": {"condition": "turned_red", "webhooks": ["ops"]}}, webhooks={"ops": {"url": HOOK_URL,
-                                                                                            "secret": SECRET}})
+    rt2 = make(
+        {"red": {"condition": "turned_red", "webhooks": ["ops"]}},
+        webhooks={"ops": {"url": HOOK_URL, "secret": SECRET}},
+    )
     with responses.RequestsMock() as mock:
         mock.add(responses.POST, HOOK_URL, status=200)
         send(rt2)
     by_action = {d["action"]: d for d in deliveries(rt2)}
     assert by_action["webhook:ops"]["status"] == "done"
     assert by_action["webhook:slack"]["status"] == "dead"
-    assert by_action["webhook:slack"]["last_error"] == "webhook slack is no longer configured under alerts.webhooks"
+    assert (
+        by_action["webhook:slack"]["last_error"]
+        == "webhook slack is no longer configured under alerts.webhooks"
+    )
 
 
 @responses.activate
 def test_cleared_alerts_are_announced_when_asked(make):
-    rt = make({"red": {"condition": "turned_red", "webhooks": ["ops"], "notify_existing": True,
-                       "notify_on_clear": True}})
+    rt = make(
+        {
+            "red": {
+                "condition": "turned_red",
+                "webhooks": ["ops"],
+                "notify_existing": True,
+                "notify_on_clear": True,
+            }
+        }
+    )
     responses.add(responses.POST, HOOK_URL, status=200)
     ann = fire(rt)
     send(rt)

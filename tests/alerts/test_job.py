@@ -22,7 +22,9 @@ def test_the_job_is_scheduled_on_its_interval_and_after_scoring(make):
     job = jobs["alerts"]
     assert job.func is run.job and job.lease == run.LEASE == "job:alerts" and job.after == ("score",)
     assert job.every(rt.config) == timedelta(seconds=90)
-    assert [j.id for j in scheduler.jobs()].index("alerts") == [j.id for j in scheduler.jobs()].index("score") + 1
+    assert [j.id for j in scheduler.jobs()].index("alerts") == [j.id for j in scheduler.jobs()].index(
+        "score"
+    ) + 1
 
     sched = scheduler.build(rt)
     assert sched.get_job("alerts").trigger.interval == timedelta(seconds=90)
@@ -48,8 +50,12 @@ def test_a_run_holds_the_lease(make):
 def test_from_touchpoints_through_scoring_to_a_signed_post(make):
     """A buyer who has not come back in ten months is red after scoring, and the alerts
     job, run right after it as the clock does, posts the alert."""
-    rt = make({"red": {"condition": "turned_red", "webhooks": ["ops"]},
-               "nps": {"condition": "detractor_nps", "webhooks": ["ops"]}})
+    rt = make(
+        {
+            "red": {"condition": "turned_red", "webhooks": ["ops"]},
+            "nps": {"condition": "detractor_nps", "webhooks": ["ops"]},
+        }
+    )
     add(rt, tp("contact_created", "bob", ago(400)))
     jobs = {j.id: j for j in scheduler.jobs()}
     for job_id in ("score", "alerts"):  # the first evaluation: the baseline (bob is not red)

@@ -71,8 +71,10 @@ def test_the_core_calls_the_contract_with_the_customers_record(make):
     assert call.external_id == "501" and call.at == NOW and call.maybe_sent is False
     assert call.key == f"cx-alert:red:{ann}:{int(NOW.timestamp() * 1000)}"
     assert call.title == f"CX alert: 501@example.com (customer #{ann}): turned red"
-    assert call.lines[0] == f"501@example.com (customer #{ann}) turned red: CX score 22, churn risk medium, " \
-                            "retention probability 50%."
+    assert (
+        call.lines[0] == f"501@example.com (customer #{ann}) turned red: CX score 22, churn risk medium, "
+        "retention probability 50%."
+    )
     assert call.lines[-1] == f"Reference: {call.key}"
     [d] = deliveries(rt)
     assert (d["status"], d["external_id"], d["result"]) == ("done", "501", "task: T1")
@@ -101,20 +103,37 @@ def test_a_customer_without_a_record_there_is_skipped_and_reported(make):
     stats = send(rt)
     assert stats["skipped"] == 2 and stats["delivered"] == 0
     reasons = {d["action"]: (d["status"], d["last_error"]) for d in deliveries(rt)}
-    assert reasons == {"platform:hubspot": ("skipped", "the customer has no HubSpot record to put a task on"),
-                       "platform:zendesk": ("skipped", "the customer has no Zendesk record to put a user note on")}
+    assert reasons == {
+        "platform:hubspot": ("skipped", "the customer has no HubSpot record to put a task on"),
+        "platform:zendesk": ("skipped", "the customer has no Zendesk record to put a user note on"),
+    }
     assert [a["action"] for a in audits(rt, "alert_deliver")] == ["alert_delivery_skipped"] * 2
 
 
 @responses.activate
 def test_hubspot_task_end_to_end_within_the_rate_budget(make):
-    rt = make(rules("hubspot"), connectors={"hubspot": {
-        "client_secret": "hubspot-test-secret", "access_token": "hubspot-test-token",
-        "webhook_url": "https://cx.example.com/webhooks/hubspot", "api_base_url": API, "requests_per_10s": 1}})
-    responses.add(responses.GET, f"{API}/crm/v3/objects/contacts/501?properties=hubspot_owner_id",
-                  json={"id": "501", "properties": {"hubspot_owner_id": "42"}})
-    responses.add(responses.GET, f"{API}/crm/v3/objects/contacts/502?properties=hubspot_owner_id",
-                  json={"id": "502", "properties": {}})
+    rt = make(
+        rules("hubspot"),
+        connectors={
+            "hubspot": {
+                "client_secret": "hubspot-test-secret",
+                "access_token": "hubspot-test-token",
+                "webhook_url": "https://cx.example.com/webhooks/hubspot",
+                "api_base_url": API,
+                "requests_per_10s": 1,
+            }
+        },
+    )
+    responses.add(
+        responses.GET,
+        f"{API}/crm/v3/objects/contacts/501?properties=hubspot_owner_id",
+        json={"id": "501", "properties": {"hubspot_owner_id": "42"}},
+    )
+    responses.add(
+        responses.GET,
+        f"{API}/crm/v3/objects/contacts/502?properties=hubspot_owner_id",
+        json={"id": "502", "properties": {}},
+    )
     responses.add(responses.POST, f"{API}/crm/v3/objects/tasks", status=201, json={"id": "9001"})
     for who in ("501", "502"):
         set_scores(rt, customer(rt, who, source="hubspot"), cx_health="red")
@@ -124,16 +143,33 @@ def test_hubspot_task_end_to_end_within_the_rate_budget(make):
     assert clock.elapsed >= 30  # four requests at one per 10 s
     posted = [json.loads(c.request.body) for c in responses.calls if c.request.method == "POST"]
     assert [p["associations"][0]["to"]["id"] for p in posted] == ["501", "502"]
-    assert posted[0]["properties"]["hubspot_owner_id"] == "42" and "hubspot_owner_id" not in posted[1]["properties"]
+    assert (
+        posted[0]["properties"]["hubspot_owner_id"] == "42"
+        and "hubspot_owner_id" not in posted[1]["properties"]
+    )
 
 
 @responses.activate
 def test_hubspot_429_is_waited_out(make):
-    rt = make(rules("hubspot"), connectors={"hubspot": {
-        "client_secret": "hubspot-test-secret", "access_token": "hubspot-test-token",
-        "webhook_url": "https://cx.example.com/webhooks/hubspot", "api_base_url": API, "alert_task_owner": "none"}})
-    responses.add(responses.POST, f"{API}/crm/v3/objects/tasks", status=429, headers={"Retry-After": "5"},
-                  json={"status": "error", "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"})
+    rt = make(
+        rules("hubspot"),
+        connectors={
+            "hubspot": {
+                "client_secret": "hubspot-test-secret",
+                "access_token": "hubspot-test-token",
+                "webhook_url": "https://cx.example.com/webhooks/hubspot",
+                "api_base_url": API,
+                "alert_task_owner": "none",
+            }
+        },
+    )
+    responses.add(
+        responses.POST,
+        f"{API}/crm/v3/objects/tasks",
+        status=429,
+        headers={"Retry-After": "5"},
+        json={"status": "error", "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"},
+    )
     responses.add(responses.POST, f"{API}/crm/v3/objects/tasks", status=201, json={"id": "9001"})
     set_scores(rt, customer(rt, "501", source="hubspot"), cx_health="red")
     decide_all(rt)
@@ -144,8 +180,11 @@ def test_hubspot_429_is_waited_out(make):
 @responses.activate
 def test_zendesk_note_end_to_end(make):
     rt = make(rules("zendesk", condition="ticket_reopened"))
-    add(rt, tp("ticket_reopened", "9001", NOW - timedelta(days=2), source="zendesk", ticket_id="7002"),
-        tp("ticket_reopened", "9001", NOW - timedelta(days=1), source="zendesk", ticket_id="7002"))
+    add(
+        rt,
+        tp("ticket_reopened", "9001", NOW - timedelta(days=2), source="zendesk", ticket_id="7002"),
+        tp("ticket_reopened", "9001", NOW - timedelta(days=1), source="zendesk", ticket_id="7002"),
+    )
     user = "https://acme.zendesk.test/api/v2/users/9001.json"
     responses.add(responses.GET, user, json={"user": {"id": 9001, "active": True, "notes": "Key account."}})
     responses.add(responses.PUT, user, json={"user": {"id": 9001}})

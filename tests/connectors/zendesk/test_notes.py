@@ -16,8 +16,10 @@ from tests.conftest import NOW, TEST_CONNECTORS
 
 USER = "https://acme.zendesk.test/api/v2/users/9001.json"
 KEY = "cx-alert:nps:12:1781524800000"
-NOTE = ("[2026-06-15 12:00 UTC] CX alert: Ann (customer #12): gave a detractor NPS answer\n"
-        "Ann answered NPS 3 of 10.\n\nNPS answer: 3 of 10\nReference: " + KEY)
+NOTE = (
+    "[2026-06-15 12:00 UTC] CX alert: Ann (customer #12): gave a detractor NPS answer\n"
+    "Ann answered NPS 3 of 10.\n\nNPS answer: 3 of 10\nReference: " + KEY
+)
 
 
 def connector():
@@ -25,8 +27,13 @@ def connector():
 
 
 def alert():
-    return RecordAlert(key=KEY, external_id="9001", title="CX alert: Ann (customer #12): gave a detractor NPS answer",
-                       lines=("Ann answered NPS 3 of 10.", "", "NPS answer: 3 of 10", f"Reference: {KEY}"), at=NOW)
+    return RecordAlert(
+        key=KEY,
+        external_id="9001",
+        title="CX alert: Ann (customer #12): gave a detractor NPS answer",
+        lines=("Ann answered NPS 3 of 10.", "", "NPS answer: 3 of 10", f"Reference: {KEY}"),
+        at=NOW,
+    )
 
 
 def throttle():
@@ -35,7 +42,9 @@ def throttle():
 
 @responses.activate
 def test_the_note_is_appended_below_what_agents_wrote():
-    responses.add(responses.GET, USER, json={"user": {"id": 9001, "active": True, "notes": "VIP. Prefers phone.\n"}})
+    responses.add(
+        responses.GET, USER, json={"user": {"id": 9001, "active": True, "notes": "VIP. Prefers phone.\n"}}
+    )
     responses.add(responses.PUT, USER, json={"user": {"id": 9001}})
     limiter = throttle()
     assert connector().post_alert(alert(), limiter) == "note appended"
@@ -55,7 +64,9 @@ def test_empty_notes_get_just_the_alert():
 
 @responses.activate
 def test_an_alert_already_in_the_notes_is_not_added_twice():
-    responses.add(responses.GET, USER, json={"user": {"id": 9001, "active": True, "notes": "VIP.\n\n" + NOTE}})
+    responses.add(
+        responses.GET, USER, json={"user": {"id": 9001, "active": True, "notes": "VIP.\n\n" + NOTE}}
+    )
     assert connector().post_alert(alert(), throttle()) == "already there"
     assert len(responses.calls) == 1
 
@@ -66,6 +77,8 @@ def test_a_deleted_user_and_a_refusal_are_errors():
     with pytest.raises(PlatformRecordGone):
         connector().post_alert(alert(), throttle())
     responses.replace(responses.GET, USER, json={"user": {"id": 9001, "active": True, "notes": ""}})
-    responses.add(responses.PUT, USER, status=422, json={"error": "RecordInvalid", "description": "Notes is too long"})
+    responses.add(
+        responses.PUT, USER, status=422, json={"error": "RecordInvalid", "description": "Notes is too long"}
+    )
     with pytest.raises(PlatformValidationError):
         connector().post_alert(alert(), throttle())
