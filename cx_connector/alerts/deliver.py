@@ -102,6 +102,17 @@ class Outcome:
     source: str | None = None
 
 
+d = alert_deliveries.c
+#: the columns that name a delivery, in :class:`Claimed`'s order
+NAMING = (d.id, d.customer_id, d.rule, d.condition, d.event, d.fired_at, d.action)
+
+
+def naming(row: Any) -> dict[str, Any]:
+    """What every audit entry about a delivery says of it."""
+    return {"delivery_id": row.id, "rule": row.rule, "condition": row.condition, "event": row.event,
+            "action": row.action, "fired_at": row.fired_at}
+
+
 @dataclass
 class Claimed:
     id: int
@@ -329,14 +340,7 @@ class Run:
                 .where(alert_deliveries.c.id == row.id)
                 .with_for_update()
             ).first()
-            details: dict[str, Any] = {
-                "delivery_id": row.id,
-                "rule": row.rule,
-                "condition": row.condition,
-                "event": row.event,
-                "action": row.action,
-                "fired_at": row.fired_at,
-            }
+            details = naming(row)
             if cur is None or cur.status != "in_flight" or cur.claimed_by != self.worker:
                 # our claim expired and another run took the delivery over: its result is theirs
                 _audit(
@@ -505,20 +509,8 @@ def claim(
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries with ids above ``after_id``, oldest first
     (committed), except those of ``skip_actions`` (targets a run has stopped sending to)."""
-    d = alert_deliveries.c
     q = (
-        select(
-            d.id,
-            d.customer_id,
-            d.rule,
-            d.condition,
-            d.event,
-            d.fired_at,
-            d.action,
-            d.details,
-            d.attempts,
-            d.uncertain,
-        )
+        select(*NAMING, d.details, d.attempts, d.uncertain)
         .where(d.status == "pending", d.next_attempt_at <= now, d.id > after_id)
         .order_by(d.id)
         .limit(limit)
@@ -535,40 +527,15 @@ def claim(
             .where(d.id.in_([r.id for r in rows]))
             .values(status="in_flight", claimed_at=now, claimed_by=worker, updated_at=now)
         )
-    return [
-        Claimed(
-            r.id,
-            r.customer_id,
-            r.rule,
-            r.condition,
-            r.event,
-            r.fired_at,
-            r.action,
-            dict(r.details or {}),
-            r.attempts,
-            bool(r.uncertain),
-        )
-        for r in rows
-    ]
+    return [Claimed(*r[: len(NAMING)], dict(r.details or {}), r.attempts, bool(r.uncertain)) for r in rows]
 
 
 def recover_expired(engine: Engine, timeout: timedelta, *, now: datetime) -> int:
     """Deliveries claimed longer than ``timeout`` ago (their run died) go back to pending,
     marked uncertain: they may have been sent."""
-    d = alert_deliveries.c
     with db.write(engine) as conn:
         rows = conn.execute(
-            select(
-                d.id,
-                d.customer_id,
-                d.rule,
-                d.condition,
-                d.event,
-                d.fired_at,
-                d.action,
-                d.claimed_by,
-                d.attempts,
-            )
+            select(*NAMING, d.claimed_by, d.attempts)
             .where(and_(d.status == "in_flight", d.claimed_at < now - timeout))
             .with_for_update(skip_locked=True)
         ).all()
@@ -594,15 +561,7 @@ def recover_expired(engine: Engine, timeout: timedelta, *, now: datetime) -> int
                     actor=ACTOR,
                     action="alert_delivery_recovered",
                     customer_id=r.customer_id,
-                    details={
-                        "delivery_id": r.id,
-                        "rule": r.rule,
-                        "condition": r.condition,
-                        "event": r.event,
-                        "action": r.action,
-                        "fired_at": r.fired_at,
-                        "claimed_by": r.claimed_by,
-                    },
+                    details={**naming(r), "claimed_by": r.claimed_by},
                 )
             )
     return len(rows)
@@ -610,7 +569,6 @@ def recover_expired(engine: Engine, timeout: timedelta, *, now: datetime) -> int
 
 def counts(engine: Engine) -> dict[str, int]:
     """Deliveries per status (``retrying``: pending after a failed attempt)."""
-    d = alert_deliveries.c
     out: dict[str, int] = {}
     with db.read(engine) as conn:
         for status, attempts, n in conn.execute(

@@ -13,31 +13,15 @@ from typing import Any
 from sqlalchemy import Engine, func, select, tuple_, update
 
 from cx_connector import audit, db
+from cx_connector.alerts.deliver import NAMING
 from cx_connector.alerts.deliver import counts as delivery_counts
 from cx_connector.models import alert_deliveries, alert_states
 
 d = alert_deliveries.c
 s = alert_states.c
 
-_DELIVERY_COLUMNS = (
-    d.id,
-    d.customer_id,
-    d.rule,
-    d.condition,
-    d.event,
-    d.fired_at,
-    d.action,
-    d.external_id,
-    d.status,
-    d.attempts,
-    d.next_attempt_at,
-    d.uncertain,
-    d.last_error,
-    d.result,
-    d.created_at,
-    d.updated_at,
-    d.done_at,
-)
+_DELIVERY_COLUMNS = (*NAMING, d.external_id, d.status, d.attempts, d.next_attempt_at, d.uncertain,
+                     d.last_error, d.result, d.created_at, d.updated_at, d.done_at)
 
 
 def list_alerts(

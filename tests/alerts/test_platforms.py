@@ -15,7 +15,7 @@ from cx_connector.connector import Connector, RateBudget, RecordAlert, Throttle
 from cx_connector.errors import PlatformUnavailable
 from cx_connector.throttle import FakeClock
 from tests.alerts.conftest import audits, customer, deliveries, set_scores
-from tests.conftest import NOW
+from tests.conftest import NOW, TEST_CONNECTORS
 from tests.scoring.shop import add, tp
 
 API = "https://api.hubapi.test"
@@ -112,18 +112,7 @@ def test_a_customer_without_a_record_there_is_skipped_and_reported(make):
 
 @responses.activate
 def test_hubspot_task_end_to_end_within_the_rate_budget(make):
-    rt = make(
-        rules("hubspot"),
-        connectors={
-            "hubspot": {
-                "client_secret": "hubspot-test-secret",
-                "access_token": "hubspot-test-token",
-                "webhook_url": "https://cx.example.com/webhooks/hubspot",
-                "api_base_url": API,
-                "requests_per_10s": 1,
-            }
-        },
-    )
+    rt = make(rules("hubspot"), connectors={"hubspot": {**TEST_CONNECTORS["hubspot"], "requests_per_10s": 1}})
     responses.add(
         responses.GET,
         f"{API}/crm/v3/objects/contacts/501?properties=hubspot_owner_id",
@@ -151,18 +140,8 @@ def test_hubspot_task_end_to_end_within_the_rate_budget(make):
 
 @responses.activate
 def test_hubspot_429_is_waited_out(make):
-    rt = make(
-        rules("hubspot"),
-        connectors={
-            "hubspot": {
-                "client_secret": "hubspot-test-secret",
-                "access_token": "hubspot-test-token",
-                "webhook_url": "https://cx.example.com/webhooks/hubspot",
-                "api_base_url": API,
-                "alert_task_owner": "none",
-            }
-        },
-    )
+    hub = {**TEST_CONNECTORS["hubspot"], "alert_task_owner": "none"}
+    rt = make(rules("hubspot"), connectors={"hubspot": hub})
     responses.add(
         responses.POST,
         f"{API}/crm/v3/objects/tasks",
