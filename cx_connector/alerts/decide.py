@@ -88,12 +88,14 @@ def evaluate(engine: Engine, rules: list[Rule], *, now: datetime, dry_run: bool 
 
 
 def evaluate_rule(engine: Engine, rule: Rule, *, now: datetime, dry_run: bool = False) -> RuleReport:
+    # read and plan outside the write transaction (SQLite: webhooks wait for none of it);
+    # only this job writes alert states, under its lease, so the plan stays true
     with db.read(engine) as conn:
         found = conditions.matches(conn, rule, now)
-        if dry_run:
-            return _plan(conn, rule, found, now)
-    with db.write(engine) as conn:
         report = _plan(conn, rule, found, now)
+    if dry_run:
+        return report
+    with db.write(engine) as conn:
         _apply(conn, rule, report, found, now)
     if report.fired or report.cleared or report.baseline:
         log.info(

@@ -398,3 +398,13 @@ def test_cleared_alerts_are_announced_when_asked(make):
     assert body["fired_at"] == "2026-06-15T12:00:00Z" and body["id"].endswith(":cleared")
     assert body["title"].startswith("Resolved: ")
     assert responses.calls[1].request.headers["X-CX-Event"] == "alert.cleared"
+
+
+def test_two_runs_never_claim_the_same_delivery(make):
+    rt = make({"red": {"condition": "turned_red", "webhooks": ["ops", "slack"], "notify_existing": True}})
+    fire(rt)
+    first = deliver.claim(rt.engine, "w1", limit=1, now=NOW)
+    second = deliver.claim(rt.engine, "w2", limit=10, now=NOW)
+    assert len(first) == 1 and len(second) == 1 and first[0].id != second[0].id
+    assert deliver.claim(rt.engine, "w3", limit=10, now=NOW) == []
+    assert {(d["id"], d["claimed_by"]) for d in deliveries(rt)} == {(first[0].id, "w1"), (second[0].id, "w2")}
