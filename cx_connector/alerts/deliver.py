@@ -43,6 +43,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
@@ -273,7 +274,10 @@ class Run:
                 return Outcome("retry", reason=exc.message)
             except Exception as exc:  # a bug must not lose the alert: retried, then dead
                 log.exception("alert delivery %s failed", row.id)
-                return Outcome("retry", reason=f"internal error: {type(exc).__name__}: {exc}")
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                if isinstance(target, Webhook):  # an exception's text may quote the URL
+                    reason = _without_url(reason, target)
+                return Outcome("retry", reason=reason)
 
     def _post(self, hook: Webhook, alert: messages.Alert, row: Claimed, throttle: Limiter) -> Outcome:
         now = self.clock.now()
@@ -437,10 +441,17 @@ def _audit(
     )
 
 
+def _without_url(text: str, hook: Webhook) -> str:
+    for part in (hook.url, urlsplit(hook.url).path):
+        if len(part) > 1:
+            text = text.replace(part, f"[webhook {hook.name}]")
+    return text
+
+
 def _webhook_error(exc: PlatformAPIError, hook: Webhook) -> PlatformAPIError:
     """The same kind of error, with a message that names the webhook and never its URL."""
     what, status = f"webhook {hook.name}", exc.status
-    body = (exc.body or "").strip().replace(hook.url, "[url]")[:200]
+    body = _without_url((exc.body or "").strip(), hook)[:200]
     if status is not None and 300 <= status < 400:  # never followed: the signed body would go elsewhere
         return PlatformValidationError(
             f"{what}: HTTP {status}: the URL redirects; configure the final URL in "

@@ -408,3 +408,15 @@ def test_two_runs_never_claim_the_same_delivery(make):
     assert len(first) == 1 and len(second) == 1 and first[0].id != second[0].id
     assert deliver.claim(rt.engine, "w3", limit=10, now=NOW) == []
     assert {(d["id"], d["claimed_by"]) for d in deliveries(rt)} == {(first[0].id, "w1"), (second[0].id, "w2")}
+
+
+@responses.activate
+def test_an_unexpected_error_quoting_the_url_is_retried_without_it(make):
+    rt = make(RED_OPS)
+    error = requests.exceptions.InvalidHeader(f"bad header for {HOOK_URL}")
+    responses.add(responses.POST, HOOK_URL, body=error)
+    fire(rt)
+    send(rt)
+    [d] = deliveries(rt)
+    assert d["status"] == "pending" and d["last_error"] == "internal error: InvalidHeader: bad header for " \
+                                                          "[webhook ops]"
