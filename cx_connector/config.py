@@ -26,6 +26,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
 from cx_connector import registry
+from cx_connector.alerts.settings import AlertSettings, AlertSettingsSchema, reference_problems
 from cx_connector.connector import Duration
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
@@ -110,6 +111,7 @@ class Config:
     privacy: Privacy = field(default_factory=Privacy)
     checkouts: Checkouts = field(default_factory=Checkouts)
     metrics: Metrics = field(default_factory=Metrics)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -123,6 +125,7 @@ class Config:
             values.append(password)
         for name, settings in self.connectors.items():
             values += registry.available()[name](settings).secrets()
+        values += self.alerts.secrets()
         return [v for v in values if v]
 
 
@@ -245,6 +248,7 @@ class ConfigSchema(_Strict):
     privacy = fields.Nested(PrivacySchema, load_default=Privacy)
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
     metrics = fields.Nested(MetricsSchema, load_default=Metrics)
+    alerts = fields.Nested(AlertSettingsSchema, load_default=AlertSettings)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")
@@ -347,6 +351,10 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
                 connectors[name] = known[name].settings_schema().load(settings)
             except ValidationError as exc:
                 problems += _flatten(exc.messages, f"connectors.{name}")
+    # alert rules may only name defined webhooks and enabled platforms that take alerts
+    named = section if isinstance(section, dict) else {}
+    problems += reference_problems(data.get("alerts"), {n: registry.available()[n] for n in named
+                                                        if n in registry.available()})
 
     if problems:
         # a key whose environment variable is missing reports that, not the empty value's fault

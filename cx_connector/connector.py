@@ -18,8 +18,8 @@ Inbound, a request goes through two pure methods:
   :class:`Normalised` result: frozen touchpoints plus identity/privacy
   :data:`Action` objects. It does no I/O; the clock is passed in.
 
-Everything outbound (enrichment, write-back, backfill) is declared below in its
-own section with a default that says the connector does not support it.
+Everything outbound (enrichment, write-back, backfill, alerts) is declared below in
+its own section with a default that says the connector does not support it.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ __all__ = [
     "Product",
     "RateBudget",
     "Rating",
+    "RecordAlert",
     "RecordWrite",
     "SampleDelivery",
     "ScoreField",
@@ -315,6 +316,26 @@ class WriteResult:
     @classmethod
     def merged(cls, into: str, *, landed: bool, reason: str = "") -> WriteResult:
         return cls("merged", reason or f"merged into {into}", merged_into=into, landed=landed)
+
+
+@dataclass(frozen=True)
+class RecordAlert:
+    """One alert to put on one platform record, as :meth:`Connector.post_alert` receives it.
+
+    ``key`` names this alert on this record and is the same on every attempt: put it
+    into what is created, so that a retry can find an earlier attempt that landed.
+    ``title`` is one line; ``lines`` the body, plain text (the connector formats it for
+    its platform). ``at``: when the alert fired. ``maybe_sent``: an earlier attempt may
+    have landed (it timed out, or its worker died): look before creating again when
+    the platform allows it.
+    """
+
+    key: str
+    external_id: str
+    title: str
+    lines: tuple[str, ...]
+    at: datetime
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -583,6 +604,31 @@ class Connector:
         Reads what exists; creates what is missing; reports a field that exists with
         another type as a conflict and leaves it alone. With ``dry_run`` only the
         reads are made and each create is returned as its exact request.
+        """
+        raise NotImplementedError
+
+    # -- alerts (issue 7) ------------------------------------------------------------------
+    # An alert rule (``alerts.rules.<name>.platforms``) can put its alert on the customer's
+    # record on a platform: a task on a HubSpot contact, an internal note on a Zendesk
+    # user. The core (:mod:`cx_connector.alerts.deliver`) decides when, picks the record
+    # (the customer's oldest identity of this source that is not gone and passes
+    # :meth:`writable_record`), spends :meth:`rate_budget` through the :class:`Throttle`
+    # it passes in, retries with backoff, parks what keeps failing and audits every
+    # attempt; the connector only speaks its API. Called by the clock process, never
+    # inside a webhook request.
+    #: what :meth:`post_alert` creates, for messages (``"task"``, ``"user note"``);
+    #: empty: the connector cannot take alerts (rules naming it are a config error)
+    alert_target: ClassVar[str] = ""
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """Put ``alert`` on record ``alert.external_id``; return a short reference for
+        the audit log (the task id, ``"note appended"``, ``"already there"``).
+
+        Call ``throttle.wait()`` before every HTTP request. Failures raise the
+        :class:`~cx_connector.errors.PlatformAPIError` subclass
+        :func:`cx_connector.http.raise_for_status` maps them to: a 429 or an outage is
+        retried with backoff, a refusal (400/422) or a deleted record (404) is given up
+        with its reason. Never overwrite what people wrote on the record.
         """
         raise NotImplementedError
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     Double,
     ForeignKey,
@@ -409,6 +410,61 @@ class MetricValue(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class AlertRule(Base):
+    """A configured alert rule as the alerts job knows it. The first evaluation of a rule
+    records the customers who already match as a baseline (nothing sent), so enabling a
+    rule does not page anyone about every customer who was red long before."""
+
+    __tablename__ = "alert_rules"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    condition: Mapped[str] = mapped_column(String(32))
+    first_evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AlertDelivery(Base):
+    """One action of one alert (a signed POST, a HubSpot task, a Zendesk note): the
+    alerts' outbox. Decided in the transaction that fires (or clears) the alert, sent
+    afterwards: ``pending`` -> ``in_flight`` (claimed) -> ``done``, or back to pending
+    with ``next_attempt_at`` after a retryable failure, or ``dead`` with ``last_error``
+    (``cx-connector alerts retry`` re-queues it), or ``skipped`` when there is nothing to
+    send it to (no HubSpot contact). ``details`` holds what fired, never personal data:
+    the message is rendered when it is sent."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "customer_id", "rule"))
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    customer_id: Mapped[int | None] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="SET NULL"), nullable=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(32))
+    #: fired | cleared
+    event: Mapped[str] = mapped_column(String(16))
+    #: when the alert (this episode of it) fired: with customer and rule, names the alert
+    fired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: ``webhook:<name>`` or ``platform:<connector>``
+    action: Mapped[str] = mapped_column(String(80))
+    #: the platform record it was sent to (platform actions)
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    details: Mapped[dict] = mapped_column(Json, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: an earlier attempt may have landed (timeout, 5xx, a worker that died): the next
+    #: one looks before creating again where the target allows it
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what the target answered (HTTP status, task id)
+    result: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 deliveries = Delivery.__table__
 customers = Customer.__table__
 identities = Identity.__table__
@@ -426,3 +482,5 @@ audit_log = AuditEntry.__table__
 backfill_state = BackfillState.__table__
 alert_states = AlertState.__table__
 metric_values = MetricValue.__table__
+alert_rules = AlertRule.__table__
+alert_deliveries = AlertDelivery.__table__

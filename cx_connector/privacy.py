@@ -30,6 +30,7 @@ rows keep their old profile, so they are part of the person).
   addresses or, within the same source, one of their record ids (whole token,
   6+ characters: shorter ids are too ambiguous to match in free JSON);
 * write-back: their outbox rows and ``written_values`` deleted;
+* alerts: their alert deliveries deleted (nothing more is sent about them);
 * score explanations and alert details: the same value scrub as attributes;
 * one ``privacy_forget`` audit entry with counts and ids, never the personal data.
 
@@ -64,6 +65,7 @@ from cx_connector import audit, identity
 from cx_connector.connector import Export, Forget, ForgetAll
 from cx_connector.db import json_dumps
 from cx_connector.models import (
+    alert_deliveries,
     alert_states,
     audit_log,
     backfill_state,
@@ -385,6 +387,7 @@ def _erase_people(conn: Connection, person: Person, scrub: Scrubber, now: dateti
                     conn.execute(update(table).where(*(c == row[c.name] for c in key))
                                  .values({column: clean}))
         result.writes += conn.execute(delete(outbox).where(outbox.c.customer_id.in_(chunk))).rowcount
+        conn.execute(delete(alert_deliveries).where(alert_deliveries.c.customer_id.in_(chunk)))
         result.identities += conn.execute(delete(identities).where(
             identities.c.customer_id.in_(chunk))).rowcount
         conn.execute(update(customers).where(customers.c.id.in_(chunk)).values(
@@ -484,6 +487,8 @@ def collect(conn: Connection, target: Target, *, now: datetime) -> dict[str, Any
             "score_history": _rows(conn, select(score_snapshots).where(
                 score_snapshots.c.customer_id.in_(group)).order_by(score_snapshots.c.scored_at)),
             "alerts": _rows(conn, select(alert_states).where(alert_states.c.customer_id.in_(group))),
+            "alert_deliveries": _rows(conn, select(alert_deliveries).where(
+                alert_deliveries.c.customer_id.in_(group)).order_by(alert_deliveries.c.id)),
             "write_back": _rows(conn, select(outbox).where(writes_cond).order_by(outbox.c.id)),
             "written_values": _rows(conn, select(written_values).where(tuple_(
                 written_values.c.source, written_values.c.external_id).in_(records))) if records else [],

@@ -39,11 +39,14 @@ class Job:
     every: Callable[[Config], timedelta]
     #: the lease that serialises runs; jobs sharing a lease never run together
     lease: str = ""
+    #: ids of jobs after each run of which this one also runs at once
+    after: tuple[str, ...] = ()
 
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
     from cx_connector import checkouts, sync
+    from cx_connector.alerts import run as alerts
 
     # scoring is imported here so that numpy and scipy load only where jobs run
     from cx_connector.scoring import kpis
@@ -55,6 +58,8 @@ def jobs() -> list[Job]:
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
         Job("checkouts", checkouts.run, lambda config: config.schedule.score_every),
         Job("score", scoring.job, lambda config: config.schedule.score_every, lease=scoring.LEASE),
+        # alerts react to new scores at once, and to new touchpoints (NPS, reopens) on their own
+        Job("alerts", alerts.job, lambda config: config.alerts.every, lease=alerts.LEASE, after=("score",)),
         Job("kpis", kpis.job, lambda config: kpis.CHECK_EVERY, lease=kpis.LEASE),
         Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
@@ -117,8 +122,24 @@ def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
         stored.record_run(conn, record)  # the run's counters commit with its row
 
 
+def follow_ups(sched: Any, rt: Runtime, all_jobs: list[Job]) -> Callable[[Any], None]:
+    """An APScheduler listener that brings a job's next run forward to now when a job it
+    runs ``after`` has finished (``alerts`` right after ``score``)."""
+    followers: dict[str, list[str]] = {}
+    for job in all_jobs:
+        for first in job.after:
+            followers.setdefault(first, []).append(job.id)
+
+    def listener(event: Any) -> None:
+        for job_id in followers.get(event.job_id, []):
+            sched.modify_job(job_id, next_run_time=rt.now())
+
+    return listener
+
+
 def build(rt: Runtime) -> Any:
     """A BlockingScheduler with every job (each runs once right away, then on its interval)."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     sched = BlockingScheduler(timezone="UTC", job_defaults={
@@ -128,4 +149,5 @@ def build(rt: Runtime) -> Any:
                       id=job.id, name=job.id, args=(rt, job.id, job.func),
                       kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
                       replace_existing=True)
+    sched.add_listener(follow_ups(sched, rt, jobs()), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     return sched

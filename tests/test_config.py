@@ -108,7 +108,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_example_config_is_valid_and_documents_every_key():
     env = {k: "x" * 24 for k in ("CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN",
                                  "ZENDESK_API_TOKEN", "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN",
-                                 "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")}
+                                 "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET", "CX_ALERTS_SECRET")}
     c = load_config(EXAMPLE, env=env)
     assert set(c.connectors) == {"generic", "hubspot", "zendesk", "shopify"}
     text = EXAMPLE.read_text()
@@ -147,7 +147,8 @@ def test_privacy_and_checkouts_sections():
     assert set(p) == {"privacy.export_dir", "privacy.dir", "checkouts.abandon_after"}
     c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
         "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
-        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET",
+        "CX_ALERTS_SECRET")})
     assert c.privacy.export_dir == "exports" and c.checkouts.abandon_after == timedelta(hours=6)
     assert c.connectors["shopify"].max_delivery_age == timedelta(hours=5)
 
@@ -182,7 +183,8 @@ def test_example_config_documents_every_scoring_key():
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
         "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
-        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET",
+        "CX_ALERTS_SECRET")})
     assert c.scoring == ScoringSettings()  # the example shows the defaults
 
     def keys(obj, prefix):

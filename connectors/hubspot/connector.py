@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from connectors.hubspot import backfill, setup, signatures, writer
+from connectors.hubspot import backfill, setup, signatures, tasks, writer
 from connectors.hubspot import normalise as norm
 from connectors.hubspot.client import Contact, HubSpotClient
 from cx_connector.connector import (
@@ -28,6 +28,7 @@ from cx_connector.connector import (
     Normalised,
     PlannedRequest,
     RateBudget,
+    RecordAlert,
     RecordWrite,
     SampleDelivery,
     SettingsSchema,
@@ -66,6 +67,10 @@ class HubSpotSettings:
     #: the account's API budget: 100 per 10 s (Free/Starter), 190 (Professional/Enterprise),
     #: 250 (API limit increase); https://developers.hubspot.com/changelog/increasing-our-api-limits
     requests_per_10s: int = 100
+    #: alert tasks: assigned to ``contact_owner``, to nobody (``none``) or to this owner id
+    alert_task_owner: str = "contact_owner"
+    #: alert tasks' priority: LOW, MEDIUM or HIGH
+    alert_task_priority: str = "HIGH"
 
 
 class SurveyPropertyField(fields.Field):
@@ -116,6 +121,10 @@ class HubSpotSettingsSchema(SettingsSchema):
     currency = fields.String(load_default=None, allow_none=True,
                              validate=validate.Regexp(r"^[A-Z]{3}$", error="an ISO 4217 code, e.g. EUR"))
     requests_per_10s = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    alert_task_owner = fields.String(load_default="contact_owner", validate=validate.Regexp(
+        r"^(contact_owner|none|\d{1,20})$", error="contact_owner, none, or a numeric HubSpot owner id"))
+    alert_task_priority = fields.String(load_default="HIGH",
+                                        validate=validate.OneOf(["LOW", "MEDIUM", "HIGH"]))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> HubSpotSettings:
@@ -179,6 +188,14 @@ class HubSpotConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, dry_run=dry_run)
+
+    # -- alerts (connectors/hubspot/tasks.py) --
+    alert_target = "task"
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """A task on the contact, assigned to its owner (see :mod:`connectors.hubspot.tasks`)."""
+        return tasks.post(self._api, throttle, alert, owner=self.settings.alert_task_owner,
+                          priority=self.settings.alert_task_priority)
 
     # -- inbound ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.zendesk import backfill, normalise, setup, signatures, writer
+from connectors.zendesk import backfill, normalise, notes, setup, signatures, writer
 from connectors.zendesk.client import SHOW_MANY_LIMIT, ZendeskClient
 from cx_connector.connector import (
     BackfillPage,
@@ -29,6 +29,7 @@ from cx_connector.connector import (
     Normalised,
     PlannedRequest,
     RateBudget,
+    RecordAlert,
     RecordWrite,
     SampleDelivery,
     SettingsSchema,
@@ -122,6 +123,14 @@ class ZendeskConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, dry_run=dry_run)
+
+    # -- alerts (connectors/zendesk/notes.py) --
+    alert_target = "user note"
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """Appended to the user's notes, which agents see on the profile (see
+        :mod:`connectors.zendesk.notes`)."""
+        return notes.post(self._api, throttle, alert)
 
     # -- inbound -----------------------------------------------------------------------
 

@@ -22,3 +22,5 @@ def check_config(state: State) -> None:
                "admin_token" if config.admin_token else "disabled (no metrics.token nor admin_token)")
     click.echo(f"  /metrics:   {metrics}")
     click.echo(f"  write-back: {'dry run' if config.writeback.dry_run else 'live'}")
+    rules = ", ".join(f"{r.name} ({r.condition})" for r in config.alerts.rules.values())
+    click.echo(f"  alerts:     {rules or 'no rules'}")  # never the webhooks' URLs: they are secrets

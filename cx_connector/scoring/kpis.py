@@ -30,11 +30,12 @@ customers with purchases who bought more than one category or product).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, select, true
 
 from cx_connector import db
 from cx_connector.models import customers, kpi_snapshots, population_models, scores, touchpoints
@@ -45,6 +46,7 @@ from cx_connector.scoring.settings import ScoringSettings
 from cx_connector.touchpoint import STAGES
 
 t = touchpoints.c
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _pct(part: float, whole: float) -> float | None:
@@ -68,15 +70,19 @@ def _nps(conn: Connection, start: datetime, end: datetime) -> tuple[float | None
     return round(100.0 * ((points >= 9).sum() - (points <= 6).sum()) / n, 1), n
 
 
-def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[int | None, datetime, float]]:
+def _purchases(conn: Connection, start: datetime, end: datetime,
+               customer_ids: Sequence[int] | None = None) -> list[tuple[int | None, datetime, float]]:
     """(customer, time, net value) of the purchases placed in the range, counted as scoring
-    counts them: cancelled or fully refunded orders left out, partial refunds deducted."""
+    counts them: cancelled or fully refunded orders left out, partial refunds deducted.
+    ``customer_ids``: only these customers' purchases (at most a few hundred ids)."""
     order_ref = t.source.concat(":").concat(t.attributes["order_id"].as_string())
     deal_ref = t.source.concat(":").concat(t.attributes["deal_id"].as_string())
+    whose = t.customer_id.in_(list(customer_ids)) if customer_ids is not None else true()
     cancelled: set[str] = set()
     refunds: dict[str, float] = {}
     for kind, ref, value in conn.execute(select(t.kind, order_ref, t.value).where(
-            t.kind.in_(("order_cancelled", "refund_issued")), t.occurred_at > start, t.occurred_at <= end)):
+            t.kind.in_(("order_cancelled", "refund_issued")), t.occurred_at > start, t.occurred_at <= end,
+            whose)):
         if ref is None:
             continue
         if kind == "order_cancelled":
@@ -85,7 +91,7 @@ def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[i
             refunds[ref] = refunds.get(ref, 0.0) + abs(float(value))
     rows = conn.execute(select(t.customer_id, t.occurred_at, t.value,
                                case((t.kind == "deal_won", deal_ref), else_=order_ref))
-                        .where(_in(PURCHASE_KINDS, start, end))).all()
+                        .where(_in(PURCHASE_KINDS, start, end), whose)).all()
     seen: set[str] = set()
     out = []
     for cid, when, value, ref in rows:
@@ -100,6 +106,18 @@ def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[i
             amount -= refunded
         out.append((cid, when, amount))
     return out
+
+
+def net_revenue(conn: Connection, customer_ids: Sequence[int], end: datetime) -> dict[int, float]:
+    """Each customer's revenue up to ``end``: every purchase, net of cancellations and
+    refunds, as :func:`_purchases` counts it (alerts' ``lifetime_revenue``)."""
+    out = {int(c): 0.0 for c in customer_ids}
+    ids = sorted(out)
+    for i in range(0, len(ids), 500):
+        for cid, _, amount in _purchases(conn, EPOCH, end, ids[i:i + 500]):
+            if cid is not None:
+                out[cid] += amount
+    return {c: round(v, 2) for c, v in out.items()}
 
 
 def _resolution_hours(conn: Connection, start: datetime, end: datetime, lookback: datetime) -> list[float]:
