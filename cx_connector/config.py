@@ -92,6 +92,18 @@ class Checkouts:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """The admin console's session cookie (the token itself is ``admin_token``)."""
+
+    #: ``auto``: Secure when the request came over https (directly, or per the
+    #: X-Forwarded-Proto/Forwarded header of a TLS-terminating proxy); ``always``: Secure
+    #: on every response (TLS ends at a proxy that sets no such header)
+    secure_cookie: str = "auto"
+    #: a session unused for this long must log in again
+    session_lifetime: timedelta = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = None
@@ -102,6 +114,7 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     privacy: Privacy = field(default_factory=Privacy)
     checkouts: Checkouts = field(default_factory=Checkouts)
+    admin: Admin = field(default_factory=Admin)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -193,6 +206,16 @@ class CheckoutsSchema(_Strict):
         return Checkouts(**data)
 
 
+class AdminSchema(_Strict):
+    secure_cookie = fields.String(load_default=Admin.secure_cookie,
+                                  validate=validate.OneOf(["auto", "always"]))
+    session_lifetime = Duration(load_default=Admin.session_lifetime)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Admin:
+        return Admin(**data)
+
+
 def _connectors_schema() -> type[Schema]:
     available = registry.available()
     attrs: dict[str, Any] = {
@@ -221,6 +244,7 @@ class ConfigSchema(_Strict):
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
     privacy = fields.Nested(PrivacySchema, load_default=Privacy)
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
+    admin = fields.Nested(AdminSchema, load_default=Admin)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")
