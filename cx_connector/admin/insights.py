@@ -62,11 +62,15 @@ def cache() -> Cache:
 
 
 def data_version(conn: Connection) -> tuple[Any, ...]:
-    """Changes whenever a scoring run or a KPI snapshot finishes (two index lookups)."""
-    runs = tuple(conn.execute(select(func.max(job_runs.c.started_at)).where(job_runs.c.job == job)).scalar()
+    """Changes whenever a scoring run or a KPI snapshot starts or finishes: the latest run of
+    each job (id and status) and the latest snapshot; a few index lookups."""
+    runs = tuple(tuple(conn.execute(select(job_runs.c.id, job_runs.c.status).where(job_runs.c.job == job)
+                                    .order_by(job_runs.c.started_at.desc(), job_runs.c.id.desc())
+                                    .limit(1)).first() or ())
                  for job in ("score", "kpis"))
-    latest = conn.execute(select(func.max(kpi_snapshots.c.day))).scalar()
-    return (*runs, latest)
+    latest = conn.execute(select(kpi_snapshots.c.day, kpi_snapshots.c.computed_at)
+                          .order_by(kpi_snapshots.c.day.desc()).limit(1)).first()
+    return (*runs, tuple(latest or ()))
 
 
 # --- KPI tiles -------------------------------------------------------------------------------

@@ -140,7 +140,12 @@ def logout() -> Any:
 
 @console.app_template_global()
 def csrf_token() -> str:
-    return auth.csrf_token()
+    return auth.csrf_token() if auth.admin_token() else ""
+
+
+@console.app_template_global()
+def logged_in() -> bool:
+    return auth.logged_in()
 
 
 # --- overview and pain points ------------------------------------------------------------------------
@@ -199,18 +204,22 @@ def customer_list() -> Any:
                            titles=titles())
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timeline_cursor(touchpoint: dict[str, Any]) -> str:
+    """``<microseconds since 1970>_<id>`` of the last touchpoint shown: where the next page starts."""
+    return f"{(touchpoint['occurred_at'] - _EPOCH) // timedelta(microseconds=1)}_{touchpoint['id']}"
+
+
 def _timeline_cursor() -> tuple[datetime, int] | None:
     raw = request.args.get("older")
     if not raw:
         return None
-    at, _, tid = raw.rpartition("_")
-    try:
-        when = datetime.fromisoformat(at)
-    except ValueError:
-        when = None
-    if when is None or not tid.isdigit():
+    micros, _, tid = raw.partition("_")
+    if not micros.isdigit() or not tid.isdigit():
         raise InvalidParameter("older must be the cursor of the timeline's 'older' link")
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)), int(tid)
+    return _EPOCH + timedelta(microseconds=int(micros)), int(tid)
 
 
 @console.get("/customers/<int:customer_id>")
@@ -233,7 +242,7 @@ def customer(customer_id: int) -> Any:
         history = _score_history(conn, cid)
         audit = _audit(conn, cid)
     more = timeline[PAGE - 1] if len(timeline) > PAGE else None
-    older_cursor = f"{more['occurred_at'].isoformat()}_{more['id']}" if more else None
+    older_cursor = timeline_cursor(more) if more else None
     return render_template("admin/customer.html", c=summary, explained=explained, fields=FIELDS,
                            timeline=timeline[:PAGE], older=older_cursor, newest=older is None,
                            writes=writes, history=history, audit=audit,
