@@ -30,16 +30,26 @@ def cookie_of(resp, name: str = "cx_admin") -> dict[str, str]:
     raise AssertionError(f"no {name} cookie set")
 
 
-def app_with(database_url: str, **overrides):
-    rt = build(make_config(database_url, **overrides), clock=lambda: NOW)
-    return create_app(rt=rt, configure_logging=False)
+@pytest.fixture
+def app_with(database_url):
+    """Apps on the test database with other settings (each its own engine, disposed after)."""
+    runtimes = []
+
+    def make(**overrides):
+        rt = build(make_config(database_url, **overrides), clock=lambda: NOW)
+        runtimes.append(rt)
+        return create_app(rt=rt, configure_logging=False)
+
+    yield make
+    for rt in runtimes:
+        rt.engine.dispose()
 
 
 # --- no token: closed, saying how to open it ----------------------------------------------------
 
 
-def test_without_an_admin_token_the_console_and_the_api_refuse_and_say_how_to_set_one(database_url):
-    app = app_with(database_url, admin_token=None)
+def test_without_an_admin_token_the_console_and_the_api_refuse_and_say_how_to_set_one(app_with):
+    app = app_with(admin_token=None)
     client = app.test_client()
     for path in ("/admin/", "/admin/login", "/admin/customers", "/admin/operations"):
         resp = client.get(path)
@@ -111,26 +121,26 @@ def test_a_forwarded_header_cannot_take_the_secure_flag_away(client):
     assert "secure" in cookie_of(page)
 
 
-def test_secure_cookie_always(database_url):
-    client = app_with(database_url, admin={"secure_cookie": "always"}).test_client()
+def test_secure_cookie_always(app_with):
+    client = app_with(admin={"secure_cookie": "always"}).test_client()
     assert "secure" in cookie_of(client.get("/admin/login"))
 
 
-def test_every_worker_accepts_the_session_and_another_token_does_not(database_url):
-    first = app_with(database_url).test_client()
+def test_every_worker_accepts_the_session_and_another_token_does_not(app_with):
+    first = app_with().test_client()
     cookie = cookie_of(login(first))["value"]
-    other_worker = app_with(database_url).test_client()
+    other_worker = app_with().test_client()
     other_worker.set_cookie("cx_admin", cookie)
     assert other_worker.get("/admin/").status_code == 200
-    new_token = app_with(database_url, admin_token="a-new-admin-token-after-rotation").test_client()
+    new_token = app_with(admin_token="a-new-admin-token-after-rotation").test_client()
     new_token.set_cookie("cx_admin", cookie)
     assert new_token.get("/admin/").status_code == 302  # rotating the token logs everyone out
-    tampered = app_with(database_url).test_client()
+    tampered = app_with().test_client()
     tampered.set_cookie("cx_admin", cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB"))
     assert tampered.get("/admin/").status_code == 302
 
 
-def test_a_session_expires_after_its_lifetime(database_url, monkeypatch):
+def test_a_session_expires_after_its_lifetime(app_with, monkeypatch):
     import itsdangerous.timed
 
     now = itsdangerous.timed.TimestampSigner.get_timestamp
@@ -139,11 +149,11 @@ def test_a_session_expires_after_its_lifetime(database_url, monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(itsdangerous.timed.TimestampSigner, "get_timestamp",
                       lambda self: now(self) - minutes_ago * 60)
-            return cookie_of(login(app_with(database_url, admin={"session_lifetime": "30m"})
+            return cookie_of(login(app_with(admin={"session_lifetime": "30m"})
                                    .test_client()))["value"]
 
     for minutes_ago, status in ((29, 200), (31, 302)):
-        client = app_with(database_url, admin={"session_lifetime": "30m"}).test_client()
+        client = app_with(admin={"session_lifetime": "30m"}).test_client()
         client.set_cookie("cx_admin", cookie_signed(minutes_ago))
         assert client.get("/admin/").status_code == status, minutes_ago
 
