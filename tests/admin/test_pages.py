@@ -292,3 +292,20 @@ def test_retry_all_dead_writes_of_a_platform(shop, admin, rt):
         left = dict(conn.execute(select(outbox.c.source, func.count()).where(outbox.c.status == "dead")
                                  .group_by(outbox.c.source)).all())
     assert source not in left and left == {s: n for s, n in by_source.items() if s != source}
+
+
+def test_the_token_never_appears_in_a_page_an_answer_or_the_log(shop, client, rt, caplog):
+    from tests.admin.conftest import TOKEN, login
+
+    caplog.set_level("DEBUG")
+    login(client, "a-wrong-token-" + TOKEN[::-1])
+    login(client)
+    with db.read(rt.engine) as conn:
+        cid = conn.execute(select(customers.c.id).limit(1)).scalar_one()
+    bodies = [client.get(path).get_data(as_text=True) for path in (
+        "/admin/", "/admin/pain-points", "/admin/customers", f"/admin/customers/{cid}", "/admin/operations",
+        "/admin/customers/999999", "/admin/customers?health=bad", "/api/v1/kpis", f"/api/v1/customers/{cid}",
+        "/api/v1/customers?limit=0")]
+    headers = [str(r.headers) for r in (client.get("/admin/"), client.get("/api/v1/kpis"))]
+    for text in [*bodies, *headers, caplog.text]:
+        assert TOKEN not in text and TOKEN[::-1] not in text
