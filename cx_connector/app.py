@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cx_connector import db, inbox, logs
+from cx_connector import admin, db, inbox, logs
 from cx_connector.config import Config, load_config
 from cx_connector.errors import CxError, DatabaseUnavailable, NotFound, SignatureError
 from cx_connector.metrics import scrape as metrics_endpoint
@@ -87,6 +87,7 @@ def _error(exc: BaseException) -> Any:
     if isinstance(exc, CxError):
         resp = jsonify(exc.to_json())
         resp.status_code = exc.http_status
+        resp.headers.extend(getattr(exc, "headers", None) or {})
         if exc.http_status == 503:
             resp.headers["Retry-After"] = "10"
         return resp
@@ -160,6 +161,7 @@ def create_app(config_path: str | None = None, *, config: Config | None = None,
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
     app.register_blueprint(metrics_endpoint.blueprint)
+    admin.init_app(app)  # /admin pages and /api/v1 (cx_connector/admin)
     app.register_error_handler(Exception, _error)
     app.before_request(_before)
     app.after_request(_after)

@@ -98,6 +98,16 @@ class Metrics:
     #: bearer token for GET /metrics (16+ characters); the admin token is always accepted too
     token: str | None = None
 
+class Admin:
+    """The admin console's session cookie (the token itself is ``admin_token``)."""
+
+    #: ``auto``: Secure when the request came over https (directly, or per the
+    #: X-Forwarded-Proto/Forwarded header of a TLS-terminating proxy); ``always``: Secure
+    #: on every response (TLS ends at a proxy that sets no such header)
+    secure_cookie: str = "auto"
+    #: a session unused for this long must log in again
+    session_lifetime: timedelta = timedelta(hours=12)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -112,6 +122,7 @@ class Config:
     checkouts: Checkouts = field(default_factory=Checkouts)
     metrics: Metrics = field(default_factory=Metrics)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    admin: Admin = field(default_factory=Admin)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -217,6 +228,14 @@ class MetricsSchema(_Strict):
     @post_load
     def _make(self, data: dict, **_: Any) -> Metrics:
         return Metrics(token=data["token"] or None)  # "" (an unset ${VAR:-}): no token
+class AdminSchema(_Strict):
+    secure_cookie = fields.String(load_default=Admin.secure_cookie,
+                                  validate=validate.OneOf(["auto", "always"]))
+    session_lifetime = Duration(load_default=Admin.session_lifetime)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Admin:
+        return Admin(**data)
 
 
 def _connectors_schema() -> type[Schema]:
@@ -249,6 +268,7 @@ class ConfigSchema(_Strict):
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
     metrics = fields.Nested(MetricsSchema, load_default=Metrics)
     alerts = fields.Nested(AlertSettingsSchema, load_default=AlertSettings)
+    admin = fields.Nested(AdminSchema, load_default=Admin)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy import exc as sa_exc
 
-from cx_connector import db, identity, privacy
+from cx_connector import audit, db, identity, privacy
 from cx_connector.connector import (
     CatalogueProduct,
     Connector,
@@ -281,4 +281,50 @@ def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int
                            error=f"connector {row['source']} is not enabled in the configuration")
         delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
                             received_at=row["received_at"])
-        return process(conn, connector, delivery_id, delivery, now=now, actor=actor)
+        receipt = process(conn, connector, delivery_id, delivery, now=now, actor=actor)
+        audit.record(conn, actor=actor, action="delivery_replayed", at=now, source=row["source"],
+                     details={"delivery_id": delivery_id, "was": row["status"], "status": receipt.status,
+                              "touchpoints": receipt.touchpoints})
+        return receipt
+
+
+def replay_failed(engine: Engine, connectors: Mapping[str, Connector], *, source: str | None = None,
+                  now: datetime | None = None, actor: str = "cli", limit: int | None = None) -> list[Receipt]:
+    """Replay every failed delivery (of one source; the oldest ``limit``), oldest first, each
+    in its own transaction."""
+    q = select(deliveries.c.id).where(deliveries.c.status == "failed").order_by(deliveries.c.id).limit(limit)
+    if source:
+        q = q.where(deliveries.c.source == source)
+    with db.read(engine) as conn:
+        ids = list(conn.execute(q).scalars())
+    return [replay(engine, connectors, i, now=now, actor=actor) for i in ids]
+
+
+# --- the admin's side: what arrived, what failed -----------------------------------------------
+
+
+def list_deliveries(conn: Connection, *, status: str | None = None, source: str | None = None,
+                    limit: int = 50) -> list[dict]:
+    """The newest deliveries (of a status, of a source) with how many touchpoints each stored."""
+    stored = (select(func.count()).where(touchpoints.c.delivery_id == deliveries.c.id)
+              .scalar_subquery().label("touchpoints"))
+    q = select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at,
+               deliveries.c.status, stored, deliveries.c.attempts, deliveries.c.processed_at,
+               deliveries.c.error).order_by(deliveries.c.id.desc()).limit(limit)
+    if status:
+        q = q.where(deliveries.c.status == status)
+    if source:
+        q = q.where(deliveries.c.source == source)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def counts(conn: Connection, *, since: datetime | None = None) -> dict[str, dict[str, int]]:
+    """``{source: {status: n}}`` of the deliveries received since ``since`` (all: ``None``)."""
+    q = select(deliveries.c.source, deliveries.c.status, func.count()).group_by(
+        deliveries.c.source, deliveries.c.status)
+    if since is not None:
+        q = q.where(deliveries.c.received_at >= since)
+    out: dict[str, dict[str, int]] = {}
+    for source, status, n in conn.execute(q):
+        out.setdefault(source, {})[status] = n
+    return out

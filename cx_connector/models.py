@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -230,7 +232,12 @@ class CatalogueEntry(Base):
 
 
 class Score(Base):
-    """The latest scores of a customer, with the explanation of each."""
+    """The latest scores of a customer, with the explanation of each.
+
+    Also indexed by the expression ``score_values ->> 'cx_health'`` (``ix_scores_health``,
+    migration ``0004_admin``, with ``customer_id``): lists by health. The expression is
+    spelt per database, so the index is declared in :data:`SCORE_HEALTH_INDEX` below.
+    """
 
     __tablename__ = "scores"
 
@@ -464,6 +471,15 @@ class AlertDelivery(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
+
+#: ``ix_scores_health`` per database (cx_connector.customers.health_of spells the same expression)
+SCORE_HEALTH_INDEX = {
+    "sqlite": "CREATE INDEX ix_scores_health ON scores "
+              "(json_extract(score_values, '$.cx_health'), customer_id)",
+    "postgresql": "CREATE INDEX ix_scores_health ON scores ((score_values ->> 'cx_health'), customer_id)",
+}
+for _dialect, _ddl in SCORE_HEALTH_INDEX.items():
+    event.listen(Score.__table__, "after_create", DDL(_ddl).execute_if(dialect=_dialect))
 
 deliveries = Delivery.__table__
 customers = Customer.__table__

@@ -713,13 +713,23 @@ def _audit_dry_run(engine: Engine, source: str, rows: list[Claimed], now: dateti
 
 
 def list_writes(engine: Engine, *, dead: bool = False, source: str | None = None,
-                limit: int = 100) -> list[dict[str, Any]]:
-    """Pending, in-flight and retried writes (or only dead ones), oldest first."""
+                limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+    """Pending, in-flight and retried writes (or only dead ones), oldest first.
+
+    ``status``: only ``pending`` (never tried yet), ``retrying`` (pending after a failed
+    attempt), ``in_flight`` or ``dead``.
+    """
     statuses = ["dead"] if dead else ["pending", "in_flight", "dead"]
+    if status is not None:
+        statuses = ["pending"] if status == "retrying" else [status]
     q = (select(outbox.c.id, outbox.c.source, outbox.c.external_id, outbox.c.customer_id,
                 outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.fields,
                 outbox.c.previous, outbox.c.last_error, outbox.c.created_at, outbox.c.updated_at)
          .where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit))
+    if status == "retrying":
+        q = q.where(outbox.c.attempts > 0)
+    elif status == "pending":
+        q = q.where(outbox.c.attempts == 0)
     if source:
         q = q.where(outbox.c.source == source)
     with db.read(engine) as conn:

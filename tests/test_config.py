@@ -196,3 +196,19 @@ def test_example_config_documents_every_scoring_key():
     for key in keys(ScoringSettings(), "scoring"):
         assert f"{key.rsplit('.', 1)[1]}:" in text, key
         assert f"`{key}`" in readme or any(f"`{key}" in line for line in readme.splitlines()), key
+
+
+def test_admin_section():
+    from cx_connector.config import Admin
+
+    c = config_from_mapping({}, env={})
+    assert c.admin == Admin()
+    assert (c.admin.secure_cookie, c.admin.session_lifetime) == ("auto", timedelta(hours=12))
+    c = config_from_mapping({"admin": {"secure_cookie": "always", "session_lifetime": "30m"}}, env={})
+    assert (c.admin.secure_cookie, c.admin.session_lifetime) == ("always", timedelta(minutes=30))
+    p = problems({"admin": {"secure_cookie": "never", "session_lifetime": "0s", "cookie": "x"}})
+    assert p == {"admin.secure_cookie": "Must be one of: auto, always.",
+                 "admin.session_lifetime": "must be longer than zero",
+                 "admin.cookie": "unknown key (misspelt? see config/cx-connector.example.yaml)"}
+    text = EXAMPLE.read_text()
+    assert "secure_cookie: auto" in text and "session_lifetime: 12h" in text

@@ -26,17 +26,8 @@ def events() -> None:
 def list_(state: State, status: str | None, source: str | None, limit: int, as_json: bool) -> None:
     """List the newest deliveries with their status and error."""
     rt = state.runtime()
-    stored = (select(func.count()).where(touchpoints.c.delivery_id == deliveries.c.id)
-              .scalar_subquery().label("touchpoints"))
-    q = select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at,
-               deliveries.c.status, stored, deliveries.c.attempts,
-               deliveries.c.error).order_by(deliveries.c.id.desc()).limit(limit)
-    if status:
-        q = q.where(deliveries.c.status == status)
-    if source:
-        q = q.where(deliveries.c.source == source)
     with db.read(rt.engine) as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings()]
+        rows = inbox.list_deliveries(conn, status=status, source=source, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -90,14 +81,9 @@ def replay(state: State, delivery_id: int | None, all_failed: bool, source: str 
         raise click.UsageError("give a delivery ID or --failed (not both)")
     rt = state.runtime()
     if all_failed:
-        q = select(deliveries.c.id).where(deliveries.c.status == "failed").order_by(deliveries.c.id)
-        if source:
-            q = q.where(deliveries.c.source == source)
-        with db.read(rt.engine) as conn:
-            ids = list(conn.execute(q).scalars())
+        results = inbox.replay_failed(rt.engine, rt.connectors, source=source, now=rt.now())
     else:
-        ids = [delivery_id]
-    results = [inbox.replay(rt.engine, rt.connectors, i, now=rt.now()) for i in ids]
+        results = [inbox.replay(rt.engine, rt.connectors, delivery_id, now=rt.now())]
     if as_json:
         emit_json([r.__dict__ for r in results])
     else:
