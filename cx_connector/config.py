@@ -98,6 +98,8 @@ class Metrics:
     #: bearer token for GET /metrics (16+ characters); the admin token is always accepted too
     token: str | None = None
 
+
+@dataclass(frozen=True)
 class Admin:
     """The admin console's session cookie (the token itself is ``admin_token``)."""
 
@@ -228,6 +230,8 @@ class MetricsSchema(_Strict):
     @post_load
     def _make(self, data: dict, **_: Any) -> Metrics:
         return Metrics(token=data["token"] or None)  # "" (an unset ${VAR:-}): no token
+
+
 class AdminSchema(_Strict):
     secure_cookie = fields.String(load_default=Admin.secure_cookie,
                                   validate=validate.OneOf(["auto", "always"]))

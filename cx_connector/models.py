@@ -481,6 +481,7 @@ SCORE_HEALTH_INDEX = {
 for _dialect, _ddl in SCORE_HEALTH_INDEX.items():
     event.listen(Score.__table__, "after_create", DDL(_ddl).execute_if(dialect=_dialect))
 
+
 deliveries = Delivery.__table__
 customers = Customer.__table__
 identities = Identity.__table__
