@@ -136,7 +136,8 @@ class _Stop(Exception):
         self.status, self.error = status, error
 
 
-def resources_of(connector: Connector) -> tuple[BackfillResource, ...]:
+def resources_of(connector: Connector | type[Connector]) -> tuple[BackfillResource, ...]:
+    """What a connector (instance or class) can backfill; empty: it has no history API."""
     return tuple(connector.backfill_resources)
 
 

@@ -62,7 +62,7 @@ def enrich(rt: Runtime, *, source: str | None = None, limit: int | None = None,
     report: dict[str, Any] = {}
     failures: list[PlatformAPIError] = []
     for connector in chosen:
-        if connector.lookup_batch_size <= 0:
+        if not can_look_up(connector):
             continue
         result, failure = _enrich_source(rt, connector, limit=limit, deadline=deadline)
         report[connector.name] = result
@@ -72,6 +72,11 @@ def enrich(rt: Runtime, *, source: str | None = None, limit: int | None = None,
         log.error("enrichment stopped", extra={"report": report})
         raise failures[0]
     return report
+
+
+def can_look_up(connector: Connector | type[Connector]) -> bool:
+    """Whether a connector (instance or class) can look records up on its platform."""
+    return connector.lookup_batch_size > 0
 
 
 def candidates(rt: Runtime, connector: Connector, now: datetime) -> list[tuple[int, str]]:

@@ -93,11 +93,13 @@ def test_failure_exits_1_and_says_how_to_resume_then_status_and_refusal(cli):
 
 def test_refused_for_a_connector_without_an_api_and_bad_since(cli):
     r = cli("backfill", "generic")
-    assert r.exit_code == 2 and "generic cannot backfill" in r.stderr
+    assert r.exit_code == 2 and ("generic has no API to import history from (enabled sources that "
+                                 "can: zendesk)") in r.stderr
     r = cli("backfill", "zendesk", "--since", "last tuesday")
     assert r.exit_code == 2 and "--since 'last tuesday'" in r.stderr
-    r = cli("backfill", "shopify")
-    assert r.exit_code == 1 and "connector shopify is not enabled" in r.stderr
+    r = cli("backfill", "shopify")  # a usage error like every other, naming what is enabled
+    assert r.exit_code == 2 and "shopify is not enabled" in r.stderr
+    assert "(enabled: generic, zendesk)" in r.stderr
     r = cli("backfill", "zendesk", "--status")
     assert r.exit_code == 0 and "no backfill of zendesk has been started" in r.stdout
     # a refused run prints its error alone, not a "backfill zendesk: ..." line as if it started

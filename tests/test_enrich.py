@@ -199,7 +199,7 @@ def test_cli_enrich(tmp_path, database_url, post_signed):
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)
     assert r.exit_code == 0 and "hubspot" in r.output and "LOOKED_UP" in r.output
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich", "--source", "zendesk"])
-    assert r.exit_code == 1 and "not enabled" in r.output
+    assert r.exit_code == 2 and "zendesk is not enabled" in r.output
     responses.replace(responses.POST, CONTACTS, status=401, json={})
     post_signed("hubspot", [ev("contact.creation", 8, 2)])
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)

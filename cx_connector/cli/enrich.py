@@ -8,11 +8,13 @@ import click
 
 from cx_connector import enrich as enrichment
 from cx_connector import scheduler
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 
 
 @click.command("enrich")
-@click.option("--source", default=None, help="Only this connector (e.g. hubspot).")
+@click.option("--source", default=None, metavar="NAME",
+              type=Source(enrichment.can_look_up, "cannot look records up"),
+              help="Only this connector (e.g. hubspot).")
 @click.option("--limit", default=None, type=click.IntRange(min=1),
               help="Look up at most this many ids per connector.")
 @json_option
@@ -31,8 +33,6 @@ def enrich_cmd(state: State, source: str | None, limit: int | None, as_json: boo
     running the job.
     """
     rt = state.runtime()
-    if source:
-        rt.connector(source)  # a clear error for an unknown or disabled connector
     run = scheduler.run_job(rt, "enrich", functools.partial(enrichment.enrich, source=source,
                                                             limit=limit))
     details = run["details"] if run["status"] == "ok" else {}
