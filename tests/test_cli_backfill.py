@@ -156,3 +156,15 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(cli):
     r = cli("backfill", "zendesk", "--status", "--json")
     assert [(s["resource"], s["status"], s["cursor"]) for s in json.loads(r.stdout)] == [
         ("satisfaction_ratings", "interrupted", "p2")]
+
+
+@responses.activate
+def test_a_wait_is_one_line_when_not_on_a_terminal(cli):
+    """The progress line is the report; the JSON log used to repeat each wait as a warning."""
+    responses.get(RATINGS, status=429, headers={"Retry-After": "0"}, json={"error": "TooManyRequests"})
+    ratings(None, [1], None)
+    r = cli("backfill", "zendesk", "--only", "satisfaction_ratings")
+    assert r.exit_code == 0, r.output
+    waits = [line for line in r.stderr.splitlines() if "wait" in line]
+    assert waits == ["backfill zendesk satisfaction_ratings: rate limited; waiting 0 s (Retry-After)"]
+    assert not [line for line in r.stderr.splitlines() if line.startswith("{")]  # no JSON log lines
