@@ -62,6 +62,7 @@ __all__ = [
     "BackfillResource",
     "CatalogueProduct",
     "Connector",
+    "ContactDetails",
     "CustomerRef",
     "Delivery",
     "Duration",
@@ -154,6 +155,25 @@ class Link:
 
 
 @dataclass(frozen=True)
+class ContactDetails:
+    """A record's contact details as they were at ``at``, from an event that says neither
+    what changed nor who changed it (Shopify ``customers/update`` sends the whole
+    customer after any edit: a tag, a note, an address, a metafield, maybe our own).
+
+    The core links and dates them like a touchpoint's customer (an older snapshot
+    arriving late never overwrites a newer one), but they are no fact to score: no
+    touchpoint is stored and no rescoring is asked for. A delivery whose only effect is
+    contact details that change nothing (the record is known, with this email, phone
+    and name) is stored as ``ignored`` with ``unchanged`` as the reason.
+    """
+
+    source: str
+    customer: CustomerRef
+    at: datetime
+    unchanged: str = "no new contact details: the record is already known with this email, phone and name"
+
+
+@dataclass(frozen=True)
 class Forget:
     """Erase one person's personal data (platform deletion or a privacy request).
 
@@ -213,7 +233,7 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct | Gone
+Action = Merge | Link | ContactDetails | Forget | ForgetAll | Export | CatalogueProduct | Gone
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ on the platforms' APIs happen in the enrichment job, never here.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from cx_connector import audit
-from cx_connector.connector import CustomerRef, Gone, Link, Merge
+from cx_connector.connector import ContactDetails, CustomerRef, Gone, Link, Merge
 from cx_connector.db import insert_ignore
 from cx_connector.models import (
     alert_states,
@@ -66,13 +67,24 @@ def customer_for(conn: Connection, source: str, source_id: str) -> int | None:
     return lookup(conn, [("id", source, source_id)]).get(("id", source, source_id))
 
 
+@dataclass
+class Resolution:
+    """What :func:`resolve` did beyond returning the owners, for callers that ask."""
+
+    #: source ids whose customer was created, merged, given an identity it did not have,
+    #: or a new email, phone or name (the same value from a newer fact is no change)
+    changed: set[str] = field(default_factory=set)
+
+
 def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, datetime]], *,
-            now: datetime, actor: str = "webhook") -> dict[str, int]:
+            now: datetime, actor: str = "webhook", into: Resolution | None = None) -> dict[str, int]:
     """Customer id for every ``ref.source_id``, creating, linking and merging as needed.
 
     ``refs`` pairs each reference with the time of the fact it came from; profile
     fields (email, phone, name) are taken from the newest fact that carries them.
+    ``into``, when given, is filled with what changed (:class:`Resolution`).
     """
+    report = into if into is not None else Resolution()
     groups: dict[str, list[tuple[CustomerRef, datetime]]] = {}
     for ref, at in refs:
         groups.setdefault(ref.source_id, []).append((ref, at))
@@ -84,6 +96,8 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
     for source_id, group in groups.items():
         keys = list(dict.fromkeys(k for ref, _ in group for k in keys_for(source, ref)))
         found = {known[k] for k in keys if k in known}
+        if len(found) != 1:  # a new customer, or a merge
+            report.changed.add(source_id)
         if not found:
             cid = _create(conn, now)
             created.add(cid)
@@ -93,7 +107,8 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
             cid = merge(conn, found, now=now, actor=actor,
                         reason=f"{source} record {source_id} links them")
         missing = [k for k in keys if k not in known]
-        if missing:
+        if missing:  # keys the customer did not have
+            report.changed.add(source_id)
             before = cid
             cid = _attach(conn, cid, missing, now=now, actor=actor)
             found.add(before)
@@ -111,7 +126,7 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
                 seen.add(cid)
                 cid = merged_away[cid]
             result[sid] = cid
-    _update_profiles(conn, groups, result, created)
+    _update_profiles(conn, groups, result, created, report.changed)
     return result
 
 
@@ -145,8 +160,9 @@ def _attach(conn: Connection, cid: int, keys: list[Key], *, now: datetime, actor
 
 
 def _update_profiles(conn: Connection, groups: dict[str, list[tuple[CustomerRef, datetime]]],
-                     owners: dict[str, int], created: set[int]) -> None:
-    """Per profile field, keep the value of the newest fact that carries it."""
+                     owners: dict[str, int], created: set[int], changed: set[str]) -> None:
+    """Per profile field, keep the value of the newest fact that carries it; the source ids
+    that brought a new value are added to ``changed``."""
     wanted = {owners[sid] for sid, group in groups.items()
               if any(getattr(ref, f) for ref, _ in group for f in PROFILE_FIELDS)}
     if not wanted:
@@ -174,6 +190,8 @@ def _update_profiles(conn: Connection, groups: dict[str, list[tuple[CustomerRef,
                 # newest fact wins; equal times are broken by value, so arrival order never matters
                 newer = have is None or when is None or (stamp, value) > (when, have)
                 if newer and (have != value or when != stamp):
+                    if have != value:
+                        changed.add(sid)
                     row[f] = changes[f] = value
                     times[f] = stamp
         if changes:
@@ -249,6 +267,16 @@ def apply_merge(conn: Connection, action: Merge, *, now: datetime, actor: str = 
                  source=action.source, external_id=action.into_id,
                  details={"merged_ids": list(action.merged_ids)})
     return cid
+
+
+def apply_contact_details(conn: Connection, action: ContactDetails, *, now: datetime,
+                          actor: str = "webhook") -> bool:
+    """A record's contact details as of ``action.at`` (see :class:`ContactDetails`): linked
+    and dated like a touchpoint's customer, nothing marked for rescoring (merging or
+    creating a customer does that itself). Returns whether anything changed."""
+    report = Resolution()
+    resolve(conn, action.source, [(action.customer, action.at)], now=now, actor=actor, into=report)
+    return bool(report.changed)
 
 
 def apply_link(conn: Connection, action: Link, *, now: datetime, actor: str = "webhook") -> int:

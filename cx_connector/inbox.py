@@ -31,6 +31,7 @@ from cx_connector import db, identity, privacy
 from cx_connector.connector import (
     CatalogueProduct,
     Connector,
+    ContactDetails,
     Delivery,
     Export,
     Forget,
@@ -96,8 +97,13 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
                 return Receipt("duplicate")
             stored = 0
             if result is not None and status == "processed":
-                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
-                               actor="webhook")
+                outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
+                                       now=now, actor="webhook")
+                stored = outcome.new
+                if outcome.ignored:
+                    status, error = "ignored", outcome.ignored
+                    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                                 .values(status=status, error=clean_text(error)))
             return Receipt(status, delivery_id, stored, error)
     except (PayloadError, *_STORE_ERRORS) as exc:
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
@@ -157,7 +163,11 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
     if result is not None and status == "processed":
         savepoint = conn.begin_nested()
         try:
-            stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now, actor=actor)
+            outcome = store_result(conn, connector.name, result, delivery_id=delivery_id, now=now,
+                                   actor=actor)
+            stored = outcome.new
+            if outcome.ignored:
+                status, error = "ignored", outcome.ignored
             savepoint.commit()
         except (PayloadError, *_STORE_ERRORS) as exc:
             savepoint.rollback()
@@ -194,9 +204,26 @@ def touchpoint_row(tp: Touchpoint, customer_id: int | None, delivery_id: int | N
     }
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing one normalised result did."""
+
+    #: touchpoints stored that were not there before
+    new: int = 0
+    #: set when the result changed nothing at all (only :class:`ContactDetails` already
+    #: known): the reason its delivery is ``ignored``
+    ignored: str | None = None
+
+
 def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
           now: datetime, actor: str) -> int:
     """Store touchpoints and apply actions; returns how many touchpoints were new."""
+    return store_result(conn, source, result, delivery_id=delivery_id, now=now, actor=actor).new
+
+
+def store_result(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
+                 now: datetime, actor: str) -> Stored:
+    """Store touchpoints and apply actions (see :class:`Stored`)."""
     tps = list(result.touchpoints)
     for tp in tps:
         if tp.source != source:
@@ -226,14 +253,21 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
                 .returning(touchpoints.c.customer_id), rows).scalars().all()
             new = len(inserted)
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
+    unchanged = []
     for action in result.actions:
-        apply_action(conn, action, now=now, actor=actor)
-    return new
+        if apply_action(conn, action, now=now, actor=actor) is False:
+            unchanged.append(action)
+    if not tps and unchanged and len(unchanged) == len(result.actions):
+        return Stored(new, ignored="; ".join(dict.fromkeys(a.unchanged for a in unchanged)))
+    return Stored(new)
 
 
-def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> None:
+def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> bool | None:
+    """Carry out one action; for :class:`ContactDetails`, returns whether they changed anything."""
     if isinstance(action, Merge):
         identity.apply_merge(conn, action, now=now, actor=actor)
+    elif isinstance(action, ContactDetails):
+        return identity.apply_contact_details(conn, action, now=now, actor=actor)
     elif isinstance(action, Link):
         identity.apply_link(conn, action, now=now, actor=actor)
     elif isinstance(action, CatalogueProduct):
