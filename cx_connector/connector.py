@@ -80,6 +80,7 @@ __all__ = [
     "RateBudget",
     "Rating",
     "RecordWrite",
+    "Restore",
     "SampleDelivery",
     "ScoreField",
     "SettingsSchema",
@@ -177,13 +178,28 @@ class ContactDetails:
 class Forget:
     """Erase one person's personal data (platform deletion or a privacy request).
 
-    Matched by ``source_id`` within ``source`` and/or by ``email``.
+    Matched by ``source_id`` within ``source`` and/or by ``email``. The platform no
+    longer holds record ``source_id`` (deleted at ``occurred_at``, default: when the
+    action is applied): its id is kept as a tombstone, so that facts about it arriving
+    afterwards are filed anonymously and bring no personal data back.
     """
 
     source: str
     source_id: str | None = None
     email: str | None = None
     reason: str = ""
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The platform restored deleted record ``source/source_id`` at ``occurred_at``, under the
+    same id (HubSpot ``contact.restore``: a restorable deletion can be undone within 90
+    days). Lifts the tombstone a :class:`Forget` of that record left, when older."""
+
+    source: str
+    source_id: str
+    occurred_at: datetime
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,8 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | ContactDetails | Forget | ForgetAll | Export | CatalogueProduct | Gone
+Action = (Merge | Link | ContactDetails | Forget | ForgetAll | Export | CatalogueProduct | Gone
+          | Restore)
 
 
 @dataclass(frozen=True)

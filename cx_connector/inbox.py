@@ -41,6 +41,7 @@ from cx_connector.connector import (
     Link,
     Merge,
     Normalised,
+    Restore,
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
@@ -230,6 +231,7 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
             raise PayloadError(f"touchpoint {tp.touchpoint_id} claims source {tp.source!r} "
                                f"but arrived on /webhooks/{source}")
     new = 0
+    resolution = identity.Resolution()
     if tps:
         # identities are resolved only for facts not stored yet: a redelivered fact
         # must not move anything
@@ -245,7 +247,7 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
                 fresh.append(tp)
         if fresh:
             owners = identity.resolve(conn, source, [(tp.customer, tp.occurred_at) for tp in fresh],
-                                      now=now, actor=actor)
+                                      now=now, actor=actor, into=resolution)
             rows = [touchpoint_row(tp, owners[tp.customer.source_id], delivery_id, now)
                     for tp in fresh]
             inserted = conn.execute(
@@ -255,21 +257,34 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
     unchanged = []
     for action in result.actions:
-        if apply_action(conn, action, now=now, actor=actor) is False:
+        if apply_action(conn, action, now=now, actor=actor, resolution=resolution) is False:
             unchanged.append(action)
+    if resolution.erased:  # late facts about erased records: erase what they brought
+        privacy.forget_late(conn, source, resolution.erased, delivery_id=delivery_id, now=now,
+                            actor=actor)
     if not tps and unchanged and len(unchanged) == len(result.actions):
-        return Stored(new, ignored="; ".join(dict.fromkeys(a.unchanged for a in unchanged)))
+        reasons = [ERASED if a.customer.source_id in resolution.erased else a.unchanged
+                   for a in unchanged]
+        return Stored(new, ignored="; ".join(dict.fromkeys(reasons)))
     return Stored(new)
 
 
-def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> bool | None:
-    """Carry out one action; for :class:`ContactDetails`, returns whether they changed anything."""
+#: why contact details of an erased record are ignored
+ERASED = "the record's personal data was erased (see the audit log): its contact details are not kept"
+
+
+def apply_action(conn: Connection, action: object, *, now: datetime, actor: str,
+                 resolution: identity.Resolution | None = None) -> bool | None:
+    """Carry out one action; for :class:`ContactDetails`, returns whether they changed
+    anything. Erased records the action touched are added to ``resolution``."""
     if isinstance(action, Merge):
-        identity.apply_merge(conn, action, now=now, actor=actor)
+        identity.apply_merge(conn, action, now=now, actor=actor, report=resolution)
     elif isinstance(action, ContactDetails):
-        return identity.apply_contact_details(conn, action, now=now, actor=actor)
+        return identity.apply_contact_details(conn, action, now=now, actor=actor, into=resolution)
     elif isinstance(action, Link):
-        identity.apply_link(conn, action, now=now, actor=actor)
+        identity.apply_link(conn, action, now=now, actor=actor, into=resolution)
+    elif isinstance(action, Restore):
+        identity.restore_record(conn, action, now=now, actor=actor)
     elif isinstance(action, CatalogueProduct):
         catalogue(conn, action, now=now)
     elif isinstance(action, Forget | ForgetAll | Export):
