@@ -62,9 +62,9 @@ def test_events_arriving_after_the_deletion_bring_no_personal_data_back(post_sig
     assert tomb.gone_at == DELETED and tomb.redacted_at is not None and tomb.email is None
     with engine.connect() as conn:
         facts = conn.execute(select(touchpoints.c.touchpoint_id, touchpoints.c.customer_id)).all()
-        bodies = conn.execute(select(deliveries.c.body)).scalars().all()
+        bodies = conn.execute(select(deliveries.c.body).order_by(deliveries.c.id)).scalars().all()
         reasons = conn.execute(select(audit_log.c.details).where(
-            audit_log.c.action == "privacy_forget")).scalars().all()
+            audit_log.c.action == "privacy_forget").order_by(audit_log.c.id)).scalars().all()
     assert len(facts) == 5 and {c for _, c in facts} == {tomb.customer_id}  # kept, anonymous
     # the late delivery's raw body is emptied too (the deletion's own names no one)
     assert bodies[0] is None and bodies[2] is None and b"contact.deletion" in bytes(bodies[1])
