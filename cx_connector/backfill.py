@@ -137,7 +137,8 @@ class _Stop(Exception):
         self.status, self.error = status, error
 
 
-def resources_of(connector: Connector) -> tuple[BackfillResource, ...]:
+def resources_of(connector: Connector | type[Connector]) -> tuple[BackfillResource, ...]:
+    """What a connector (instance or class) can backfill; empty: it has no history API."""
     return tuple(connector.backfill_resources)
 
 
@@ -370,8 +371,11 @@ class _Run:
         for limiter in self.limiters.values():
             limiter.pause(seconds)
         self.report(self._progress("wait", res, message=message))
-        log.warning("backfill waiting", extra={"source": self.source, "resource": res.name,
-                                               "seconds": seconds, "reason": message})
+        # the progress report is what the admin reads (a line, or the bar on a terminal); a
+        # wait is the platform's rate limit working as designed, so the log has it at info:
+        # at warning the command printed every wait twice (and broke the bar)
+        log.info("backfill waiting", extra={"source": self.source, "resource": res.name,
+                                            "seconds": seconds, "reason": message})
         self.clock.sleep(seconds)
 
     def _store(self, res: _Resource, page: BackfillPage) -> None:

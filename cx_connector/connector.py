@@ -62,6 +62,7 @@ __all__ = [
     "BackfillResource",
     "CatalogueProduct",
     "Connector",
+    "ContactDetails",
     "CustomerRef",
     "Delivery",
     "Duration",
@@ -80,6 +81,7 @@ __all__ = [
     "Rating",
     "RecordAlert",
     "RecordWrite",
+    "Restore",
     "SampleDelivery",
     "ScoreField",
     "SettingsSchema",
@@ -155,16 +157,50 @@ class Link:
 
 
 @dataclass(frozen=True)
+class ContactDetails:
+    """A record's contact details as they were at ``at``, from an event that says neither
+    what changed nor who changed it (Shopify ``customers/update`` sends the whole
+    customer after any edit: a tag, a note, an address, a metafield, maybe our own).
+
+    The core links and dates them like a touchpoint's customer (an older snapshot
+    arriving late never overwrites a newer one), but they are no fact to score: no
+    touchpoint is stored and no rescoring is asked for. A delivery whose only effect is
+    contact details that change nothing (the record is known, with this email, phone
+    and name) is stored as ``ignored`` with ``unchanged`` as the reason.
+    """
+
+    source: str
+    customer: CustomerRef
+    at: datetime
+    unchanged: str = "no new contact details: the record is already known with this email, phone and name"
+
+
+@dataclass(frozen=True)
 class Forget:
     """Erase one person's personal data (platform deletion or a privacy request).
 
-    Matched by ``source_id`` within ``source`` and/or by ``email``.
+    Matched by ``source_id`` within ``source`` and/or by ``email``. The platform no
+    longer holds record ``source_id`` (deleted at ``occurred_at``, default: when the
+    action is applied): its id is kept as a tombstone, so that facts about it arriving
+    afterwards are filed anonymously and bring no personal data back.
     """
 
     source: str
     source_id: str | None = None
     email: str | None = None
     reason: str = ""
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The platform restored deleted record ``source/source_id`` at ``occurred_at``, under the
+    same id (HubSpot ``contact.restore``: a restorable deletion can be undone within 90
+    days). Lifts the tombstone a :class:`Forget` of that record left, when older."""
+
+    source: str
+    source_id: str
+    occurred_at: datetime
 
 
 @dataclass(frozen=True)
@@ -214,7 +250,8 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct | Gone
+Action = (Merge | Link | ContactDetails | Forget | ForgetAll | Export | CatalogueProduct | Gone
+          | Restore)
 
 
 @dataclass(frozen=True)

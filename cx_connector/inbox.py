@@ -31,6 +31,7 @@ from cx_connector import audit, db, identity, privacy
 from cx_connector.connector import (
     CatalogueProduct,
     Connector,
+    ContactDetails,
     Delivery,
     Export,
     Forget,
@@ -40,6 +41,7 @@ from cx_connector.connector import (
     Link,
     Merge,
     Normalised,
+    Restore,
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
@@ -99,8 +101,13 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
                 return Receipt("duplicate")
             stored = 0
             if result is not None and status == "processed":
-                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
-                               actor="webhook")
+                outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
+                                       now=now, actor="webhook")
+                stored = outcome.new
+                if outcome.ignored:
+                    status, error = "ignored", outcome.ignored
+                    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                                 .values(status=status, error=clean_text(error)))
             return Receipt(status, delivery_id, stored, error,
                            "normalise" if status == "failed" else None)
     except (PayloadError, *_STORE_ERRORS) as exc:
@@ -161,7 +168,11 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
     if result is not None and status == "processed":
         savepoint = conn.begin_nested()
         try:
-            stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now, actor=actor)
+            outcome = store_result(conn, connector.name, result, delivery_id=delivery_id, now=now,
+                                   actor=actor)
+            stored = outcome.new
+            if outcome.ignored:
+                status, error = "ignored", outcome.ignored
             savepoint.commit()
         except (PayloadError, *_STORE_ERRORS) as exc:
             savepoint.rollback()
@@ -199,15 +210,33 @@ def touchpoint_row(tp: Touchpoint, customer_id: int | None, delivery_id: int | N
     }
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing one normalised result did."""
+
+    #: touchpoints stored that were not there before
+    new: int = 0
+    #: set when the result changed nothing at all (only :class:`ContactDetails` already
+    #: known): the reason its delivery is ``ignored``
+    ignored: str | None = None
+
+
 def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
           now: datetime, actor: str) -> int:
     """Store touchpoints and apply actions; returns how many touchpoints were new."""
+    return store_result(conn, source, result, delivery_id=delivery_id, now=now, actor=actor).new
+
+
+def store_result(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
+                 now: datetime, actor: str) -> Stored:
+    """Store touchpoints and apply actions (see :class:`Stored`)."""
     tps = list(result.touchpoints)
     for tp in tps:
         if tp.source != source:
             raise PayloadError(f"touchpoint {tp.touchpoint_id} claims source {tp.source!r} "
                                f"but arrived on /webhooks/{source}")
     new = 0
+    resolution = identity.Resolution()
     if tps:
         # identities are resolved only for facts not stored yet: a redelivered fact
         # must not move anything
@@ -223,7 +252,7 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
                 fresh.append(tp)
         if fresh:
             owners = identity.resolve(conn, source, [(tp.customer, tp.occurred_at) for tp in fresh],
-                                      now=now, actor=actor)
+                                      now=now, actor=actor, into=resolution)
             rows = [touchpoint_row(tp, owners[tp.customer.source_id], delivery_id, now)
                     for tp in fresh]
             inserted = conn.execute(
@@ -231,16 +260,36 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
                 .returning(touchpoints.c.customer_id), rows).scalars().all()
             new = len(inserted)
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
+    unchanged = []
     for action in result.actions:
-        apply_action(conn, action, now=now, actor=actor)
-    return new
+        if apply_action(conn, action, now=now, actor=actor, resolution=resolution) is False:
+            unchanged.append(action)
+    if resolution.erased:  # late facts about erased records: erase what they brought
+        privacy.forget_late(conn, source, resolution.erased, delivery_id=delivery_id, now=now,
+                            actor=actor)
+    if not tps and unchanged and len(unchanged) == len(result.actions):
+        reasons = [ERASED if a.customer.source_id in resolution.erased else a.unchanged
+                   for a in unchanged]
+        return Stored(new, ignored="; ".join(dict.fromkeys(reasons)))
+    return Stored(new)
 
 
-def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> None:
+#: why contact details of an erased record are ignored
+ERASED = "the record's personal data was erased (see the audit log): its contact details are not kept"
+
+
+def apply_action(conn: Connection, action: object, *, now: datetime, actor: str,
+                 resolution: identity.Resolution | None = None) -> bool | None:
+    """Carry out one action; for :class:`ContactDetails`, returns whether they changed
+    anything. Erased records the action touched are added to ``resolution``."""
     if isinstance(action, Merge):
-        identity.apply_merge(conn, action, now=now, actor=actor)
+        identity.apply_merge(conn, action, now=now, actor=actor, report=resolution)
+    elif isinstance(action, ContactDetails):
+        return identity.apply_contact_details(conn, action, now=now, actor=actor, into=resolution)
     elif isinstance(action, Link):
-        identity.apply_link(conn, action, now=now, actor=actor)
+        identity.apply_link(conn, action, now=now, actor=actor, into=resolution)
+    elif isinstance(action, Restore):
+        identity.restore_record(conn, action, now=now, actor=actor)
     elif isinstance(action, CatalogueProduct):
         catalogue(conn, action, now=now)
     elif isinstance(action, Forget | ForgetAll | Export):

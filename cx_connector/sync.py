@@ -142,11 +142,16 @@ class _Stop(Exception):
 # --- entry points ---------------------------------------------------------------------------
 
 
+def writes_back(connector: Connector | type[Connector]) -> bool:
+    """Whether a connector (instance or class) writes scores back to its platform."""
+    return connector.writes_back and connector.write_batch_max > 0
+
+
 def writers(rt: Runtime, sources: Iterable[str] | None = None) -> dict[str, Connector]:
     """The enabled connectors that write back (optionally only ``sources``)."""
     wanted = set(sources) if sources else None
     return {name: c for name, c in rt.connectors.items()
-            if c.writes_back and c.write_batch_max > 0 and (wanted is None or name in wanted)}
+            if writes_back(c) and (wanted is None or name in wanted)}
 
 
 def sync(rt: Runtime, *, dry_run: bool | None = None, clock: Clock | None = None,

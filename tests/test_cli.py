@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,8 @@ from sqlalchemy import text
 
 from cx_connector import db
 from cx_connector.cli import main
-from tests.conftest import count
+from cx_connector.models import deliveries
+from tests.conftest import TEST_CONNECTORS, count
 
 
 @pytest.fixture
@@ -137,3 +139,53 @@ def test_demo_runs_offline_and_prints_touchpoints():
     assert r.exit_code == 0, r.output
     assert "Touchpoints stored" in r.output and "alice@example.com" in r.output
     assert "failed" not in r.output.split("Touchpoints stored")[0].lower()
+
+
+ENABLED = "(enabled: generic, hubspot)"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["backfill", "zendesk"], f"zendesk is not enabled: add a connectors.zendesk section to the "
+                              f"configuration {ENABLED}"),
+    (["backfill", "hubspt"], "no connector named 'hubspt' (enabled: generic, hubspot; installed: "
+                             "generic, hubspot, shopify, zendesk)"),
+    (["backfill", "generic"], "generic has no API to import history from (enabled sources that can: "
+                              "hubspot)"),
+    (["enrich", "--source", "shopify"], f"shopify is not enabled: add a connectors.shopify section "
+                                        f"to the configuration {ENABLED}"),
+    (["enrich", "--source", "generic"], "generic cannot look records up (enabled sources that can: "
+                                        "hubspot)"),
+    (["sync", "--source", "zendesk"], "zendesk is not enabled"),
+    (["sync", "--source", "hubspot", "--source", "generic"],
+     "generic does not write scores back (enabled sources that can: hubspot)"),
+    (["setup", "--dry-run", "--source", "shopify"], "shopify is not enabled"),
+    (["setup", "--source", "Hubspot"], "no connector named 'Hubspot'"),
+    (["outbox", "retry", "--source", "zendesk"], "zendesk is not enabled"),
+    (["events", "replay", "--failed", "--source", "zendesk"], "zendesk is not enabled"),
+    (["events", "list", "--source", "zendsk"], "no connector named 'zendsk'"),
+    (["outbox", "--source", "nope"], "no connector named 'nope'"),
+])
+def test_an_unknown_disabled_or_unable_source_is_a_usage_error_before_anything_runs(
+        tmp_path, database_url, engine, args, says):
+    cfg = tmp_path / "cx.yaml"
+    cfg.write_text(json.dumps({"database_url": database_url,
+                               "connectors": {k: TEST_CONNECTORS[k] for k in ("generic", "hubspot")}}))
+    r = CliRunner().invoke(main, ["--config", str(cfg), *args], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert count(engine, "job_runs") == 0 and count(engine, "audit_log") == 0
+
+
+def test_history_filters_accept_a_connector_disabled_since(cli, engine):
+    """events list and outbox show stored rows: a connector disabled since they were stored
+    may be named (it is installed, just not configured any more)."""
+    with engine.begin() as conn:
+        conn.execute(deliveries.insert().values(
+            source="zendesk", delivery_key="k1", topic="zen:event-type:ticket.created",
+            received_at=datetime(2026, 6, 1, tzinfo=UTC), headers={}, body=b"{}", status="failed",
+            error="connector zendesk is not enabled"))
+    r = cli("events", "list", "--source", "zendesk")
+    assert r.exit_code == 0 and "zen:event-type:ticket.created" in r.output
+    r = cli("outbox", "--source", "shopify")
+    assert r.exit_code == 0 and "the outbox is empty" in r.output

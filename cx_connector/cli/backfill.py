@@ -8,7 +8,7 @@ from typing import IO, Any
 import click
 
 from cx_connector import backfill
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 
 BAR_WIDTH = 24
 
@@ -95,7 +95,8 @@ class Reporter:
 
 
 @click.command("backfill")
-@click.argument("source")
+@click.argument("source", type=Source(lambda c: bool(backfill.resources_of(c)),
+                                        "has no API to import history from"))
 @click.option("--since", metavar="DATE",
               help="Only records changed on or after DATE (2024-01-31, an ISO time, or a span back "
                    "from now such as 90d). Default: everything.")

@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from cx_connector import db
+from cx_connector import db, registry
 from cx_connector.config import Config, load_config
+from cx_connector.connector import Connector
 from cx_connector.db import json_dumps
 from cx_connector.errors import CxError
 from cx_connector.runtime import Runtime, build
@@ -110,3 +112,42 @@ def table(rows: list[dict], columns: list[str]) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+class Source(click.ParamType):
+    """A connector name given on the command line (``backfill SOURCE``, ``--source``),
+    checked against the configuration while the arguments are parsed: a typo, a
+    connector without a ``connectors.<name>`` section, or one that cannot do what the
+    command does is a usage error (exit 2) that names the sources that would do,
+    before anything runs.
+
+    ``can`` tells whether a connector class can do the command's work (write back,
+    look records up, backfill); ``cannot`` says what it lacks, for the message.
+    ``enabled=False`` accepts any installed connector: filters over stored history
+    (``events list``, ``outbox``) may name one that has since been disabled.
+    """
+
+    name = "source"
+
+    def __init__(self, can: Callable[[type[Connector]], bool] | None = None, cannot: str = "",
+                 *, enabled: bool = True) -> None:
+        self.can, self.cannot, self.enabled = can, cannot, enabled
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        installed = registry.available()
+        state = ctx.find_object(State) if ctx is not None else None
+        on = sorted(state.config().connectors) if state is not None else sorted(installed)
+        enabled = f"enabled: {', '.join(on) or 'none'}"
+        if value not in installed:
+            self.fail(f"no connector named {value!r} ({enabled}; installed: {', '.join(installed)})",
+                      param, ctx)
+        if not self.enabled:
+            return value
+        if value not in on:
+            self.fail(f"{value} is not enabled: add a connectors.{value} section to the "
+                      f"configuration ({enabled})", param, ctx)
+        if self.can is not None and not self.can(installed[value]):
+            able = [n for n in on if self.can(installed[n])]
+            self.fail(f"{value} {self.cannot} (enabled sources that can: {', '.join(able) or 'none'})",
+                      param, ctx)
+        return value

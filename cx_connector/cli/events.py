@@ -6,7 +6,7 @@ import click
 from sqlalchemy import func, select
 
 from cx_connector import db, inbox
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 from cx_connector.models import deliveries, touchpoints
 
 
@@ -19,7 +19,8 @@ def events() -> None:
 @click.option("--failed", "status", flag_value="failed", help="Only failed deliveries.")
 @click.option("--ignored", "status", flag_value="ignored", help="Only ignored deliveries.")
 @click.option("--status", "status", type=click.Choice(["processed", "failed", "ignored", "received"]))
-@click.option("--source", default=None, help="Only this connector.")
+@click.option("--source", default=None, metavar="NAME", type=Source(enabled=False),
+              help="Only this connector.")
 @click.option("--limit", default=50, show_default=True, type=int)
 @json_option
 @pass_state
@@ -68,7 +69,8 @@ def show(state: State, delivery_id: int, as_json: bool) -> None:
 @events.command("replay")
 @click.argument("delivery_id", type=int, required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
-@click.option("--source", default=None, help="With --failed: only this connector.")
+@click.option("--source", default=None, metavar="NAME", type=Source(),
+              help="With --failed: only this connector.")
 @json_option
 @pass_state
 def replay(state: State, delivery_id: int | None, all_failed: bool, source: str | None,
