@@ -44,7 +44,9 @@ def receive(source: str) -> Any:
         raise RequestEntityTooLarge(f"webhook bodies are limited to "
                                     f"{rt.config.webhooks.max_body_bytes - 1} bytes")
     try:
-        receipt = inbox.receive(rt.engine, connector, body, dict(request.headers),
+        # bounded waits: a locked or unreachable database answers 503 before the platform gives up
+        engine = db.deadline(rt.engine, rt.config.webhooks.database_timeout.total_seconds())
+        receipt = inbox.receive(engine, connector, body, dict(request.headers),
                                 method=request.method, url=request.url, now=rt.now())
     except SignatureError as exc:
         log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})
