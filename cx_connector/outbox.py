@@ -52,9 +52,12 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
     for source, external_id in writable_records(conn, connectors, customer_id):
         last = dict(conn.execute(select(written_values.c.field, written_values.c.value).where(
             written_values.c.source == source, written_values.c.external_id == external_id)).all())
+        # locked (PostgreSQL) until we commit: a sync worker skips it rather than sending
+        # it and marking it done before our new value is stored into it (see enqueue_many)
         pending = conn.execute(select(outbox.c.id, outbox.c.fields, outbox.c.previous).where(
             outbox.c.source == source, outbox.c.external_id == external_id,
-            outbox.c.status == "pending").order_by(outbox.c.id.desc()).limit(1)).first()
+            outbox.c.status == "pending").order_by(outbox.c.id.desc()).limit(1)
+            .with_for_update()).first()
         result = _changes(new, last, pending)
         if result is None:
             continue
@@ -202,11 +205,16 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 if (source, ext) in last:
                     last[(source, ext)][field] = stored(value)
             # status || '' keeps SQLite (without statistics) on the (source, external_id) index
-            # rather than the status index, which would read every pending write of the outbox
+            # rather than the status index, which would read every pending write of the outbox.
+            # FOR UPDATE (PostgreSQL; SQLite has one writer at a time anyway): the pending
+            # writes we are about to change stay ours until we commit. Unlocked, a sync worker
+            # could claim, send and mark one done in between, and the new value, stored
+            # into a write already done, would never be sent. A write a worker has just
+            # claimed is no longer pending when our lock wait ends: a new write is queued.
             for row_id, ext, fields, previous in _rows(conn, (
                     f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
-                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
-                    [source, *exts]):
+                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"
+                    + ("" if sqlite else " FOR UPDATE")), [source, *exts]):
                 # the newest wins, as in enqueue
                 pending[(source, ext)] = _Pending(row_id, stored(fields), stored(previous))
         inserts: list[tuple] = []

@@ -83,6 +83,8 @@ def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None
                 _record(rt, record, t0)
                 log.info("job skipped: lease held elsewhere", extra={"job": job_id})
                 return record
+            # a run starts once it holds the lease: runs of one lease never overlap in job_runs
+            record["started_at"] = started = rt.now()
             with db.write(rt.engine) as conn:
                 record["id"] = conn.execute(job_runs.insert().values(
                     job=job_id, started_at=started, status="running", details={},
