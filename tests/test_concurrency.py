@@ -8,6 +8,7 @@ separate process has); tests/test_processes.py runs the same with real gunicorn 
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -23,9 +24,7 @@ from cx_connector import db, outbox, scheduler, sync
 from cx_connector.app import create_app
 from cx_connector.connector import CustomerRef
 from cx_connector.identity import resolve
-from cx_connector.models import job_runs
-from cx_connector.models import outbox as outbox_t
-from cx_connector.models import scores, touchpoints
+from cx_connector.models import job_runs, scores, touchpoints
 from cx_connector.runtime import Runtime, build
 from cx_connector.scoring import run as scoring
 from cx_connector.throttle import FakeClock
@@ -93,7 +92,7 @@ def test_two_clocks_never_run_the_same_job_at_once(processes):
     assert statuses["ok"] == len(running) and statuses["skipped"] > 0
     assert set(statuses) == {"ok", "skipped"}
     done = [r for r in runs if r.status == "ok"]
-    for a, b in zip(done, done[1:]):  # as recorded too: each run ends before the next starts
+    for a, b in itertools.pairwise(done):  # as recorded too: each run ends before the next starts
         assert a.finished_at <= b.started_at
 
 
