@@ -24,7 +24,8 @@ from cx_connector import db, outbox, scheduler, sync
 from cx_connector.app import create_app
 from cx_connector.connector import CustomerRef
 from cx_connector.identity import resolve
-from cx_connector.models import job_runs, scores, touchpoints
+from cx_connector.models import job_runs, scores, touchpoints, written_values
+from cx_connector.models import outbox as outbox_t
 from cx_connector.runtime import Runtime, build
 from cx_connector.scoring import run as scoring
 from cx_connector.throttle import FakeClock
@@ -298,3 +299,61 @@ def test_a_worker_leaves_writes_another_worker_has_in_flight_to_it(processes):
     assert result["platforms"]["hubspot"]["requests"] == 0
     assert clock.sleeps == [sync.BUSY_POLL] * round(sync.BUSY_GIVE_UP / sync.BUSY_POLL)
     assert sorted(r["status"] for r in rows(b.engine)) == ["in_flight", "pending"]
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+def test_a_value_already_in_flight_is_not_queued_again(processes, many):
+    """Scoring runs again while a sync worker is sending the record's write, and finds the
+    same values: nothing is queued (the platform would get the same write twice). A value
+    that differs is queued as usual."""
+    (rt,) = processes(1)
+    rt.connectors = {"hubspot": rt.connectors["hubspot"]}
+    record = "700000000088"
+    first = {"cx_score": 10, "cx_health": "red"}
+    seed(rt, [record], first)
+    assert len(sync.claim(rt.engine, "hubspot", "worker-a", limit=10, now=NOW)) == 1  # being sent
+
+    def rescore(values: dict[str, Any]) -> int:
+        with db.write(rt.engine) as conn:
+            cid = resolve(conn, "hubspot", [(CustomerRef(record), NOW)], now=NOW)[record]
+            if many:
+                return outbox.enqueue_many(conn, rt.connectors, [(cid, values)], now=NOW)
+            return outbox.enqueue(conn, rt.connectors, cid, values, now=NOW)
+
+    assert rescore(first) == 0
+    assert [r["status"] for r in rows(rt.engine)] == ["in_flight"]
+    assert rescore({"cx_score": 11, "cx_health": "red"}) == 1
+    queued = rows(rt.engine)[-1]
+    assert queued["status"] == "pending" and queued["fields"] == {"cx_score": 11}
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+def test_a_value_going_back_while_another_is_in_flight_is_still_written(processes, many):
+    """The record holds 10; 11 is being sent; 12 is pending; scoring now says 10 again.
+    10 must be written after 11 lands (the record's current value is not the one it
+    will hold)."""
+    (rt,) = processes(1)
+    rt.connectors = {"hubspot": rt.connectors["hubspot"]}
+    record = "700000000099"
+    seed(rt, [record], {"cx_score": 10, "cx_health": "red"})
+    with db.write(rt.engine) as conn:  # 10 has landed
+        conn.execute(outbox_t.update().values(status="done"))
+        conn.execute(written_values.insert(), [
+            {"source": "hubspot", "external_id": record, "field": f, "value": v, "written_at": NOW}
+            for f, v in {"cx_score": 10, "cx_health": "red"}.items()])
+
+    def rescore(score: int) -> None:
+        with db.write(rt.engine) as conn:
+            cid = resolve(conn, "hubspot", [(CustomerRef(record), NOW)], now=NOW)[record]
+            values = {"cx_score": score, "cx_health": "red"}
+            if many:
+                outbox.enqueue_many(conn, rt.connectors, [(cid, values)], now=NOW)
+            else:
+                outbox.enqueue(conn, rt.connectors, cid, values, now=NOW)
+
+    rescore(11)
+    assert len(sync.claim(rt.engine, "hubspot", "worker-a", limit=10, now=NOW)) == 1  # 11 being sent
+    rescore(12)
+    rescore(10)
+    pending = [r for r in rows(rt.engine) if r["status"] == "pending"]
+    assert len(pending) == 1 and pending[0]["fields"] == {"cx_score": 10}
