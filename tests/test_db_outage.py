@@ -1,0 +1,216 @@
+"""The database going away for 10 s, mid-traffic, under the deployment users run.
+
+gunicorn (the shipped settings) and a clock process reach PostgreSQL through a TCP
+proxy the test controls (bench/dbproxy.py). For 5 s every connection is reset and new
+ones refused (a restart, a failover); for 5 more, new connections hang (a host that is
+down). Checked: webhooks answer 503 with ``Retry-After``, never 500 and never later than
+the platforms' 5 s; ``/healthz`` says 503; nothing is half-written; service resumes by
+itself; the clock survives, records the failed runs once it can, and runs again; the
+platforms' retries then land every event exactly once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from cx_connector.models import deliveries, job_runs, touchpoints
+from tests.conftest import PG_URL
+from tests.test_crash import free_port
+from tests.test_processes import start, stop
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (CX_TEST_DATABASE_URL)")]
+
+SECRET = "generic-outage-secret-0123456789"
+DEADLINE = 5.0  # HubSpot and Shopify give up after 5 s
+
+
+def load_dbproxy() -> Any:
+    path = Path(__file__).resolve().parent.parent / "bench" / "dbproxy.py"
+    spec = importlib.util.spec_from_file_location("dbproxy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def event(i: int) -> tuple[bytes, dict[str, str]]:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    body = json.dumps({"touchpoint_id": f"outage:{i}", "occurred_at": "2026-05-01T10:00:00Z",
+                       "customer": {"source_id": f"o{i % 40}", "email": f"o{i % 40}@example.com"},
+                       "kind": "order_placed", "value": "12.50", "currency": "EUR"}).encode()
+    sig = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    return body, {"X-CX-Signature": sig, "X-CX-Delivery-Id": f"d{i}", "Content-Type": "application/json"}
+
+
+def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
+    dbproxy = load_dbproxy()
+    url = make_url(PG_URL)
+    proxy = dbproxy.TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    port = free_port()
+    config = tmp_path / "cx.yaml"
+    config.write_text(f"database_url: {proxied}\nlogging: {{level: WARNING}}\n"
+                      "schedule: {score_every: 1s, sync_every: 1s, enrich_every: 1h}\n"
+                      "scoring: {min_purchasers: 1000000}\n"
+                      f"connectors:\n  generic:\n    secret: {SECRET}\n")
+    env = {"CX_CONNECTOR_CONFIG": str(config), "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    logs = {"web": tmp_path / "web.log", "clock": tmp_path / "clock.log"}
+    web = start(["-m", "gunicorn", "-c", "python:cx_connector.gunicorn_conf"], env, logs["web"], tmp_path)
+    clock = start(["-m", "cx_connector", "scheduler"], env, logs["clock"], tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    health: list[tuple[float, int, float]] = []
+    phases: dict[str, float] = {}
+    lock = threading.Lock()
+    try:
+        deadline = time.time() + 40
+        while True:  # up, and the clock has done a round
+            try:
+                up = requests.get(f"{base}/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                up = False
+            with rt.engine.connect() as conn:
+                ran = conn.execute(select(job_runs.c.id).where(job_runs.c.status == "ok")).first()
+            if up and ran:
+                break
+            assert time.time() < deadline, logs["web"].read_text()[-2000:] + logs["clock"].read_text()[-2000:]
+            time.sleep(0.2)
+
+        counter = itertools.count()
+        stop_at = [float("inf")]
+
+        def sender() -> None:
+            with requests.Session() as s:
+                while time.time() < stop_at[0]:
+                    with lock:
+                        i = next(counter)
+                    body, headers = event(i)
+                    t0 = time.perf_counter()
+                    try:
+                        r = s.post(f"{base}/webhooks/generic", data=body, headers=headers, timeout=15)
+                        out = {"i": i, "status": r.status_code, "retry_after": r.headers.get("Retry-After"),
+                               "body": r.text}
+                    except requests.RequestException as exc:
+                        out = {"i": i, "status": 0, "body": repr(exc)}
+                    out.update(at=time.time(), seconds=time.perf_counter() - t0)
+                    with lock:
+                        results.append(out)
+                    time.sleep(0.02 if out["status"] == 200 else 0.2)  # the platforms back off too
+
+        def prober() -> None:
+            while time.time() < stop_at[0]:
+                t0 = time.perf_counter()
+                try:
+                    code = requests.get(f"{base}/healthz", timeout=15).status_code
+                except requests.RequestException:
+                    code = 0
+                with lock:
+                    health.append((time.time(), code, time.perf_counter() - t0))
+                time.sleep(0.25)
+
+        threads = [threading.Thread(target=sender) for _ in range(4)] + [threading.Thread(target=prober)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        phases["cut"] = time.time()
+        proxy.cut("reset")
+        time.sleep(5)
+        phases["hang"] = time.time()
+        proxy.cut("hang")
+        time.sleep(5)
+        phases["restored"] = time.time()
+        proxy.restore()
+        time.sleep(4)
+        stop_at[0] = time.time()
+        for t in threads:
+            t.join(30)
+
+        # the platforms retry what was not acknowledged (HubSpot and Shopify retry any non-2xx)
+        retried: Counter[int] = Counter()
+        todo = [r["i"] for r in results if r["status"] != 200]
+
+        def retry(part: list[int]) -> None:
+            with requests.Session() as s:
+                for i in part:
+                    body, headers = event(i)
+                    r = s.post(f"{base}/webhooks/generic", data=body, headers=headers, timeout=15)
+                    with lock:
+                        retried[r.status_code] += 1
+
+        threads = [threading.Thread(target=retry, args=(todo[k::4],)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sum(retried.values()) == len(todo)
+        assert web.poll() is None and clock.poll() is None, "a process died"
+        time.sleep(2.5)  # the clock's next round, on the database again
+    finally:
+        codes = [stop(web), stop(clock)]
+        proxy.close()
+
+    outage = (phases["cut"], phases["restored"])
+    during = [r for r in results if outage[0] + 0.5 < r["at"] - r["seconds"] and r["at"] < outage[1]]
+    assert during, "no webhook was sent while the database was away"
+
+    # webhooks: 200 or 503 with Retry-After, never 500, never an error, never past the deadline
+    statuses = Counter(r["status"] for r in results)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0
+    for r in results:
+        if r["status"] == 503:
+            assert r["retry_after"] and int(r["retry_after"]) > 0
+            assert '"database_unavailable"' in r["body"]
+    slowest = max(results, key=lambda r: r["seconds"])
+    assert slowest["seconds"] < DEADLINE, slowest
+    assert all(r["status"] == 503 for r in during), Counter(r["status"] for r in during)
+
+    # /healthz: 503 while away, 200 again afterwards, within the deadline too
+    away = [code for at, code, took in health if outage[0] + 0.5 < at - took and at < outage[1]]
+    assert away and set(away) == {503}, away
+    assert max(took for _, _, took in health) < DEADLINE
+    assert health[-1][1] == 200
+
+    # service resumed by itself: after the restore every webhook was answered 200 again
+    # (at most a connect timeout's worth of requests still in flight from the outage)
+    after = [r for r in results if r["at"] - r["seconds"] > outage[1] + 0.5]
+    assert after and {r["status"] for r in after} == {200}, Counter(r["status"] for r in after)
+    assert set(retried) == {200}, retried
+
+    # nothing half-written, and every event stored exactly once
+    with rt.engine.connect() as conn:
+        n_events = len(results)
+        per_delivery = dict(conn.execute(select(touchpoints.c.delivery_id, func.count())
+                                         .group_by(touchpoints.c.delivery_id)).all())
+        stored = conn.execute(select(deliveries.c.id, deliveries.c.status)).all()
+        ids = conn.execute(select(touchpoints.c.touchpoint_id)).scalars().all()
+        runs = conn.execute(select(job_runs.c.job, job_runs.c.status, job_runs.c.error,
+                                   job_runs.c.started_at).order_by(job_runs.c.id)).all()
+    assert {s for _, s in stored} == {"processed"}
+    assert per_delivery == {d: 1 for d, _ in stored}  # no delivery without its touchpoint, or vice versa
+    assert len(ids) == len(set(ids)) == n_events == len(stored)
+
+    # the clock: failed runs recorded (once the database was back), then ok runs again
+    failed = [r for r in runs if r.status == "failed"]
+    assert failed and all("DatabaseUnavailable" in (r.error or "") or "OperationalError" in (r.error or "")
+                          for r in failed), failed
+    assert any(r.status == "ok" and r.started_at.timestamp() > outage[1] for r in runs)
+
+    web_log = logs["web"].read_text()
+    assert "unhandled error" not in web_log and "WORKER TIMEOUT" not in web_log
+    assert codes == [0, 0], (codes, logs["clock"].read_text()[-3000:])
