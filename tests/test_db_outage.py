@@ -1,4 +1,7 @@
-"""The database going away for 10 s, mid-traffic, under the deployment users run.
+"""The database going away (for 10 s, mid-traffic) or held by someone else: webhooks
+answer 503 within the platforms' deadline, and nothing is lost.
+
+The first test: the deployment users run.
 
 gunicorn (the shipped settings) and a clock process reach PostgreSQL through a TCP
 proxy the test controls (bench/dbproxy.py). For 5 s every connection is reset and new
@@ -25,12 +28,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from cx_connector.models import deliveries, job_runs, touchpoints
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, make_config
 from tests.test_crash import free_port
 from tests.test_processes import start, stop
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (CX_TEST_DATABASE_URL)")]
 
 SECRET = "generic-outage-secret-0123456789"
 DEADLINE = 5.0  # HubSpot and Shopify give up after 5 s
@@ -57,6 +57,8 @@ def event(i: int) -> tuple[bytes, dict[str, str]]:
     return body, {"X-CX-Signature": sig, "X-CX-Delivery-Id": f"d{i}", "Content-Type": "application/json"}
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (CX_TEST_DATABASE_URL)")
 def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
     dbproxy = load_dbproxy()
     url = make_url(PG_URL)
@@ -214,3 +216,45 @@ def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
     web_log = logs["web"].read_text()
     assert "unhandled error" not in web_log and "WORKER TIMEOUT" not in web_log
     assert codes == [0, 0], (codes, logs["clock"].read_text()[-3000:])
+
+
+HOLD = """
+import sys, time
+from sqlalchemy import text
+from cx_connector import db
+engine = db.make_engine(sys.argv[1])
+with db.write(engine) as conn:
+    if not db.is_sqlite(engine):
+        conn.execute(text("LOCK TABLE deliveries IN EXCLUSIVE MODE"))
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_database_locked_by_another_process_answers_503_within_the_deadline(database_url, post_signed,
+                                                                              rt, app):
+    """Another process holds the write lock (SQLite) or a table lock (PostgreSQL) for
+    longer than ``webhooks.database_timeout``: the webhook gives up after that long with
+    503 and Retry-After, stores nothing, and lands once the lock is gone."""
+    import subprocess
+    import sys
+
+    rt.config = make_config(database_url, webhooks={"database_timeout": "1s"})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, database_url, "3"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        body = {"touchpoint_id": "locked:1", "occurred_at": "2026-05-01T10:00:00Z",
+                "customer": {"source_id": "l1"}, "kind": "order_placed", "value": "1", "currency": "EUR"}
+        t0 = time.perf_counter()
+        r = post_signed("generic", body)
+        took = time.perf_counter() - t0
+        assert r.status_code == 503, r.get_data(as_text=True)
+        assert r.headers["Retry-After"] and r.json["error"] == "database_unavailable"
+        assert 0.9 < took < 2.5, took
+    finally:
+        holder.wait(10)
+        holder.stdout.close()
+    assert post_signed("generic", body).status_code == 200
+    with rt.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(deliveries)).scalar_one() == 1
