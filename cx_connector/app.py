@@ -39,8 +39,11 @@ def receive(source: str) -> Any:
     connector = rt.connectors.get(source)
     if connector is None:
         raise NotFound(f"no enabled connector at /webhooks/{source}")
-    body = request.get_data(cache=False)  # raises 413 when Content-Length is above the limit
-    if len(body) >= rt.config.webhooks.max_body_bytes:  # a chunked body is cut at the limit
+    try:
+        body = request.get_data(cache=False)  # 413 when Content-Length is above the limit
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) >= rt.config.webhooks.max_body_bytes:  # chunked: cut at the limit
         raise RequestEntityTooLarge(f"webhook bodies are limited to "
                                     f"{rt.config.webhooks.max_body_bytes - 1} bytes")
     try:

@@ -30,6 +30,7 @@ from sqlalchemy import update
 from cx_connector import db, enrich, leases
 from cx_connector.config import Config
 from cx_connector.errors import DatabaseUnavailable
+from cx_connector.http import redact
 from cx_connector.models import job_runs
 from cx_connector.runtime import Runtime
 
@@ -98,8 +99,11 @@ def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None
                                 extra={"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
                 else:
                     log.exception("job failed", extra={"job": job_id})
-                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                              details={"traceback": traceback.format_exc(limit=5)})
+                # stored and printed (`scheduler --once`): no configured secret in it, whatever
+                # the exception quoted
+                secrets = sorted(rt.config.secrets(), key=len, reverse=True)
+                record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}", secrets),
+                              details={"traceback": redact(traceback.format_exc(limit=5), secrets)})
             _record(rt, record, t0)
     except DatabaseUnavailable as exc:  # taking the lease or recording the run
         if "status" not in record:
