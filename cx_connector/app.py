@@ -1,7 +1,8 @@
 """The application factory: one ``create_app()``, blueprints, nothing at import time.
 
-gunicorn: ``gunicorn "cx_connector:create_app()"``. The configuration file is found
-as the CLI finds it (``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
+gunicorn: ``gunicorn -c python:cx_connector.gunicorn_conf`` (the shipped settings, which
+name ``cx_connector:create_app()``). The configuration file is found as the CLI finds it
+(``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
 """
 
 from __future__ import annotations
