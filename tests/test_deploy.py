@@ -4,7 +4,7 @@ configuration a hosting platform hands over (``DATABASE_URL=postgres://...``).""
 from __future__ import annotations
 
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,53 +28,59 @@ def test_procfile_has_the_release_web_and_clock_processes():
     }
 
 
-@pytest.fixture(scope="module")
-def app_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A configuration whose database is not there: gunicorn loads the app (preloaded), which
-    starts anyway, as it does while the database is away."""
-    path = tmp_path_factory.mktemp("deploy") / "cx.yaml"
-    path.write_text("database_url: sqlite:////nonexistent-cx-dir/cx.db\nlogging: {level: ERROR}\n")
-    return str(path)
+def gunicorn_settings(config: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    """What gunicorn makes of a configuration file or module, read as gunicorn reads it
+    (every module-level name that is a setting), under the given environment."""
+    from gunicorn.config import Config
+
+    for name in ("PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delitem(sys.modules, "cx_connector.gunicorn_conf", raising=False)  # read env again
+    if config.startswith("python:"):
+        names = runpy.run_module(config.removeprefix("python:"))
+    else:
+        names = runpy.run_path(str(ROOT / config))
+    cfg = Config()
+    for key, value in names.items():
+        if key in cfg.settings:
+            cfg.set(key.lower(), value)
+    return cfg
 
 
-def gunicorn_settings(app_config: str, *config: str, env: dict[str, str] | None = None) -> dict[str, str]:
-    """What gunicorn itself makes of a configuration (``--print-config``)."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("PORT", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS", "GUNICORN_CMD_ARGS")}
-    clean["CX_CONNECTOR_CONFIG"] = app_config
-    out = subprocess.run([sys.executable, "-m", "gunicorn", "--print-config", *config],
-                         env={**clean, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.stdout.splitlines())
-            if _}
-
-
-def test_gunicorn_reads_the_shipped_settings_from_the_working_directory(app_config):
-    """The Procfile's ``web`` (from the checkout) and ``-c python:cx_connector.gunicorn_conf``
-    (pip-installed) are the same settings; PORT and WEB_CONCURRENCY drive them."""
+def test_gunicorn_reads_the_shipped_settings_from_the_working_directory(monkeypatch):
+    """The Procfile's ``web`` (the checkout's gunicorn.conf.py) and ``-c
+    python:cx_connector.gunicorn_conf`` (pip-installed) are the same settings; PORT and
+    WEB_CONCURRENCY drive them. (The real-process tests run gunicorn with them.)"""
     env = {"PORT": "5123", "WEB_CONCURRENCY": "7", "FORWARDED_ALLOW_IPS": "*"}
-    from_file = gunicorn_settings(app_config, "--config", "gunicorn.conf.py", env=env)
-    from_package = gunicorn_settings(app_config, "--config", "python:cx_connector.gunicorn_conf", env=env)
-    assert {**from_file, "config": ""} == {**from_package, "config": ""}
-    s = from_file
-    assert s["bind"] == "['0.0.0.0:5123']" and s["workers"] == "7"
-    assert s["wsgi_app"] == "cx_connector:create_app()"
-    assert s["worker_class"] == "gthread" and s["threads"] == "4"
-    assert s["preload_app"] == "True"
-    # the platforms give a webhook 5 s: the workers are replaced long after no request is
-    # useful, a deploy lets in-flight requests finish, and the proxy closes idle connections
-    assert int(s["timeout"]) == 20 and int(s["graceful_timeout"]) == 10 and int(s["keepalive"]) == 75
-    assert s["forwarded_allow_ips"] == "['*']"
-    assert s["control_socket_disable"] == "True"
-    for hook in ("when_ready", "post_fork", "post_worker_init", "child_exit"):
-        assert s[hook] == f"<{hook}()>"
+    from_file = gunicorn_settings("gunicorn.conf.py", monkeypatch, **env)
+    from_package = gunicorn_settings("python:cx_connector.gunicorn_conf", monkeypatch, **env)
+    for c in (from_file, from_package):
+        assert c.bind == ["0.0.0.0:5123"] and c.workers == 7
+        assert c.wsgi_app == "cx_connector:create_app()"
+        assert c.worker_class_str == "gthread" and c.threads == 4
+        assert c.preload_app
+        # the platforms give a webhook 5 s: the workers are replaced long after no request is
+        # useful, a deploy lets in-flight requests finish, and the proxy closes idle connections
+        assert (c.timeout, c.graceful_timeout, c.keepalive) == (20, 10, 75)
+        assert c.forwarded_allow_ips == ["*"]
+        assert c.control_socket_disable
+        assert c.logconfig_dict["root"]["handlers"] == ["cx-connector"]
+        for hook in ("when_ready", "post_fork", "post_worker_init", "child_exit"):
+            assert c.settings[hook].get().__module__ == "cx_connector.gunicorn_conf"
+    assert {k: v.get() for k, v in from_file.settings.items() if k not in _HOOKS} == \
+        {k: v.get() for k, v in from_package.settings.items() if k not in _HOOKS}
 
 
-def test_without_a_platform_gunicorn_listens_on_loopback_with_a_worker_per_cpu_plus_one(app_config):
-    s = gunicorn_settings(app_config, "--config", "python:cx_connector.gunicorn_conf")
-    assert s["bind"] == "['127.0.0.1:8000']"
-    assert s["workers"] == str(len(os.sched_getaffinity(0)) + 1)
-    assert s["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
+_HOOKS = {"when_ready", "post_fork", "post_worker_init", "child_exit"}
+
+
+def test_without_a_platform_gunicorn_listens_on_loopback_with_a_worker_per_cpu_plus_one(monkeypatch):
+    c = gunicorn_settings("python:cx_connector.gunicorn_conf", monkeypatch)
+    assert c.bind == ["127.0.0.1:8000"]
+    assert c.workers == len(os.sched_getaffinity(0)) + 1
+    assert c.forwarded_allow_ips == ["127.0.0.1", "::1"]
 
 
 def test_serve_runs_gunicorn_with_the_shipped_settings(tmp_path, database_url, monkeypatch):
