@@ -27,7 +27,6 @@ wait as long as they need.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import threading
@@ -171,6 +170,14 @@ class _SqliteWriterLock:
     lock is released. The side file (never the database file: closing any descriptor
     of it would drop SQLite's own POSIX locks) is opened once per process (re-opened
     after a fork); a thread lock orders the threads of one process, which share it.
+
+    A writer with a deadline (a webhook) must not wait forever, and the kernel offers
+    no ``flock`` with a timeout: a helper thread waits in the kernel's queue on its
+    behalf (keeping the queue's prompt hand-over), and the writer waits for the
+    helper only until its deadline. A helper whose writer gave up releases the lock
+    as soon as it gets it, or hands it to the next writer of the process if one came.
+    The flock only queues writers: SQLite's own locking (``BEGIN IMMEDIATE``) is what
+    keeps them apart, so no path here can let two writes interleave.
     """
 
     def __init__(self, path: str) -> None:
@@ -178,24 +185,23 @@ class _SqliteWriterLock:
         self.thread_lock = threading.Lock()
         self.pid = -1
         self.fd = -1
+        self._mutex = threading.Lock()  # guards the helper's state below
+        self._helper: threading.Thread | None = None
+        self._abandoned = False
+        self._granted = threading.Event()
 
     @contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
-        """Hold the lock; with ``timeout`` (seconds), give up after that long waiting.
-
-        The kernel offers no ``flock`` with a timeout: a waiter with a deadline polls
-        (every 0.2 to 2 ms); one without blocks, and is woken the moment it is free.
-        """
+        """Hold the lock; with ``timeout`` (seconds), give up after that long waiting."""
+        end = None if timeout is None else time.monotonic() + timeout
         if not self.thread_lock.acquire(timeout=-1 if timeout is None else timeout):
             raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
         try:
             if self.pid != os.getpid():
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self.pid = os.getpid()
-            if timeout is None:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-            else:
-                self._lock_until(time.monotonic() + timeout, timeout)
+                self._helper, self._abandoned, self._granted = None, False, threading.Event()
+            self._lock(end, timeout)
             try:
                 yield
             finally:
@@ -203,19 +209,42 @@ class _SqliteWriterLock:
         finally:
             self.thread_lock.release()
 
-    def _lock_until(self, end: float, timeout: float) -> None:
-        pause = 0.0002
-        while True:
+    def _lock(self, end: float | None, timeout: float | None) -> None:
+        with self._mutex:
+            adopt = self._helper is not None  # a helper of a writer that gave up is queued
+            if adopt:
+                self._abandoned = False
+        if not adopt:
+            if end is None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                return
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= end:
-                raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.002)
+            except BlockingIOError:
+                pass
+            self._helper = threading.Thread(target=self._wait_in_queue, daemon=True,
+                                            name="cx-sqlite-writer-lock")
+            self._helper.start()
+        if self._granted.wait(None if end is None else max(0.0, end - time.monotonic())):
+            self._granted.clear()
+            return
+        with self._mutex:
+            if self._granted.is_set():  # granted just now
+                self._granted.clear()
+                return
+            self._abandoned = True
+        raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
+
+    def _wait_in_queue(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        with self._mutex:
+            self._helper = None
+            if self._abandoned:
+                self._abandoned = False
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            else:
+                self._granted.set()
 
 
 _writer_locks: dict[str, _SqliteWriterLock] = {}

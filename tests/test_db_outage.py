@@ -256,3 +256,39 @@ def test_a_database_locked_by_another_process_answers_503_within_the_deadline(da
     assert post_signed("generic", body).status_code == 200
     with rt.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(deliveries)).scalar_one() == 1
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="SQLite's writer queue")
+def test_a_writer_that_gave_up_leaves_its_place_in_the_queue_to_the_next(database_url, engine):
+    """SQLite: one writer gives up waiting (its deadline passed) while another process
+    holds the write lock; the next writer of this process takes over its place in the
+    queue and gets the lock as soon as it is free; later writers are not held up."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    from cx_connector import db
+    from cx_connector.errors import DatabaseUnavailable
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, database_url, "1.5"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.perf_counter()
+        with pytest.raises(DatabaseUnavailable, match=r"no write slot within 0\.3 s"), \
+                db.write(db.deadline(engine, 0.3)):
+            pass
+        assert 0.25 < time.perf_counter() - t0 < 1.2
+        with db.write(db.deadline(engine, 5)) as conn:  # waits for the holder, not for 5 s
+            conn.execute(text("INSERT INTO leases (name, holder, acquired_at, expires_at) "
+                              "VALUES ('x', 'y', '2026-01-01', '2026-01-01')"))
+        assert time.perf_counter() - t0 < 3.5
+    finally:
+        holder.wait(10)
+        holder.stdout.close()
+    t1 = time.perf_counter()
+    for k in range(20):  # nothing is left queued: with and without deadline, no wait
+        with db.write(db.deadline(engine, 1) if k % 2 else engine):
+            pass
+    assert time.perf_counter() - t1 < 2
