@@ -137,7 +137,12 @@ def _record_later(rt: Runtime, record: dict[str, Any], t0: float) -> None:
 def _flush_unrecorded(rt: Runtime) -> None:
     with _unrecorded_lock:
         while _unrecorded:
-            _write_record(rt, _unrecorded[0])
+            try:
+                _write_record(rt, _unrecorded[0])
+            except DatabaseUnavailable:
+                raise
+            except Exception:  # a record that cannot be written must not block every later run
+                log.exception("could not record an earlier job run", extra={"job": _unrecorded[0]["job"]})
             _unrecorded.pop(0)
 
 
