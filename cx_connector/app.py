@@ -1,7 +1,8 @@
 """The application factory: one ``create_app()``, blueprints, nothing at import time.
 
-gunicorn: ``gunicorn "cx_connector:create_app()"``. The configuration file is found
-as the CLI finds it (``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
+gunicorn: ``gunicorn -c python:cx_connector.gunicorn_conf`` (the shipped settings, which
+name ``cx_connector:create_app()``). The configuration file is found as the CLI finds it
+(``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ def receive(source: str) -> Any:
     connector = rt.connectors.get(source)
     if connector is None:
         raise NotFound(f"no enabled connector at /webhooks/{source}")
-    body = request.get_data(cache=False)  # raises 413 when Content-Length is above the limit
-    if len(body) >= rt.config.webhooks.max_body_bytes:  # a chunked body is cut at the limit
+    try:
+        body = request.get_data(cache=False)  # 413 when Content-Length is above the limit
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) >= rt.config.webhooks.max_body_bytes:  # chunked: cut at the limit
         raise RequestEntityTooLarge(f"webhook bodies are limited to "
                                     f"{rt.config.webhooks.max_body_bytes - 1} bytes")
     try:
-        receipt = inbox.receive(rt.engine, connector, body, dict(request.headers),
+        # bounded waits: a locked or unreachable database answers 503 before the platform gives up
+        engine = db.deadline(rt.engine, rt.config.webhooks.database_timeout.total_seconds())
+        receipt = inbox.receive(engine, connector, body, dict(request.headers),
                                 method=request.method, url=request.url, now=rt.now())
     except SignatureError as exc:
         log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})

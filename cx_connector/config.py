@@ -71,6 +71,9 @@ class Writeback:
 class Webhooks:
     max_body_bytes: int = 1024 * 1024
     signature_tolerance: timedelta = timedelta(minutes=5)
+    #: longest a webhook waits for a database lock, and runs one statement, before it
+    #: answers 503 (the platforms give up after 5 s and retry)
+    database_timeout: timedelta = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,12 @@ class WebhooksSchema(_Strict):
     max_body_bytes = fields.Integer(load_default=Webhooks.max_body_bytes,
                                     validate=validate.Range(min=1024, max=64 * 1024 * 1024))
     signature_tolerance = Duration(load_default=Webhooks.signature_tolerance)
+    database_timeout = Duration(load_default=Webhooks.database_timeout)
+
+    @validates("database_timeout")
+    def _database_timeout(self, value: timedelta, **_: Any) -> None:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=60):
+            raise ValidationError("between 1s and 60s (the platforms wait 5 s to 10 s for an answer)")
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Webhooks:

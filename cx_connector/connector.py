@@ -84,6 +84,7 @@ __all__ = [
     "Restore",
     "SampleDelivery",
     "ScoreField",
+    "ServiceUrl",
     "SettingsSchema",
     "SetupItem",
     "SetupReport",
@@ -486,6 +487,43 @@ class Duration(fields.Field):
             return timedelta(seconds=seconds)
         except OverflowError:  # YAML .inf, or more weeks than a timedelta holds
             raise ValidationError("too long (timedelta overflow)") from None
+
+
+#: hosts that may be called over plain http: this machine (tests, local mock servers)
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class ServiceUrl(fields.String):
+    """A marshmallow field for a configured URL (an API base, a public webhook address).
+
+    https only, except for this machine (``localhost``, ``127.0.0.1``, ``::1``: tests and
+    local mock servers); no user name or password in it (credentials have their own
+    settings, and a URL is printed and logged where a secret must never be); no
+    ``#fragment`` (never sent). Messages never repeat the value, which might hold a secret.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> str:
+        from urllib.parse import urlsplit
+
+        text = super()._deserialize(value, attr, data, **kw).strip()
+        try:
+            parts = urlsplit(text)
+            host = (parts.hostname or "").lower()
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValidationError("not a valid URL (use https://host/path)") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValidationError("not a valid URL (use https://host/path)")
+        if parts.username is not None or parts.password is not None:
+            raise ValidationError("must not contain a user name or password (credentials go in "
+                                  "their own settings, never in a URL)")
+        if parts.scheme == "http" and host not in LOCAL_HOSTS:
+            raise ValidationError("use https:// (plain http is only allowed for localhost)")
+        if parts.fragment or text.endswith("#"):
+            raise ValidationError("must not contain a #fragment")
+        if any(c.isspace() for c in text):
+            raise ValidationError("must not contain spaces")
+        return text
 
 
 class SettingsSchema(Schema):

@@ -135,6 +135,8 @@ def configure(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (
     handler.addFilter(ScrubSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(level)
+    # the migration check at every start makes Alembic announce its plugins and dialect
+    logging.getLogger("alembic").setLevel(level if level == "DEBUG" else "WARNING")
 
 
 # --- gunicorn's own logs -------------------------------------------------------------------------

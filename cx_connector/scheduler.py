@@ -6,12 +6,18 @@ tests and CLI commands call directly; :func:`run_job` wraps it with a database
 lease (one run at a time across processes), a ``job_runs`` row (status, duration,
 details or error) and logging. Jobs coalesce and never overlap
 (``max_instances=1``); each has an explicit id.
+
+The database going away never stops the clock: a run that cannot reach it (at the
+start, or half-way) ends ``failed`` with the reason in the log, its ``job_runs``
+record is written as soon as the database is back (by the next run of any job in
+this process), and the job runs again at its next tick.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +29,8 @@ from sqlalchemy import update
 
 from cx_connector import db, enrich, leases, logs
 from cx_connector.config import Config
+from cx_connector.errors import DatabaseUnavailable
+from cx_connector.http import redact
 from cx_connector.metrics import stored
 from cx_connector.models import job_runs
 from cx_connector.runtime import Runtime
@@ -81,34 +89,85 @@ def _run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None,
     started = rt.now()
     t0 = time.perf_counter()
     record: dict[str, Any] = {"job": job_id, "started_at": started}
-    with leases.Held(rt.engine, lease or f"job:{job_id}", ttl) as ok:
-        if not ok:
-            record.update(status="skipped", details={"reason": "another process is running it"})
-            _record(rt, record, t0)
-            log.info("job skipped: lease held elsewhere", extra={"job": job_id})
-            return record
-        with db.write(rt.engine) as conn:
-            run_id = conn.execute(job_runs.insert().values(
-                job=job_id, started_at=started, status="running", details={},
-                host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
-        with logs.fields(job_run_id=run_id):
-            try:
-                details = func(rt) or {}
-                record.update(status="ok", details=details)
-            except Exception as exc:
-                log.exception("job failed", extra={"job": job_id})
-                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                              details={"traceback": traceback.format_exc(limit=5)})
-            record["id"] = run_id
-            _record(rt, record, t0)
-            if record["status"] == "ok":
-                log.info("job finished", extra={"status": "ok", "duration_ms": record["duration_ms"]})
+    try:
+        _flush_unrecorded(rt)
+        with leases.Held(rt.engine, lease or f"job:{job_id}", ttl) as ok:
+            if not ok:
+                record.update(status="skipped", details={"reason": "another process is running it"})
+                _record(rt, record, t0)
+                log.info("job skipped: lease held elsewhere", extra={"job": job_id})
+                return record
+            # a run starts once it holds the lease: runs of one lease never overlap in job_runs
+            record["started_at"] = started = rt.now()
+            with db.write(rt.engine) as conn:
+                record["id"] = conn.execute(job_runs.insert().values(
+                    job=job_id, started_at=started, status="running", details={},
+                    host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
+            with logs.fields(job_run_id=record["id"]):
+                try:
+                    details = func(rt) or {}
+                    record.update(status="ok", details=details)
+                except Exception as exc:
+                    if _database_away(exc):
+                        log.warning("job failed: database unavailable; it runs again at its next tick",
+                                    extra={"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
+                    else:
+                        log.exception("job failed", extra={"job": job_id})
+                    # stored and printed (`scheduler --once`): no configured secret in it, whatever
+                    # the exception quoted
+                    secrets = sorted(rt.config.secrets(), key=len, reverse=True)
+                    record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}", secrets),
+                                  details={"traceback": redact(traceback.format_exc(limit=5), secrets)})
+                _record(rt, record, t0)
+                if record["status"] == "ok":
+                    log.info("job finished", extra={"status": "ok", "duration_ms": record["duration_ms"]})
+    except DatabaseUnavailable as exc:  # taking the lease or recording the run
+        if "status" not in record:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          details={"reason": "database unavailable"})
+            log.warning("job not run: database unavailable; it runs again at its next tick",
+                        extra={"job": job_id, "error": exc.message})
+        _record_later(rt, record, t0)
     return record
+
+def _database_away(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or db.is_connection_error(exc)
+
+
+#: runs whose record could not be written (the database was away): written by the next run
+_unrecorded: list[dict[str, Any]] = []
+_unrecorded_lock = threading.Lock()
+#: at most this many are kept (a long outage must not grow the clock's memory)
+MAX_UNRECORDED = 200
+
+
+def _record_later(rt: Runtime, record: dict[str, Any], t0: float) -> None:
+    record.setdefault("duration_ms", int((time.perf_counter() - t0) * 1000))
+    record.setdefault("finished_at", rt.now())
+    with _unrecorded_lock:
+        if len(_unrecorded) < MAX_UNRECORDED:
+            _unrecorded.append(record)
+
+
+def _flush_unrecorded(rt: Runtime) -> None:
+    with _unrecorded_lock:
+        while _unrecorded:
+            try:
+                _write_record(rt, _unrecorded[0])
+            except DatabaseUnavailable:
+                raise
+            except Exception:  # a record that cannot be written must not block every later run
+                log.exception("could not record an earlier job run", extra={"job": _unrecorded[0]["job"]})
+            _unrecorded.pop(0)
 
 
 def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
     record["duration_ms"] = int((time.perf_counter() - t0) * 1000)
     record["finished_at"] = rt.now()
+    _write_record(rt, record)
+
+
+def _write_record(rt: Runtime, record: dict[str, Any]) -> None:
     with db.write(rt.engine) as conn:
         values = {"finished_at": record["finished_at"], "status": record["status"],
                   "duration_ms": record["duration_ms"], "details": record.get("details", {}),

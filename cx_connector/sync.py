@@ -72,6 +72,11 @@ log = logging.getLogger(__name__)
 ACTOR = "scheduler"
 #: consecutive 429s on one request before its writes are parked for the next run
 MAX_RATE_LIMITED = 8
+#: writes are due but none could be claimed (another worker has the record in flight, or
+#: scoring is storing a new value into it): look again after this long...
+BUSY_POLL = 0.25
+#: ...and leave them to the next run after this long (the other worker sends them)
+BUSY_GIVE_UP = 2.0
 _MISSING = object()
 
 
@@ -280,9 +285,11 @@ class PlatformRun:
         deadline = self.clock.monotonic() + self.opts.max_run_time.total_seconds()
         recover_expired(self.engine, self.source, self.opts.claim_timeout, now=self.clock.now())
         packer = Packer(self.connector)
+        busy = 0.0  # how long due writes have been held by someone else
         while self.stop is None:
             rows = [] if self.clock.monotonic() >= deadline else self.claim()
             if rows:
+                busy = 0.0
                 packer.add(rows)
                 self.send_all(packer.full())
                 continue
@@ -295,6 +302,11 @@ class PlatformRun:
             if wait is None or wait > self.opts.max_wait.total_seconds() or \
                     self.clock.monotonic() + wait >= deadline:
                 break
+            if wait <= 0:  # due, yet not claimable: not ours to send now
+                if busy >= BUSY_GIVE_UP:
+                    break
+                busy += BUSY_POLL
+                wait = BUSY_POLL
             self.clock.sleep(wait)
         if packer.queue:  # stopped: whatever is still queued was never sent
             stop = self.stop or _Stop("the run ended before it was sent")

@@ -31,6 +31,7 @@ from cx_connector.connector import (
     RecordAlert,
     RecordWrite,
     SampleDelivery,
+    ServiceUrl,
     SettingsSchema,
     SetupReport,
     Throttle,
@@ -99,14 +100,12 @@ class SurveyPropertyField(fields.Field):
 class HubSpotSettingsSchema(SettingsSchema):
     client_secret = fields.String(required=True, validate=validate.Length(min=1))
     access_token = fields.String(required=True, validate=validate.Length(min=1))
-    webhook_url = fields.Url(required=True, schemes={"https", "http"}, require_tld=False)
-    api_base_url = fields.Url(load_default="https://api.hubapi.com", schemes={"https", "http"},
-                              require_tld=False)
+    webhook_url = ServiceUrl(required=True)
+    api_base_url = ServiceUrl(load_default="https://api.hubapi.com")
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     portal_id = fields.String(load_default=None, allow_none=True,
                               validate=validate.Regexp(r"^\d{1,20}$", error="the numeric account id"))
-    app_url = fields.Url(load_default="https://app.hubspot.com", schemes={"https", "http"},
-                         require_tld=False)
+    app_url = ServiceUrl(load_default="https://app.hubspot.com")
     app_id = fields.String(load_default=None, allow_none=True,
                            validate=validate.Regexp(r"^\d{1,20}$", error="the numeric app id"))
     won_stages = fields.List(fields.String(validate=validate.Length(min=1, max=100)),

@@ -32,6 +32,7 @@ from cx_connector.connector import (
     RecordAlert,
     RecordWrite,
     SampleDelivery,
+    ServiceUrl,
     SettingsSchema,
     SetupReport,
     Throttle,
@@ -72,8 +73,7 @@ class ZendeskSettingsSchema(SettingsSchema):
     webhook_secret = fields.String(required=True, validate=validate.Length(min=1))
     trigger_webhook_secret = fields.String(load_default=None, allow_none=True,
                                            validate=validate.Length(min=1))
-    api_base_url = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"},
-                              require_tld=False)
+    api_base_url = ServiceUrl(load_default=None, allow_none=True)
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     csat_scale = fields.Integer(load_default=5, validate=validate.OneOf(
         (2, 3, 5), error="the CSAT survey's rating scale: 2, 3 or 5"))
