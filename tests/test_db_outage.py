@@ -66,7 +66,7 @@ def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     port = free_port()
     config = tmp_path / "cx.yaml"
-    config.write_text(f"database_url: {proxied}\nlogging: {{level: WARNING}}\n"
+    config.write_text(f"database_url: {proxied}\nlogging: {{level: INFO}}\n"
                       "schedule: {score_every: 1s, sync_every: 1s, enrich_every: 1h}\n"
                       "scoring: {min_purchasers: 1000000}\n"
                       f"connectors:\n  generic:\n    secret: {SECRET}\n")

@@ -170,7 +170,8 @@ def test_gunicorn_logger_class_writes_json_error_and_access_lines(tmp_path, data
          "--logger-class", "cx_connector.logs.GunicornLogger", "--access-logfile", "-",
          "cx_connector:create_app()"],
         env={**os.environ, "CX_CONNECTOR_CONFIG": str(cfg)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp_path)  # plain gunicorn: not the repository's gunicorn.conf.py
     try:
         wait_for(lambda: _healthy(port), "gunicorn")
         r = requests.get(f"http://127.0.0.1:{port}/healthz?token={secret}", timeout=5,

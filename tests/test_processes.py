@@ -91,7 +91,7 @@ def write_config(tmp: Path, database_url: str, api_port: int, web_port: int) -> 
     path = tmp / "cx.yaml"
     path.write_text(f"""
 database_url: {database_url}
-logging: {{level: WARNING}}
+logging: {{level: INFO}}  # the clock says "scheduler running" at INFO
 schedule: {{score_every: 1s, sync_every: 1s, enrich_every: 1h}}
 scoring: {{min_purchasers: 1000000}}
 connectors:
