@@ -43,13 +43,25 @@ SECRETS = {
     "ZENDESK_TRIGGER_SECRET": "Z3ndesk-trigger-zq81-leakcheck",
     "SHOPIFY_ACCESS_TOKEN": "shpat_Sh0pify-access-zq81-leakcheck",
     "SHOPIFY_CLIENT_SECRET": "Sh0pify-client-zq81-leakcheck",
+    "CX_METRICS_TOKEN": "Metr1cs-t0ken-zq81-leakcheck",
+    "CX_ALERTS_SECRET": "Al3rts-s1gning-zq81-leakcheck",
+    "CX_ALERTS_URL": "https://alerts.example.test/hooks/Al3rts-url-zq81-leakcheck",
 }
 DB_PASSWORD = "DBpassw0rd-zq81-leakcheck"
 
 CONFIG = """
 database_url: ${DATABASE_URL}
 admin_token: ${CX_ADMIN_TOKEN}
+metrics: {token: "${CX_METRICS_TOKEN}"}
 logging: {level: DEBUG, format: json}
+alerts:
+  max_attempts: 1
+  webhooks:
+    ops: {url: "${CX_ALERTS_URL}", secret: "${CX_ALERTS_SECRET}", format: json}
+  rules:
+    red: {condition: turned_red, webhooks: [ops], platforms: [hubspot], notify_existing: true}
+    reopened: {condition: ticket_reopened, times: 1, webhooks: [ops], platforms: [zendesk],
+               notify_existing: true}
 writeback: {max_attempts: 2, backoff_base: 1s, max_wait: 1s}
 connectors:
   generic:
@@ -252,6 +264,46 @@ def test_no_secret_in_any_output_of_a_full_run(setting, tmp_path, monkeypatch):
     assert "bad settings" in cli("scheduler", "--once", "--job", "enrich", code=1)
     cli("outbox")
     cli("outbox", "--dead")
+
+    # alerts: the receiver and the platforms refuse, quoting what they were sent
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.POST, re.compile(r"https://alerts\.example\.test/.*"), callback=echo)
+        mock.add_callback(responses.POST, re.compile(r"https://api\.hubapi\.test/.*"), callback=echo)
+        mock.add_callback(responses.GET, re.compile(r"https://api\.hubapi\.test/.*"), callback=echo)
+        for method in (responses.GET, responses.PUT):
+            mock.add_callback(method, re.compile(r"https://acme\.zendesk\.test/.*"), callback=unauthorised)
+        cli("alerts", "retry", code=None)  # those the clock's run above could not deliver
+        cli("alerts", "check", code=None)
+        cli("alerts", "check", "--json", code=None)
+        assert any("alerts.example.test" in c.request.url for c in mock.calls), "no alert was posted"
+    cli("alerts", "--all")
+    cli("alerts", "--all", "--json")
+
+    # /metrics, the admin console and its API, as Prometheus and an admin see them
+    def get(target: str, **kw: Any) -> Any:
+        r = client.get(target, **kw)
+        out.add(f"GET {target} -> {r.status_code}", r.get_data())
+        out.add(f"GET {target} headers", str(dict(r.headers)))
+        return r
+
+    bearer = {"Authorization": f"Bearer {SECRETS['CX_METRICS_TOKEN']}"}
+    assert get("/metrics", headers=bearer).status_code == 200
+    assert get("/metrics", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    api = {"Authorization": f"Bearer {SECRETS['CX_ADMIN_TOKEN']}"}
+    assert get("/api/v1/customers?limit=5", headers=api).status_code == 200
+    assert get("/api/v1/customers/1", headers=api).status_code in (200, 404)
+    assert get("/api/v1/kpis", headers=api).status_code == 200
+    assert get("/api/v1/customers?health=purple", headers=api).status_code == 400
+    page = get("/admin/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post("/admin/login", data={"csrf_token": csrf, "token": "not-the-token-0123456789"})
+    out.add(f"POST /admin/login wrong -> {r.status_code}", r.get_data())
+    r = client.post("/admin/login", data={"csrf_token": csrf, "token": SECRETS["CX_ADMIN_TOKEN"]})
+    assert r.status_code == 303, r.status_code
+    out.add("POST /admin/login headers", str(dict(r.headers)))
+    for target in ("/admin/", "/admin/pain-points", "/admin/customers", "/admin/customers?health=red",
+                   "/admin/customers/1", "/admin/operations"):
+        assert get(target).status_code in (200, 404), target
     cli("outbox", "--json")
     cli("customers", "list")
     dead = json.loads(cli("outbox", "--dead", "--json"))
