@@ -98,7 +98,7 @@ def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[d
     return fields, {f: previous.get(f) for f in fields}
 
 
-def _raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
     """``executemany`` on the transaction's DBAPI cursor; ``?`` placeholders, ``?j`` for JSON.
 
     The full scoring pass queues a write for most records, and SQLAlchemy's per-row
@@ -115,7 +115,7 @@ def _raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
         cur.close()
 
 
-def _time(conn: Connection, when: datetime) -> Any:
+def stored_time(conn: Connection, when: datetime) -> Any:
     """A time as the column stores it (SQLite: naive UTC text, as UTCDateTime writes it)."""
     if conn.dialect.name == "sqlite":
         return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -139,7 +139,7 @@ def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any
     return out
 
 
-def _rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
+def raw_rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
     """A query on the transaction's DBAPI cursor (``?`` placeholders)."""
     if conn.dialect.name != "sqlite":
         sql = sql.replace("?", "%s")
@@ -180,7 +180,7 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
         chunk = items[start:start + BATCH]
         records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
         listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
-        for cid, source, value in _rows(conn, (
+        for cid, source, value in raw_rows(conn, (
                 f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
                 "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
             connector = connectors.get(source)
@@ -196,14 +196,14 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
             by_source.setdefault(source, []).append(ext)
         for source, exts in by_source.items():
             marks = ", ".join("?" * len(exts))
-            for ext, field, value in _rows(conn, (
+            for ext, field, value in raw_rows(conn, (
                     f"SELECT external_id, field, value FROM written_values WHERE source = ? "
                     f"AND external_id IN ({marks})"), [source, *exts]):
                 if (source, ext) in last:
                     last[(source, ext)][field] = stored(value)
             # status || '' keeps SQLite (without statistics) on the (source, external_id) index
             # rather than the status index, which would read every pending write of the outbox
-            for row_id, ext, fields, previous in _rows(conn, (
+            for row_id, ext, fields, previous in raw_rows(conn, (
                     f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
                     f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
                     [source, *exts]):
@@ -230,14 +230,14 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1
-        at = _time(conn, now)
+        at = stored_time(conn, now)
         if inserts:
-            _raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
+            raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
                             "attempts, next_attempt_at, created_at, updated_at) "
                             "VALUES (?, ?, ?, ?j, ?j, 'pending', 0, ?, ?, ?)",
                       [(*r, at, at, at) for r in inserts])
         if updates:
-            _raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
+            raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
                             "WHERE id = ?", [(f, p, c, at, i) for f, p, c, i in updates])
     return queued
 

@@ -18,8 +18,8 @@ PROPERTIES = "/crm/v3/properties/contacts"
 
 
 def _existing_properties(session: Session, throttle: Throttle) -> dict[str, dict[str, Any]]:
-    throttle.wait()
-    data = session.call("GET", PROPERTIES, params={"archived": "false"}).json()
+    with throttle.slot():
+        data = session.call("GET", PROPERTIES, params={"archived": "false"}).json()
     return {p["name"]: p for p in data.get("results", [])}
 
 
@@ -38,17 +38,17 @@ def compare(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
 
 def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
     items: list[SetupItem] = []
-    throttle.wait()
     try:
-        session.call("GET", f"{GROUPS}/{fields.GROUP['name']}")
+        with throttle.slot():
+            session.call("GET", f"{GROUPS}/{fields.GROUP['name']}")
         items.append(SetupItem(f"group {fields.GROUP['name']}", "exists"))
     except PlatformRecordGone:
         req = PlannedRequest("POST", GROUPS, fields.GROUP)
         if dry_run:
             items.append(SetupItem(f"group {fields.GROUP['name']}", "would_create", request=req))
         else:
-            throttle.wait()
-            session.call(req.method, req.path, json=req.body)
+            with throttle.slot():
+                session.call(req.method, req.path, json=req.body)
             items.append(SetupItem(f"group {fields.GROUP['name']}", "created", request=req))
     existing = _existing_properties(session, throttle)
     for wanted in fields.definitions():
@@ -63,7 +63,7 @@ def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
         if dry_run:
             items.append(SetupItem(name, "would_create", request=req))
             continue
-        throttle.wait()
-        session.call(req.method, req.path, json=req.body)
+        with throttle.slot():
+            session.call(req.method, req.path, json=req.body)
         items.append(SetupItem(name, "created", f"{wanted['type']}/{wanted['fieldType']}", request=req))
     return SetupReport("hubspot", tuple(items))

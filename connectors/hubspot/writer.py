@@ -49,9 +49,9 @@ def _error_ids(error: dict[str, Any]) -> list[str]:
 
 
 def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> dict[str, WriteResult]:
-    throttle.wait()
     try:
-        resp = session.call("POST", PATH, json=body(writes))
+        with throttle.slot():
+            resp = session.call("POST", PATH, json=body(writes))
     except PlatformRateLimited as exc:
         if exc.retry_after is None and "DAILY" in (exc.body or ""):
             raise PlatformRateLimited(f"hubspot: the daily API limit is used up; waiting "

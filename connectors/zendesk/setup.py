@@ -18,8 +18,8 @@ def existing(session: Session, throttle: Throttle) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     url: str | None = PATH
     while url:
-        throttle.wait()
-        data = session.call("GET", url).json()
+        with throttle.slot():
+            data = session.call("GET", url).json()
         for f in data.get("user_fields") or []:
             out[str(f.get("key"))] = f
         url = data.get("next_page")
@@ -54,7 +54,7 @@ def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
         if dry_run:
             items.append(SetupItem(name, "would_create", request=req))
             continue
-        throttle.wait()
-        session.call(req.method, req.path, json=req.body)
+        with throttle.slot():
+            session.call(req.method, req.path, json=req.body)
         items.append(SetupItem(name, "created", wanted["type"], request=req))
     return SetupReport("zendesk", tuple(items))

@@ -62,8 +62,8 @@ def _result(item: dict[str, Any]) -> WriteResult:
 
 
 def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> dict[str, WriteResult]:
-    throttle.wait()
-    job = session.call("PUT", PATH, json=body(writes)).json().get("job_status") or {}
+    with throttle.slot():
+        job = session.call("PUT", PATH, json=body(writes)).json().get("job_status") or {}
     wanted = [w.external_id for w in writes]
     delay, waited = FIRST_POLL, 0.0
     while str(job.get("status")) not in DONE:
@@ -73,9 +73,9 @@ def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> di
         throttle.sleep(delay)
         waited += delay
         delay = min(delay * 2, MAX_POLL)
-        throttle.wait()
         try:
-            job = session.call("GET", JOB_PATH.format(id=job["id"])).json().get("job_status") or {}
+            with throttle.slot():
+                job = session.call("GET", JOB_PATH.format(id=job["id"])).json().get("job_status") or {}
         except PlatformRecordGone:
             return {w: WriteResult.retry(f"zendesk: job status {job['id']} expired before it finished")
                     for w in wanted}
