@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
+from sqlalchemy import exc as sa_exc
 
 from cx_connector.connector import Connector
 from cx_connector.db import json_dumps
@@ -111,8 +112,17 @@ def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
     cur = conn.connection.dbapi_connection.cursor()
     try:
         cur.executemany(sql, rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
     finally:
         cur.close()
+
+
+def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
+    """A DBAPI error as SQLAlchemy would have raised it (so that :func:`cx_connector.db.write`
+    maps a lost connection to ``DatabaseUnavailable`` as for every other statement)."""
+    return sa_exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect)
 
 
 def stored_time(conn: Connection, when: datetime) -> Any:
@@ -147,6 +157,8 @@ def raw_rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
     try:
         cur.execute(sql, params)
         return cur.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
     finally:
         cur.close()
 

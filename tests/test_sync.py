@@ -7,18 +7,21 @@ tests/connectors/hubspot); the HTTP API is mocked with ``responses``.
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 import requests
 import responses
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from cx_connector import db, outbox, scheduler, sync
 from cx_connector.models import audit_log, identities
 from cx_connector.runtime import build
-from cx_connector.throttle import FakeClock
+from cx_connector.throttle import Clock, FakeClock
 from tests.conftest import NOW, make_config
 from tests.seeding import body, rows, run, seed, written
 
@@ -357,3 +360,73 @@ def test_packer_fills_every_request_even_across_records():
     full = packer.full()
     assert [sum(i.units for i in b) for b in full] == [25, 25]
     assert [sum(i.units for i in b) for b in packer.flush()] == [20]
+
+
+@responses.activate
+def test_concurrent_senders_send_every_write_exactly_once(hub):
+    ids = [str(800000000000 + i) for i in range(950)]
+    seed(hub, "hubspot", ids)
+    assert hub.connectors["hubspot"].write_concurrency > 1
+    rng = random.Random(5)
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most at once
+
+    def slow_ok(request):
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        time.sleep(rng.uniform(0.0, 0.03))
+        with lock:
+            in_flight[0] -= 1
+        return ok(request)
+
+    responses.add_callback(responses.POST, URL, callback=slow_ok)
+    result = run(hub, Clock())["platforms"]["hubspot"]
+    sent = [i["id"] for c in responses.calls for i in body(c)["inputs"]]
+    assert sorted(sent) == sorted(ids)  # each once
+    assert result["requests"] == 10 and result["landed"] == 950 and in_flight[1] > 1
+    assert {r["status"] for r in rows(hub.engine)} == {"done"}
+    assert len(audit_entries(hub.engine)) == 950
+
+
+@responses.activate
+def test_results_that_cannot_be_recorded_leave_the_writes_claimed_until_recovered(hub):
+    """A crash between sending and marking: the request landed but nothing was committed.
+    The writes stay in flight, are recovered after the claim timeout and sent again
+    (idempotent): nothing lost, nothing marked done without its audit entry."""
+    seed(hub, "hubspot", IDS[:3])
+
+    def landed_then_database_trouble(request):
+        if len(responses.calls) == 0:
+            with db.write(hub.engine) as conn:  # the marker's INSERT will fail
+                conn.exec_driver_sql("ALTER TABLE written_values RENAME TO written_values_away")
+        return ok(request)
+
+    responses.add_callback(responses.POST, URL, callback=landed_then_database_trouble)
+    with pytest.raises(sa_exc.DBAPIError):
+        run(hub)
+    assert {r["status"] for r in rows(hub.engine)} == {"in_flight"}
+    assert audit_entries(hub.engine) == []
+    with db.write(hub.engine) as conn:
+        conn.exec_driver_sql("ALTER TABLE written_values_away RENAME TO written_values")
+    result = run(hub, FakeClock(NOW + timedelta(minutes=11)))["platforms"]["hubspot"]
+    assert result["landed"] == 3 and len(responses.calls) == 2
+    assert {r["status"] for r in rows(hub.engine)} == {"done"}
+    assert len(audit_entries(hub.engine, "score_write_recovered")) == 3
+
+
+def test_claim_takes_the_oldest_due_first_and_skips_records_with_a_write_in_flight(hub):
+    seed(hub, "hubspot", IDS[:4])
+    with db.write(hub.engine) as conn:  # a later write for IDS[0] while one is in flight
+        conn.execute(outbox.outbox.update().where(outbox.outbox.c.external_id == IDS[0])
+                     .values(status="in_flight", claimed_by="other", claimed_at=NOW))
+        conn.execute(outbox.outbox.insert().values(
+            customer_id=None, source="hubspot", external_id=IDS[0], fields={"cx_score": 1}, previous={},
+            status="pending", attempts=0, next_attempt_at=NOW, created_at=NOW, updated_at=NOW))
+        conn.execute(outbox.outbox.update().where(outbox.outbox.c.external_id == IDS[3])
+                     .values(next_attempt_at=NOW - timedelta(minutes=1)))
+        conn.execute(outbox.outbox.update().where(outbox.outbox.c.external_id == IDS[2])
+                     .values(next_attempt_at=NOW + timedelta(minutes=1)))
+    got = sync.claim(hub.engine, "hubspot", "me", limit=10, now=NOW)
+    assert sorted(c.external_id for c in got) == sorted([IDS[1], IDS[3]])
+    assert got[0].fields == {"cx_score": 87, "cx_health": "green"}
