@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy import exc as sa_exc
 
 from cx_connector.connector import Connector
-from cx_connector.db import json_dumps
+from cx_connector.db import json_dumps, raw_many, raw_rows, stored_time
 from cx_connector.fields import FIELDS, canonical, canonical_values
 from cx_connector.models import identities, outbox, written_values
 
@@ -99,39 +98,6 @@ def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[d
     return fields, {f: previous.get(f) for f in fields}
 
 
-def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
-    """``executemany`` on the transaction's DBAPI cursor; ``?`` placeholders, ``?j`` for JSON.
-
-    The full scoring pass queues a write for most records, and SQLAlchemy's per-row
-    parameter processing would cost more than the rest of :func:`enqueue_many`.
-    """
-    if conn.dialect.name == "sqlite":
-        sql = sql.replace("?j", "?")
-    else:
-        sql = sql.replace("?j", "%s::jsonb").replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.executemany(sql, rows)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, exc) from exc
-    finally:
-        cur.close()
-
-
-def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
-    """A DBAPI error as SQLAlchemy would have raised it (so that :func:`cx_connector.db.write`
-    maps a lost connection to ``DatabaseUnavailable`` as for every other statement)."""
-    return sa_exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
-                                      dialect=conn.dialect)
-
-
-def stored_time(conn: Connection, when: datetime) -> Any:
-    """A time as the column stores it (SQLite: naive UTC text, as UTCDateTime writes it)."""
-    if conn.dialect.name == "sqlite":
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return when
-
-
 def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any], Any]) -> dict[str, Any]:
     """:func:`canonical_values` with a memo: scores repeat (0-100, a few options), and the
     canonical form costs a Decimal round trip per value."""
@@ -147,20 +113,6 @@ def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any
         except TypeError:  # unhashable: no memo
             out[name] = canonical(name, value)
     return out
-
-
-def raw_rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
-    """A query on the transaction's DBAPI cursor (``?`` placeholders)."""
-    if conn.dialect.name != "sqlite":
-        sql = sql.replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, exc) from exc
-    finally:
-        cur.close()
 
 
 def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],

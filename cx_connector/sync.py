@@ -56,6 +56,7 @@ from sqlalchemy import Connection, Engine, and_, func, select, update
 from cx_connector import audit, db, leases
 from cx_connector.config import Writeback
 from cx_connector.connector import Connector, Merge, RecordWrite, WriteResult
+from cx_connector.db import raw_many, raw_rows, stored_time
 from cx_connector.errors import (
     PlatformAPIError,
     PlatformAuthError,
@@ -64,7 +65,6 @@ from cx_connector.errors import (
     PlatformValidationError,
 )
 from cx_connector.models import audit_log, identities, outbox, written_values
-from cx_connector.outbox import raw_many, raw_rows, stored_time
 from cx_connector.runtime import Runtime
 from cx_connector.throttle import Clock, Limiter
 
@@ -659,8 +659,8 @@ class _Current:
 
 
 def _json(value: Any) -> Any:
-    """A JSON column as the DBAPI hands it back (SQLite: text; psycopg: parsed)."""
-    return json.loads(value) if isinstance(value, str) else (value if value is not None else {})
+    """A JSON object column as the DBAPI hands it back; ``{}`` for NULL."""
+    return {} if value is None else db.loaded_json(value)
 
 
 def _current(conn: Connection, rows: list[Claimed]) -> dict[int, _Current]:
