@@ -362,6 +362,10 @@ class Throttle:
     def sleep(self, seconds: float) -> None:
         """Sleep (injectable: tests never really sleep), e.g. between job-status polls."""
 
+    def pause(self, seconds: float) -> None:
+        """Hold every request through this throttle for ``seconds`` (a 429's ``Retry-After``)."""
+        self.sleep(seconds)
+
 
 @dataclass(frozen=True)
 class PlannedRequest:

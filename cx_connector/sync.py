@@ -60,6 +60,7 @@ from cx_connector.db import raw_many, raw_rows, stored_time
 from cx_connector.errors import (
     PlatformAPIError,
     PlatformAuthError,
+    PlatformFieldsMissing,
     PlatformRateLimited,
     PlatformRecordGone,
     PlatformValidationError,
@@ -465,7 +466,7 @@ class PlatformRun:
                     return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
                 self.limiter.pause(wait)
                 continue
-            except PlatformAuthError as exc:
+            except (PlatformAuthError, PlatformFieldsMissing) as exc:
                 self._set_stop(_Stop(exc.message))
                 return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
             except (PlatformValidationError, PlatformRecordGone) as exc:

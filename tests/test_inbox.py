@@ -236,7 +236,8 @@ def test_a_locked_database_is_503_and_stores_nothing(client, rt):
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         body = json.dumps(tp()).encode()
-        r = client.post("/webhooks/generic", data=body, headers={"X-CX-Signature": independent_signature(body)})
+        r = client.post("/webhooks/generic", data=body,
+                        headers={"X-CX-Signature": independent_signature(body)})
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

@@ -430,3 +430,19 @@ def test_claim_takes_the_oldest_due_first_and_skips_records_with_a_write_in_flig
     got = sync.claim(hub.engine, "hubspot", "me", limit=10, now=NOW)
     assert sorted(c.external_id for c in got) == sorted([IDS[1], IDS[3]])
     assert got[0].fields == {"cx_score": 87, "cx_health": "green"}
+
+
+@responses.activate
+def test_a_missing_property_stops_the_run_instead_of_splitting_every_record(hub):
+    """HubSpot refuses the whole batch because cx_score does not exist (setup not run):
+    no record is at fault, so the batch is not split into 199 requests and no write dies."""
+    seed(hub, "hubspot", IDS[:100])
+    responses.add(responses.POST, URL, status=400, json={
+        "status": "error", "category": "VALIDATION_ERROR",
+        "message": 'Property values were not valid: [{"isValid":false,"message":"Property '
+                   '\\"cx_score\\" does not exist","error":"PROPERTY_DOESNT_EXIST","name":"cx_score"}]'})
+    result = run(hub)["platforms"]["hubspot"]
+    assert len(responses.calls) == 1 and result["splits"] == 0 and result["dead"] == 0
+    assert "cx-connector setup" in result["errors"][0]
+    r = rows(hub.engine)
+    assert {x["status"] for x in r} == {"pending"} and {x["attempts"] for x in r} == {0}
