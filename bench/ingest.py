@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -262,11 +261,17 @@ def markdown(r: dict, command: str) -> str:
 
 
 def write_section(md: str, database: str) -> None:
+    """Put the figures into BENCHMARKS.md: between this database's markers when the
+    section has them (the hand-written analysis around them stays), else a new section."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = f"## Ingest ({database})"
-    pattern = re.compile(rf"{re.escape(head)}\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(md.rstrip("\n"), text) if head in text else text.rstrip("\n") + "\n\n" + md
+    begin, end = f"<!-- bench/ingest.py {database}: begin -->", f"<!-- bench/ingest.py {database}: end -->"
+    body = md.split("\n", 2)[2].strip("\n")  # without the "## Ingest (...)" heading
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Ingest ({database})\n\n{begin}\n{body}\n{end}\n"
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
