@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
@@ -60,73 +60,6 @@ def is_sqlite(engine_or_conn: Engine | Connection) -> bool:
     return engine_or_conn.dialect.name == "sqlite"
 
 
-# --- raw statements for the hot paths -------------------------------------------------------
-# SQLAlchemy Core costs ~80 us of Python per statement (compiled-cache lookup, parameter
-# and result processing); the DBAPI cursor ~5 us. The webhook request, the write-back's
-# claim and marking and the scoring pass run a handful of fixed statements very often,
-# so they use these helpers: ``?`` placeholders (``?j`` for a JSON value given as text),
-# times through :func:`stored_time`, errors raised as SQLAlchemy's would be.
-
-
-def _dialect_sql(conn: Connection, sql: str) -> str:
-    if conn.dialect.name == "sqlite":
-        return sql.replace("?j", "?")
-    return sql.replace("?j", "%s::jsonb").replace("?", "%s")
-
-
-def raw_rows(conn: Connection, sql: str, params: Any = ()) -> list[tuple]:
-    """Run one statement on the transaction's DBAPI cursor; its rows (``[]`` for none)."""
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(_dialect_sql(conn, sql), params)
-        return cur.fetchall() if cur.description else []
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, exc) from exc
-    finally:
-        cur.close()
-
-
-def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
-    """``executemany`` on the transaction's DBAPI cursor."""
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.executemany(_dialect_sql(conn, sql), rows)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise _wrapped(conn, sql, exc) from exc
-    finally:
-        cur.close()
-
-
-def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
-    """A DBAPI error as SQLAlchemy would have raised it, so that callers (and :func:`write`,
-    which turns a lost connection into ``DatabaseUnavailable``) treat it like any other."""
-    dbapi_conn = conn.connection.dbapi_connection
-    gone = conn.dialect.is_disconnect(exc, dbapi_conn, None)
-    if gone:
-        conn.invalidate(exc)
-    return sa_exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
-                                      connection_invalidated=gone, dialect=conn.dialect)
-
-
-def stored_time(conn: Connection, when: datetime | None) -> Any:
-    """A time as a ``UTCDateTime`` column stores it (SQLite: naive UTC text)."""
-    if when is None or conn.dialect.name != "sqlite":
-        return when
-    # as SQLAlchemy's SQLite DateTime writes it ("%Y-%m-%d %H:%M:%S.%f"); isoformat is faster
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def stored_json(value: Any) -> Any:
-    """A JSON column's value as text, for a ``?j`` placeholder."""
-    return None if value is None else json_dumps(value)
-
-
-def loaded_json(value: Any) -> Any:
-    """A JSON column as the DBAPI hands it back (SQLite: text, or a number the column's
-    numeric affinity already converted; psycopg: parsed)."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def make_engine(url: str, **kw: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -150,11 +83,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-            # straight on the DBAPI connection: every transaction (every webhook) begins here
-            try:
-                conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
-            except conn.dialect.loaded_dbapi.Error as exc:
-                raise _wrapped(conn, f"BEGIN {mode}", exc) from exc
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
     kw.setdefault("pool_pre_ping", True)
@@ -339,3 +268,74 @@ def upsert(conn: Connection, table: Any, conflict: list[str], update: list[str])
     stmt = insert(table)
     return stmt.on_conflict_do_update(index_elements=conflict,
                                       set_={c: stmt.excluded[c] for c in update})
+
+
+# --- raw statements for the hot paths -------------------------------------------------------
+# SQLAlchemy Core costs ~80 us of Python per statement (compiled-cache lookup, parameter
+# and result processing); the DBAPI cursor ~5 us. The webhook request, the write-back's
+# claim and marking and the scoring pass run a handful of fixed statements very often,
+# so they use these helpers: ``?`` placeholders (``?j`` for a JSON value given as text),
+# times through :func:`stored_time`, errors raised as SQLAlchemy's would be.
+
+
+def _dialect_sql(conn: Connection, sql: str) -> str:
+    if conn.dialect.name == "sqlite":
+        return sql.replace("?j", "?")
+    return sql.replace("?j", "%s::jsonb").replace("?", "%s")
+
+
+def raw_rows(conn: Connection, sql: str, params: Any = ()) -> list[tuple]:
+    """Run one statement on the transaction's DBAPI cursor; its rows (``[]`` for none)."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(_dialect_sql(conn, sql), params)
+        return cur.fetchall() if cur.description else []
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
+    finally:
+        cur.close()
+
+
+def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` on the transaction's DBAPI cursor."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(_dialect_sql(conn, sql), rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
+    finally:
+        cur.close()
+
+
+def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
+    """A DBAPI error as SQLAlchemy would have raised it, so that callers (and :func:`write`,
+    which turns a lost connection into ``DatabaseUnavailable``) treat it like any other."""
+    dbapi_conn = conn.connection.dbapi_connection
+    gone = conn.dialect.is_disconnect(exc, dbapi_conn, None)
+    if gone:
+        conn.invalidate(exc)
+    return sa_exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=gone, dialect=conn.dialect)
+
+
+def stored_time(conn: Connection, when: datetime | None) -> Any:
+    """A time as a ``UTCDateTime`` column stores it (SQLite: naive UTC text)."""
+    if when is None or conn.dialect.name != "sqlite":
+        return when
+    # UTC, naive, as SQLAlchemy's SQLite DateTime writes it ("%Y-%m-%d %H:%M:%S.%f");
+    # isoformat is faster than strftime
+    offset = when.utcoffset()
+    if offset is None:
+        raise ValueError("naive datetime given to the database; use an aware UTC datetime")
+    return (when - offset).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def stored_json(value: Any) -> Any:
+    """A JSON column's value as text, for a ``?j`` placeholder."""
+    return None if value is None else json_dumps(value)
+
+
+def loaded_json(value: Any) -> Any:
+    """A JSON column as the DBAPI hands it back (SQLite: text, or a number the column's
+    numeric affinity already converted; psycopg: parsed)."""
+    return json.loads(value) if isinstance(value, str) else value

@@ -11,7 +11,7 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
@@ -24,8 +24,6 @@ from cx_connector.errors import (
     PlatformUnavailable,
     PlatformValidationError,
 )
-
-T = TypeVar("T")
 
 USER_AGENT = f"cx-connector/{__version__} (+https://github.com/cx-connector/cx-connector)"
 DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
@@ -118,8 +116,8 @@ def raise_for_status(resp: requests.Response, platform: str) -> requests.Respons
     raise PlatformAPIError(f"{where}: unexpected answer: {body[:200]}", **kw)
 
 
-def patiently(throttle: Any, request: Callable[[], T], *, attempts: int = 5, first_wait: float = 1.0,
-              max_wait: float = 60.0, transient: bool = False) -> T:
+def patiently(throttle: Any, request: Callable[[], Any], *, attempts: int = 5, first_wait: float = 1.0,
+              max_wait: float = 60.0, transient: bool = False) -> Any:
     """``request()``, asked again after a 429 (waiting ``Retry-After``, else an exponential
     backoff from ``first_wait``) and, with ``transient``, after an outage (5xx, timeout).
 

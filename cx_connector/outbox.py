@@ -22,7 +22,10 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from cx_connector.connector import Connector
-from cx_connector.db import json_dumps, raw_many, raw_rows, stored_time
+from cx_connector.db import json_dumps
+from cx_connector.db import raw_many as _raw_many  # hot-path helpers (see cx_connector.db)
+from cx_connector.db import raw_rows as _rows
+from cx_connector.db import stored_time as _time
 from cx_connector.fields import FIELDS, canonical, canonical_values
 from cx_connector.models import identities, outbox, written_values
 
@@ -144,7 +147,7 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
         chunk = items[start:start + BATCH]
         records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
         listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
-        for cid, source, value in raw_rows(conn, (
+        for cid, source, value in _rows(conn, (
                 f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
                 "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
             connector = connectors.get(source)
@@ -160,14 +163,14 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
             by_source.setdefault(source, []).append(ext)
         for source, exts in by_source.items():
             marks = ", ".join("?" * len(exts))
-            for ext, field, value in raw_rows(conn, (
+            for ext, field, value in _rows(conn, (
                     f"SELECT external_id, field, value FROM written_values WHERE source = ? "
                     f"AND external_id IN ({marks})"), [source, *exts]):
                 if (source, ext) in last:
                     last[(source, ext)][field] = stored(value)
             # status || '' keeps SQLite (without statistics) on the (source, external_id) index
             # rather than the status index, which would read every pending write of the outbox
-            for row_id, ext, fields, previous in raw_rows(conn, (
+            for row_id, ext, fields, previous in _rows(conn, (
                     f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
                     f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
                     [source, *exts]):
@@ -194,14 +197,14 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1
-        at = stored_time(conn, now)
+        at = _time(conn, now)
         if inserts:
-            raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
+            _raw_many(conn, "INSERT INTO outbox (customer_id, source, external_id, fields, previous, status, "
                             "attempts, next_attempt_at, created_at, updated_at) "
                             "VALUES (?, ?, ?, ?j, ?j, 'pending', 0, ?, ?, ?)",
                       [(*r, at, at, at) for r in inserts])
         if updates:
-            raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
+            _raw_many(conn, "UPDATE outbox SET fields = ?j, previous = ?j, customer_id = ?, updated_at = ? "
                             "WHERE id = ?", [(f, p, c, at, i) for f, p, c, i in updates])
     return queued
 

@@ -339,6 +339,9 @@ class PlatformRun:
                         self.clock.monotonic() + wait >= deadline:
                     break
                 self.clock.sleep(wait)
+        except BaseException:  # Ctrl-C, the database gone: requests not yet sent stay unsent
+            self._set_stop(_Stop("the run was interrupted"))
+            raise
         finally:
             pool.shutdown(wait=True)
             if packer.queue:  # stopped: whatever is still queued was never sent
