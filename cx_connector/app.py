@@ -1,7 +1,8 @@
 """The application factory: one ``create_app()``, blueprints, nothing at import time.
 
-gunicorn: ``gunicorn "cx_connector:create_app()"``. The configuration file is found
-as the CLI finds it (``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
+gunicorn: ``gunicorn -c python:cx_connector.gunicorn_conf`` (the shipped settings, which
+name ``cx_connector:create_app()``). The configuration file is found as the CLI finds it
+(``$CX_CONNECTOR_CONFIG``, else ``./cx-connector.yaml``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cx_connector import db, inbox, logs
+from cx_connector import admin, db, inbox, logs
 from cx_connector.config import Config, load_config
 from cx_connector.errors import CxError, DatabaseUnavailable, NotFound, SignatureError
+from cx_connector.metrics import scrape as metrics_endpoint
+from cx_connector.metrics import web as metrics
 from cx_connector.runtime import Runtime, build
 
 log = logging.getLogger("cx_connector.http")
@@ -39,16 +42,24 @@ def receive(source: str) -> Any:
     connector = rt.connectors.get(source)
     if connector is None:
         raise NotFound(f"no enabled connector at /webhooks/{source}")
-    body = request.get_data(cache=False)  # raises 413 when Content-Length is above the limit
-    if len(body) >= rt.config.webhooks.max_body_bytes:  # a chunked body is cut at the limit
+    try:
+        body = request.get_data(cache=False)  # 413 when Content-Length is above the limit
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) >= rt.config.webhooks.max_body_bytes:  # chunked: cut at the limit
         raise RequestEntityTooLarge(f"webhook bodies are limited to "
                                     f"{rt.config.webhooks.max_body_bytes - 1} bytes")
     try:
-        receipt = inbox.receive(rt.engine, connector, body, dict(request.headers),
+        # bounded waits: a locked or unreachable database answers 503 before the platform gives up
+        engine = db.deadline(rt.engine, rt.config.webhooks.database_timeout.total_seconds())
+        receipt = inbox.receive(engine, connector, body, dict(request.headers),
                                 method=request.method, url=request.url, now=rt.now())
     except SignatureError as exc:
         log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})
+        metrics.signature_failed(rt.connectors, source)
         raise
+    metrics.delivered(rt.connectors, source, receipt.status, receipt.touchpoints,
+                      receipt.failed_at == "normalise")
     log.info("webhook received", extra={"source": source, "status": receipt.status,
                                         "delivery_id": receipt.delivery_id,
                                         "touchpoints": receipt.touchpoints})
@@ -82,6 +93,7 @@ def _error(exc: BaseException) -> Any:
     if isinstance(exc, CxError):
         resp = jsonify(exc.to_json())
         resp.status_code = exc.http_status
+        resp.headers.extend(getattr(exc, "headers", None) or {})
         if exc.http_status == 503:
             resp.headers["Retry-After"] = "10"
         return resp
@@ -105,16 +117,27 @@ def _before() -> None:
     rid = rid if rid and len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
     g.request_id = rid
     g.started = time.perf_counter()
-    logs.request_id.set(rid)
+    g.request_id_token = logs.request_id.set(rid)
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    # a worker's lines between requests must not carry the last request's id
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        try:
+            logs.request_id.reset(token)
+        except ValueError:  # set in another context
+            logs.request_id.set(None)
 
 
 def _after(resp: Any) -> Any:
     resp.headers["X-Request-Id"] = g.get("request_id", "")
     started = g.get("started")
-    if started is not None and request.path != "/healthz":
+    elapsed = time.perf_counter() - started if started is not None else None
+    metrics.observe(runtime().connectors, request, resp.status_code, elapsed)
+    if elapsed is not None and request.path != "/healthz":
         log.info("request", extra={"method": request.method, "path": request.path,
-                                   "status": resp.status_code,
-                                   "ms": round((time.perf_counter() - started) * 1000, 2)})
+                                   "status": resp.status_code, "ms": round(elapsed * 1000, 2)})
     return resp
 
 
@@ -143,7 +166,10 @@ def create_app(config_path: str | None = None, *, config: Config | None = None,
     app.extensions["cx"] = rt
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
+    app.register_blueprint(metrics_endpoint.blueprint)
+    admin.init_app(app)  # /admin pages and /api/v1 (cx_connector/admin)
     app.register_error_handler(Exception, _error)
     app.before_request(_before)
     app.after_request(_after)
+    app.teardown_request(_teardown)
     return app

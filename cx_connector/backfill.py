@@ -53,6 +53,7 @@ from cx_connector.errors import (
     PlatformRateLimited,
     PlatformUnavailable,
 )
+from cx_connector.metrics import stored
 from cx_connector.models import backfill_state, customers, job_runs
 from cx_connector.runtime import Runtime
 from cx_connector.throttle import Clock, Limiter
@@ -136,7 +137,8 @@ class _Stop(Exception):
         self.status, self.error = status, error
 
 
-def resources_of(connector: Connector) -> tuple[BackfillResource, ...]:
+def resources_of(connector: Connector | type[Connector]) -> tuple[BackfillResource, ...]:
+    """What a connector (instance or class) can backfill; empty: it has no history API."""
     return tuple(connector.backfill_resources)
 
 
@@ -197,6 +199,9 @@ class _Run:
         self.max_attempts, self.max_throttled = max_attempts, max_throttled
         self.limiters = {name: Limiter(budget, clock)
                          for name, budget in connector.backfill_budgets().items()}
+        #: 429s answered by the platform, and the seconds waited after them (for /metrics)
+        self.rate_limited = 0
+        self.rate_limit_seconds = 0.0
 
     # -- planning --------------------------------------------------------------------
 
@@ -336,10 +341,12 @@ class _Run:
                                                     throttles=self.limiters, now=self.rt.now())
             except PlatformRateLimited as exc:
                 throttled += 1
+                self.rate_limited += 1
                 if throttled > self.max_throttled:
                     raise _Stop("failed", f"{exc.message}: still rate limited after {throttled - 1} "
                                           f"waits; {self._resume_hint()} later") from exc
                 wait = exc.retry_after if exc.retry_after is not None else _backoff(throttled)
+                self.rate_limit_seconds += wait
                 self._wait(res, wait, f"rate limited; waiting {wait:g} s (Retry-After)"
                            if exc.retry_after is not None else
                            f"rate limited; waiting {wait:g} s")
@@ -364,8 +371,11 @@ class _Run:
         for limiter in self.limiters.values():
             limiter.pause(seconds)
         self.report(self._progress("wait", res, message=message))
-        log.warning("backfill waiting", extra={"source": self.source, "resource": res.name,
-                                               "seconds": seconds, "reason": message})
+        # the progress report is what the admin reads (a line, or the bar on a terminal); a
+        # wait is the platform's rate limit working as designed, so the log has it at info:
+        # at warning the command printed every wait twice (and broke the bar)
+        log.info("backfill waiting", extra={"source": self.source, "resource": res.name,
+                                            "seconds": seconds, "reason": message})
         self.clock.sleep(seconds)
 
     def _store(self, res: _Resource, page: BackfillPage) -> None:
@@ -376,6 +386,7 @@ class _Run:
             if result.touchpoints or result.actions:
                 new = inbox.store(conn, self.source, result, delivery_id=None, now=now,
                                   actor="backfill")
+                stored.touchpoints_imported(conn, self.source, "backfill", new, now)
             values: dict[str, Any] = {
                 "pages": backfill_state.c.pages + 1,
                 "records": backfill_state.c.records + page.records,
@@ -436,13 +447,19 @@ class _Run:
                                            "resumed")}
         details["resources"] = [r["resource"] for r in summary["resources"]]
         details["since"] = summary["since"].isoformat() if summary["since"] else None
+        limiters = self.limiters.values()
+        details["rate_limited"] = self.rate_limited
+        details["waits"] = sum(limiter.waits for limiter in limiters) + self.rate_limited
+        details["waited_seconds"] = round(sum(limiter.waited for limiter in limiters)
+                                          + self.rate_limit_seconds, 3)
         finished = self.rt.now()
+        record = {"job": "backfill", "started_at": started_at, "finished_at": finished,
+                  "status": "ok" if summary["status"] == "ok" else "failed",
+                  "duration_ms": int(summary["duration_s"] * 1000), "details": details}
         with db.write(self.rt.engine) as conn:
             conn.execute(job_runs.insert().values(
-                job="backfill", started_at=started_at, finished_at=finished,
-                status="ok" if summary["status"] == "ok" else "failed",
-                duration_ms=int(summary["duration_s"] * 1000), details=details,
-                error=clean_text(summary["error"]), host=socket.gethostname()))
+                **record, error=clean_text(summary["error"]), host=socket.gethostname()))
+            stored.record_run(conn, record)
 
 
 def request_full_score_pass(conn: Connection, now: datetime) -> int:

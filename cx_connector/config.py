@@ -26,12 +26,14 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates
 
 from cx_connector import registry
+from cx_connector.alerts.settings import AlertSettings, AlertSettingsSchema, reference_problems
 from cx_connector.connector import Duration
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
 
 DEFAULT_PATH = "cx-connector.yaml"
 ENV_PATH = "CX_CONNECTOR_CONFIG"
+PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_DATABASE_URL = "sqlite:///cx-connector.db"
 
 _VAR_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -69,6 +71,9 @@ class Writeback:
 class Webhooks:
     max_body_bytes: int = 1024 * 1024
     signature_tolerance: timedelta = timedelta(minutes=5)
+    #: longest a webhook waits for a database lock, and runs one statement, before it
+    #: answers 503 (the platforms give up after 5 s and retry)
+    database_timeout: timedelta = timedelta(seconds=3)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,24 @@ class Checkouts:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    #: bearer token for GET /metrics (16+ characters); the admin token is always accepted too
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The admin console's session cookie (the token itself is ``admin_token``)."""
+
+    #: ``auto``: Secure when the request came over https (directly, or per the
+    #: X-Forwarded-Proto/Forwarded header of a TLS-terminating proxy); ``always``: Secure
+    #: on every response (TLS ends at a proxy that sets no such header)
+    secure_cookie: str = "auto"
+    #: a session unused for this long must log in again
+    session_lifetime: timedelta = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = None
@@ -102,6 +125,9 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     privacy: Privacy = field(default_factory=Privacy)
     checkouts: Checkouts = field(default_factory=Checkouts)
+    metrics: Metrics = field(default_factory=Metrics)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    admin: Admin = field(default_factory=Admin)
     #: validated settings object per *enabled* connector, by connector name
     connectors: Mapping[str, Any] = field(default_factory=dict)
     #: where the configuration came from (a path, or "<mapping>")
@@ -109,12 +135,13 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every configured secret value (for log scrubbing and the leak tests)."""
-        values = [self.admin_token] if self.admin_token else []
+        values = [t for t in (self.admin_token, self.metrics.token) if t]
         password = urlsplit(self.database_url).password
         if password:
             values.append(password)
         for name, settings in self.connectors.items():
             values += registry.available()[name](settings).secrets()
+        values += self.alerts.secrets()
         return [v for v in values if v]
 
 
@@ -160,6 +187,12 @@ class WebhooksSchema(_Strict):
     max_body_bytes = fields.Integer(load_default=Webhooks.max_body_bytes,
                                     validate=validate.Range(min=1024, max=64 * 1024 * 1024))
     signature_tolerance = Duration(load_default=Webhooks.signature_tolerance)
+    database_timeout = Duration(load_default=Webhooks.database_timeout)
+
+    @validates("database_timeout")
+    def _database_timeout(self, value: timedelta, **_: Any) -> None:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=60):
+            raise ValidationError("between 1s and 60s (the platforms wait 5 s to 10 s for an answer)")
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Webhooks:
@@ -193,6 +226,31 @@ class CheckoutsSchema(_Strict):
         return Checkouts(**data)
 
 
+def _validate_token(value: str | None) -> None:
+    if value is not None and len(value) < 16:
+        raise ValidationError("too short: use at least 16 random characters "
+                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+class MetricsSchema(_Strict):
+    token = fields.String(load_default=None, allow_none=True,
+                          validate=lambda v: _validate_token(v or None))
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Metrics:
+        return Metrics(token=data["token"] or None)  # "" (an unset ${VAR:-}): no token
+
+
+class AdminSchema(_Strict):
+    secure_cookie = fields.String(load_default=Admin.secure_cookie,
+                                  validate=validate.OneOf(["auto", "always"]))
+    session_lifetime = Duration(load_default=Admin.session_lifetime)
+
+    @post_load
+    def _make(self, data: dict, **_: Any) -> Admin:
+        return Admin(**data)
+
+
 def _connectors_schema() -> type[Schema]:
     available = registry.available()
     attrs: dict[str, Any] = {
@@ -221,6 +279,9 @@ class ConfigSchema(_Strict):
     scoring = fields.Nested(ScoringSettingsSchema, load_default=ScoringSettings)
     privacy = fields.Nested(PrivacySchema, load_default=Privacy)
     checkouts = fields.Nested(CheckoutsSchema, load_default=Checkouts)
+    metrics = fields.Nested(MetricsSchema, load_default=Metrics)
+    alerts = fields.Nested(AlertSettingsSchema, load_default=AlertSettings)
+    admin = fields.Nested(AdminSchema, load_default=Admin)
     connectors = fields.Raw(load_default=dict)
 
     @validates("database_url")
@@ -231,9 +292,7 @@ class ConfigSchema(_Strict):
 
     @validates("admin_token")
     def _token(self, value: str | None, **_: Any) -> None:
-        if value is not None and len(value) < 16:
-            raise ValidationError("too short: use at least 16 random characters "
-                                  "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        _validate_token(value)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> dict:
@@ -325,6 +384,10 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
                 connectors[name] = known[name].settings_schema().load(settings)
             except ValidationError as exc:
                 problems += _flatten(exc.messages, f"connectors.{name}")
+    # alert rules may only name defined webhooks and enabled platforms that take alerts
+    named = section if isinstance(section, dict) else {}
+    problems += reference_problems(data.get("alerts"), {n: registry.available()[n] for n in named
+                                                        if n in registry.available()})
 
     if problems:
         # a key whose environment variable is missing reports that, not the empty value's fault
@@ -335,6 +398,13 @@ def config_from_mapping(raw: Any, env: Mapping[str, str] | None = None,
     assert loaded is not None
     loaded["connectors"] = connectors
     return Config(origin=origin, **loaded)
+
+
+def prometheus_multiproc_dir(env: Mapping[str, str] | None = None) -> str | None:
+    """The directory of prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``),
+    which the library itself reads on import; see :mod:`cx_connector.metrics`."""
+    env = os.environ if env is None else env
+    return env.get(PROMETHEUS_DIR_ENV) or env.get(PROMETHEUS_DIR_ENV.lower()) or None
 
 
 def resolve_path(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Path:

@@ -18,8 +18,8 @@ Inbound, a request goes through two pure methods:
   :class:`Normalised` result: frozen touchpoints plus identity/privacy
   :data:`Action` objects. It does no I/O; the clock is passed in.
 
-Everything outbound (enrichment, write-back, backfill) is declared below in its
-own section with a default that says the connector does not support it.
+Everything outbound (enrichment, write-back, backfill, alerts) is declared below in
+its own section with a default that says the connector does not support it.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
     "BackfillResource",
     "CatalogueProduct",
     "Connector",
+    "ContactDetails",
     "CustomerRef",
     "Delivery",
     "Duration",
@@ -79,9 +80,12 @@ __all__ = [
     "Product",
     "RateBudget",
     "Rating",
+    "RecordAlert",
     "RecordWrite",
+    "Restore",
     "SampleDelivery",
     "ScoreField",
+    "ServiceUrl",
     "SettingsSchema",
     "SetupItem",
     "SetupReport",
@@ -108,6 +112,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body, parse_float=Decimal)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is JSON nested too deeply to be read") from None
 
 
 @dataclass(frozen=True)
@@ -153,16 +159,50 @@ class Link:
 
 
 @dataclass(frozen=True)
+class ContactDetails:
+    """A record's contact details as they were at ``at``, from an event that says neither
+    what changed nor who changed it (Shopify ``customers/update`` sends the whole
+    customer after any edit: a tag, a note, an address, a metafield, maybe our own).
+
+    The core links and dates them like a touchpoint's customer (an older snapshot
+    arriving late never overwrites a newer one), but they are no fact to score: no
+    touchpoint is stored and no rescoring is asked for. A delivery whose only effect is
+    contact details that change nothing (the record is known, with this email, phone
+    and name) is stored as ``ignored`` with ``unchanged`` as the reason.
+    """
+
+    source: str
+    customer: CustomerRef
+    at: datetime
+    unchanged: str = "no new contact details: the record is already known with this email, phone and name"
+
+
+@dataclass(frozen=True)
 class Forget:
     """Erase one person's personal data (platform deletion or a privacy request).
 
-    Matched by ``source_id`` within ``source`` and/or by ``email``.
+    Matched by ``source_id`` within ``source`` and/or by ``email``. The platform no
+    longer holds record ``source_id`` (deleted at ``occurred_at``, default: when the
+    action is applied): its id is kept as a tombstone, so that facts about it arriving
+    afterwards are filed anonymously and bring no personal data back.
     """
 
     source: str
     source_id: str | None = None
     email: str | None = None
     reason: str = ""
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The platform restored deleted record ``source/source_id`` at ``occurred_at``, under the
+    same id (HubSpot ``contact.restore``: a restorable deletion can be undone within 90
+    days). Lifts the tombstone a :class:`Forget` of that record left, when older."""
+
+    source: str
+    source_id: str
+    occurred_at: datetime
 
 
 @dataclass(frozen=True)
@@ -212,7 +252,8 @@ class CatalogueProduct:
     updated_at: datetime | None = None
 
 
-Action = Merge | Link | Forget | ForgetAll | Export | CatalogueProduct | Gone
+Action = (Merge | Link | ContactDetails | Forget | ForgetAll | Export | CatalogueProduct | Gone
+          | Restore)
 
 
 @dataclass(frozen=True)
@@ -314,6 +355,26 @@ class WriteResult:
     @classmethod
     def merged(cls, into: str, *, landed: bool, reason: str = "") -> WriteResult:
         return cls("merged", reason or f"merged into {into}", merged_into=into, landed=landed)
+
+
+@dataclass(frozen=True)
+class RecordAlert:
+    """One alert to put on one platform record, as :meth:`Connector.post_alert` receives it.
+
+    ``key`` names this alert on this record and is the same on every attempt: put it
+    into what is created, so that a retry can find an earlier attempt that landed.
+    ``title`` is one line; ``lines`` the body, plain text (the connector formats it for
+    its platform). ``at``: when the alert fired. ``maybe_sent``: an earlier attempt may
+    have landed (it timed out, or its worker died): look before creating again when
+    the platform allows it.
+    """
+
+    key: str
+    external_id: str
+    title: str
+    lines: tuple[str, ...]
+    at: datetime
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -433,9 +494,51 @@ class Duration(fields.Field):
             seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
         else:
             raise self.make_error("invalid")
+        if seconds != seconds:  # NaN (YAML .nan)
+            raise self.make_error("invalid")
         if seconds <= 0:
             raise ValidationError("must be longer than zero")
-        return timedelta(seconds=seconds)
+        try:
+            return timedelta(seconds=seconds)
+        except OverflowError:  # YAML .inf, or more weeks than a timedelta holds
+            raise ValidationError("too long (timedelta overflow)") from None
+
+
+#: hosts that may be called over plain http: this machine (tests, local mock servers)
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class ServiceUrl(fields.String):
+    """A marshmallow field for a configured URL (an API base, a public webhook address).
+
+    https only, except for this machine (``localhost``, ``127.0.0.1``, ``::1``: tests and
+    local mock servers); no user name or password in it (credentials have their own
+    settings, and a URL is printed and logged where a secret must never be); no
+    ``#fragment`` (never sent). Messages never repeat the value, which might hold a secret.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> str:
+        from urllib.parse import urlsplit
+
+        text = super()._deserialize(value, attr, data, **kw).strip()
+        try:
+            parts = urlsplit(text)
+            host = (parts.hostname or "").lower()
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValidationError("not a valid URL (use https://host/path)") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValidationError("not a valid URL (use https://host/path)")
+        if parts.username is not None or parts.password is not None:
+            raise ValidationError("must not contain a user name or password (credentials go in "
+                                  "their own settings, never in a URL)")
+        if parts.scheme == "http" and host not in LOCAL_HOSTS:
+            raise ValidationError("use https:// (plain http is only allowed for localhost)")
+        if parts.fragment or text.endswith("#"):
+            raise ValidationError("must not contain a #fragment")
+        if any(c.isspace() for c in text):
+            raise ValidationError("must not contain spaces")
+        return text
 
 
 class SettingsSchema(Schema):
@@ -591,6 +694,31 @@ class Connector:
         Reads what exists; creates what is missing; reports a field that exists with
         another type as a conflict and leaves it alone. With ``dry_run`` only the
         reads are made and each create is returned as its exact request.
+        """
+        raise NotImplementedError
+
+    # -- alerts (issue 7) ------------------------------------------------------------------
+    # An alert rule (``alerts.rules.<name>.platforms``) can put its alert on the customer's
+    # record on a platform: a task on a HubSpot contact, an internal note on a Zendesk
+    # user. The core (:mod:`cx_connector.alerts.deliver`) decides when, picks the record
+    # (the customer's oldest identity of this source that is not gone and passes
+    # :meth:`writable_record`), spends :meth:`rate_budget` through the :class:`Throttle`
+    # it passes in, retries with backoff, parks what keeps failing and audits every
+    # attempt; the connector only speaks its API. Called by the clock process, never
+    # inside a webhook request.
+    #: what :meth:`post_alert` creates, for messages (``"task"``, ``"user note"``);
+    #: empty: the connector cannot take alerts (rules naming it are a config error)
+    alert_target: ClassVar[str] = ""
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """Put ``alert`` on record ``alert.external_id``; return a short reference for
+        the audit log (the task id, ``"note appended"``, ``"already there"``).
+
+        Call ``throttle.wait()`` before every HTTP request. Failures raise the
+        :class:`~cx_connector.errors.PlatformAPIError` subclass
+        :func:`cx_connector.http.raise_for_status` maps them to: a 429 or an outage is
+        retried with backoff, a refusal (400/422) or a deleted record (404) is given up
+        with its reason. Never overwrite what people wrote on the record.
         """
         raise NotImplementedError
 

@@ -9,7 +9,20 @@ Write transactions on SQLite start with ``BEGIN IMMEDIATE`` (:func:`write`): a
 deferred transaction that reads first and writes later cannot wait for the lock
 in WAL mode and would fail with "database is locked" under concurrency.
 
-PostgreSQL runs through psycopg 3 (``postgresql+psycopg://``).
+PostgreSQL runs through psycopg 3 (``postgresql+psycopg://``), with client-side
+timeouts so that an unreachable server is an error within seconds, not a hang of
+minutes (:data:`PG_CONNECT_DEFAULTS`; each can be overridden in the URL's query
+string, e.g. ``?connect_timeout=10``), and ``pool_pre_ping`` so that connections
+broken by a server restart or failover are replaced on their next use, without
+restarting the process.
+
+**Deadlines.** A webhook is worthless to the platform after 5 s (HubSpot, Shopify):
+it has given up and will retry. A transaction on an engine made by :func:`deadline`
+therefore waits at most that long for a lock, and each statement runs at most that
+long (PostgreSQL: ``SET LOCAL statement_timeout`` and ``lock_timeout``; SQLite: the
+writer lock and ``busy_timeout``); past it, the request answers 503 with
+``Retry-After`` instead of hanging. Jobs and CLI commands use the plain engine and
+wait as long as they need.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -60,6 +74,22 @@ def is_sqlite(engine_or_conn: Engine | Connection) -> bool:
     return engine_or_conn.dialect.name == "sqlite"
 
 
+#: libpq connection parameters set unless the URL sets them: give up connecting after
+#: 3 s; notice a dead peer on an idle pooled connection within ~20 s (keepalives) and
+#: on a busy one within 5 s (``tcp_user_timeout``: sent data unacknowledged that long).
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+}
+
+#: SQLite: how long a connection waits for a lock held by another one (no deadline)
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
 def make_engine(url: str, **kw: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -77,19 +107,58 @@ def make_engine(url: str, **kw: Any) -> Engine:
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            options = conn.get_execution_options()
+            busy = int(options.get("cx_deadline", SQLITE_BUSY_TIMEOUT_MS / 1000) * 1000)
+            info = conn.connection.info  # lives as long as the DBAPI connection
+            if info.get("cx_busy") != busy:  # a pooled connection serves both kinds
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+                info["cx_busy"] = busy
+            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
 
         return engine
     kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", 5)
     kw.setdefault("max_overflow", 5)
-    return create_engine(url, json_serializer=json_dumps, **kw)
+    connect_args = kw.pop("connect_args", {})
+    query = _url_query(url)
+    connect_args = {**{k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in query}, **connect_args}
+    engine = create_engine(url, json_serializer=json_dumps, connect_args=connect_args, **kw)
+
+    @event.listens_for(engine, "begin")
+    def _pg_begin(conn: Connection) -> None:
+        seconds = conn.get_execution_options().get("cx_deadline")
+        if seconds:
+            ms = int(seconds * 1000)
+            conn.exec_driver_sql(f"SELECT set_config('statement_timeout', '{ms}', true), "
+                                 f"set_config('lock_timeout', '{ms}', true)")
+
+    return engine
+
+
+def _url_query(url: str) -> set[str]:
+    from sqlalchemy.engine import make_url
+
+    return set(make_url(url).query)
+
+
+def deadline(engine: Engine, seconds: float) -> Engine:
+    """The same engine (same pool) whose transactions give up after ``seconds``.
+
+    Waiting for a lock (SQLite's writer lock, a PostgreSQL row or table lock) and each
+    statement are bounded by it; past it, :func:`write` and :func:`read` raise
+    :class:`DatabaseUnavailable` (HTTP 503 with ``Retry-After``). One engine object per
+    value, made once (the web app asks for it on every request).
+    """
+    cache = engine.__dict__.setdefault("_cx_deadlines", {})
+    try:
+        return cache[seconds]
+    except KeyError:
+        return cache.setdefault(seconds, engine.execution_options(cx_deadline=seconds))
 
 
 class _SqliteWriterLock:
@@ -101,6 +170,14 @@ class _SqliteWriterLock:
     lock is released. The side file (never the database file: closing any descriptor
     of it would drop SQLite's own POSIX locks) is opened once per process (re-opened
     after a fork); a thread lock orders the threads of one process, which share it.
+
+    A writer with a deadline (a webhook) must not wait forever, and the kernel offers
+    no ``flock`` with a timeout: a helper thread waits in the kernel's queue on its
+    behalf (keeping the queue's prompt hand-over), and the writer waits for the
+    helper only until its deadline. A helper whose writer gave up releases the lock
+    as soon as it gets it, or hands it to the next writer of the process if one came.
+    The flock only queues writers: SQLite's own locking (``BEGIN IMMEDIATE``) is what
+    keeps them apart, so no path here can let two writes interleave.
     """
 
     def __init__(self, path: str) -> None:
@@ -108,18 +185,66 @@ class _SqliteWriterLock:
         self.thread_lock = threading.Lock()
         self.pid = -1
         self.fd = -1
+        self._mutex = threading.Lock()  # guards the helper's state below
+        self._helper: threading.Thread | None = None
+        self._abandoned = False
+        self._granted = threading.Event()
 
     @contextmanager
-    def held(self) -> Iterator[None]:
-        with self.thread_lock:
+    def held(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock; with ``timeout`` (seconds), give up after that long waiting."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self.thread_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
+        try:
             if self.pid != os.getpid():
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self.pid = os.getpid()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+                self._helper, self._abandoned, self._granted = None, False, threading.Event()
+            self._lock(end, timeout)
             try:
                 yield
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
+
+    def _lock(self, end: float | None, timeout: float | None) -> None:
+        with self._mutex:
+            adopt = self._helper is not None  # a helper of a writer that gave up is queued
+            if adopt:
+                self._abandoned = False
+        if not adopt:
+            if end is None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                return
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            self._helper = threading.Thread(target=self._wait_in_queue, daemon=True,
+                                            name="cx-sqlite-writer-lock")
+            self._helper.start()
+        if self._granted.wait(None if end is None else max(0.0, end - time.monotonic())):
+            self._granted.clear()
+            return
+        with self._mutex:
+            if self._granted.is_set():  # granted just now
+                self._granted.clear()
+                return
+            self._abandoned = True
+        raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
+
+    def _wait_in_queue(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        with self._mutex:
+            self._helper = None
+            if self._abandoned:
+                self._abandoned = False
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            else:
+                self._granted.set()
 
 
 _writer_locks: dict[str, _SqliteWriterLock] = {}
@@ -148,7 +273,7 @@ def write(engine: Engine) -> Iterator[Connection]:
         with _write(engine) as conn:
             yield conn
     else:
-        with lock.held(), _write(engine) as conn:
+        with lock.held(engine.get_execution_options().get("cx_deadline")), _write(engine) as conn:
             yield conn
 
 
@@ -177,9 +302,17 @@ def read(engine: Engine) -> Iterator[Connection]:
         raise
 
 
+#: SQLSTATEs that mean "try again" rather than "this statement is wrong": a statement
+#: or lock timeout (a deadline passed), a serialisation failure, a deadlock victim
+_TRANSIENT_SQLSTATES = {"57014", "55P03", "40001", "40P01"}
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for 'the database is not there' (as opposed to a bug in a statement)."""
+    """True for 'the database is not there, or not answering in time' (as opposed to a
+    bug in a statement): the caller answers 503 and the work is retried."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) in _TRANSIENT_SQLSTATES:
         return True
     text = str(getattr(exc, "orig", exc)).lower()
     return any(s in text for s in (

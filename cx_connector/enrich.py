@@ -19,6 +19,11 @@ API), so this job does it afterwards, from the scheduler (every
 4. on a rate limit or outage stop cleanly and report what is left; the next run
    carries on. Any other platform error (a refused token) stops that connector and
    fails the run, after the other connectors had their turn.
+
+Each connector's report says why it stopped early: ``stopped`` in words, ``stopped_by``
+as ``time_budget``, ``rate_limited``, ``unavailable`` or ``failed`` (``None`` when every
+candidate was looked up), so that the command line can tell a clean run from one a
+platform cut short (:data:`PLATFORM_STOPS`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = timedelta(days=1)
 #: a run stops starting new batches after this long (the job's lease lasts 5 minutes)
 TIME_BUDGET = timedelta(minutes=4)
+#: the stops where the platform, not this service, cut the run short
+PLATFORM_STOPS = ("rate_limited", "unavailable", "failed")
 
 
 def enrich(rt: Runtime, *, source: str | None = None, limit: int | None = None,
@@ -55,7 +62,7 @@ def enrich(rt: Runtime, *, source: str | None = None, limit: int | None = None,
     report: dict[str, Any] = {}
     failures: list[PlatformAPIError] = []
     for connector in chosen:
-        if connector.lookup_batch_size <= 0:
+        if not can_look_up(connector):
             continue
         result, failure = _enrich_source(rt, connector, limit=limit, deadline=deadline)
         report[connector.name] = result
@@ -65,6 +72,11 @@ def enrich(rt: Runtime, *, source: str | None = None, limit: int | None = None,
         log.error("enrichment stopped", extra={"report": report})
         raise failures[0]
     return report
+
+
+def can_look_up(connector: Connector | type[Connector]) -> bool:
+    """Whether a connector (instance or class) can look records up on its platform."""
+    return connector.lookup_batch_size > 0
 
 
 def candidates(rt: Runtime, connector: Connector, now: datetime) -> list[tuple[int, str]]:
@@ -91,25 +103,29 @@ def _enrich_source(rt: Runtime, connector: Connector, *, limit: int | None,
     everything = candidates(rt, connector, now)
     todo = everything if limit is None else everything[:max(0, limit)]
     result: dict[str, Any] = {"candidates": len(everything), "looked_up": 0, "linked": 0, "gone": 0,
-                              "left": len(everything), "stopped": None}
+                              "left": len(everything), "stopped": None, "stopped_by": None}
     failure = None
     size = connector.lookup_batch_size
     for start in range(0, len(todo), size):
         if time.monotonic() > deadline:
             result["stopped"] = "time budget used up; the next run continues"
+            result["stopped_by"] = "time_budget"
             break
         batch = todo[start:start + size]
         try:
             found = connector.lookup([value for _, value in batch], now=now)
         except PlatformRateLimited as exc:
             result["stopped"] = f"rate limited: {exc.message}"
+            result["stopped_by"] = "rate_limited"
             result["retry_after"] = exc.retry_after
             break
         except PlatformUnavailable as exc:
             result["stopped"] = f"platform unavailable: {exc.message}"
+            result["stopped_by"] = "unavailable"
             break
         except PlatformAPIError as exc:
             result["stopped"] = f"failed: {exc.message}"
+            result["stopped_by"] = "failed"
             failure = exc
             break
         with db.write(rt.engine) as conn:

@@ -96,6 +96,49 @@ class Unauthorized(CxError):
     code = "unauthorized"
 
 
+# --- admin console and JSON API -----------------------------------------------
+# ``headers`` of an error go out with its response (the one JSON error handler adds them).
+
+
+class AdminDisabled(CxError):
+    """No ``admin_token`` is configured: the admin pages and the API refuse everything."""
+
+    http_status = 403
+    code = "admin_disabled"
+
+
+class InvalidToken(Unauthorized):
+    """A token was given, and it is not the admin token."""
+
+    code = "invalid_token"
+
+
+class CsrfError(CxError):
+    """An admin form was posted without its session's CSRF token (or with another one)."""
+
+    http_status = 403
+    code = "csrf_failed"
+
+
+class TooManyAttempts(CxError):
+    """Too many wrong tokens from one client address: wait ``retry_after`` seconds."""
+
+    http_status = 429
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class InvalidParameter(CxError):
+    """A query parameter of the JSON API is unknown or has a bad value."""
+
+    http_status = 400
+    code = "invalid_parameter"
+
+
 # --- outbound platform APIs ----------------------------------------------------
 
 

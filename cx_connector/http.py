@@ -7,11 +7,13 @@ way and the outbox can tell a retryable failure from a permanent one.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -91,13 +93,54 @@ def _snippet(resp: requests.Response) -> str:
     return text[:500]
 
 
+#: header and query parameter names whose values are credentials
+_CREDENTIAL_NAMES = ("authorization", "token", "secret", "password", "api-key", "api_key", "apikey")
+
+
+def credentials(request: requests.PreparedRequest | None) -> list[str]:
+    """The credential values a request carried (headers, basic auth, query string).
+
+    An error message is built from the platform's answer, and some platforms quote the
+    request back; these values are cut out of it before it is logged, stored in the
+    outbox or printed (the log filter alone would not cover the last two).
+    """
+    if request is None:
+        return []
+    found: list[str] = []
+    for name, value in (request.headers or {}).items():
+        if not any(n in name.lower() for n in _CREDENTIAL_NAMES) or not isinstance(value, str):
+            continue
+        found.append(value)
+        scheme, _, credential = value.partition(" ")
+        if credential:
+            found.append(credential)
+        if scheme.lower() == "basic":
+            try:
+                user_pass = base64.b64decode(credential, validate=True).decode()
+            except ValueError:
+                continue
+            found += [user_pass, user_pass.partition(":")[2]]
+    for name, value in parse_qsl(urlsplit(request.url or "").query):
+        if any(n in name.lower() for n in _CREDENTIAL_NAMES):
+            found.append(value)
+    return sorted({v for v in found if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
 def raise_for_status(resp: requests.Response, platform: str) -> requests.Response:
     """Map an HTTP status onto the error tree; return the response when it is 2xx."""
     status = resp.status_code
     if 200 <= status < 300:
         return resp
-    body = _snippet(resp)
-    where = f"{platform}: {resp.request.method if resp.request else ''} {resp.url} -> {status}"
+    secrets = credentials(resp.request)
+    body = redact(_snippet(resp), secrets)
+    where = redact(f"{platform}: {resp.request.method if resp.request else ''} {resp.url} -> {status}",
+                   secrets)
     kw = {"platform": platform, "status": status, "body": body}
     if status in (401, 403):
         raise PlatformAuthError(

@@ -26,13 +26,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy import exc as sa_exc
 
-from cx_connector import db, identity, privacy
+from cx_connector import audit, db, identity, privacy
 from cx_connector.connector import (
     CatalogueProduct,
     Connector,
+    ContactDetails,
     Delivery,
     Export,
     Forget,
@@ -42,10 +43,12 @@ from cx_connector.connector import (
     Link,
     Merge,
     Normalised,
+    Restore,
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
-from cx_connector.models import deliveries, products
+from cx_connector.metrics import stored as stored_metrics
+from cx_connector.models import deliveries, products, touchpoints
 from cx_connector.touchpoint import clean_text
 
 log = logging.getLogger(__name__)
@@ -56,12 +59,14 @@ _DROP_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
 
 @dataclass(frozen=True)
 class Receipt:
-    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate."""
+    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate;
+    ``failed_at``: ``normalise`` or ``store`` when it failed."""
 
     status: str
     delivery_id: int | None = None
     touchpoints: int = 0
     error: str | None = None
+    failed_at: str | None = None
 
 
 def now_utc() -> datetime:
@@ -98,9 +103,15 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
                 return Receipt("duplicate")
             stored = 0
             if result is not None and status == "processed":
-                stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now,
-                               actor="webhook")
-            return Receipt(status, delivery_id, stored, error)
+                outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
+                                       now=now, actor="webhook")
+                stored = outcome.new
+                if outcome.ignored:
+                    status, error = "ignored", outcome.ignored
+                    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                                 .values(status=status, error=clean_text(error)))
+            return Receipt(status, delivery_id, stored, error,
+                           "normalise" if status == "failed" else None)
     except (PayloadError, *_STORE_ERRORS) as exc:
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
             raise
@@ -109,7 +120,7 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         with db.write(engine) as conn:
             delivery_id = _insert_delivery(conn, row, "failed", error)
         return Receipt("failed" if delivery_id else "duplicate", delivery_id, 0,
-                       error if delivery_id else None)
+                       error if delivery_id else None, "store" if delivery_id else None)
 
 
 _STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
@@ -185,6 +196,8 @@ def _normalise(connector: Connector, delivery: Delivery,
             raise TypeError(f"{type(connector).__name__}.normalise returned {type(result).__name__}")
     except PayloadError as exc:
         return None, "failed", exc.message
+    except RecursionError:  # parsed, but nested too deeply for the normaliser to walk
+        return None, "failed", "the payload is nested too deeply to be processed"
     except Exception as exc:  # a connector bug must not lose the delivery or answer 500
         log.exception("normaliser crashed", extra={"source": connector.name})
         return None, "failed", f"internal error while normalising: {type(exc).__name__}: {exc}"
@@ -209,7 +222,11 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
     if result is not None and status == "processed":
         savepoint = conn.begin_nested()
         try:
-            stored = store(conn, connector.name, result, delivery_id=delivery_id, now=now, actor=actor)
+            outcome = store_result(conn, connector.name, result, delivery_id=delivery_id, now=now,
+                                   actor=actor)
+            stored = outcome.new
+            if outcome.ignored:
+                status, error = "ignored", outcome.ignored
             savepoint.commit()
         except (PayloadError, *_STORE_ERRORS) as exc:
             savepoint.rollback()
@@ -220,6 +237,7 @@ def process(conn: Connection, connector: Connector, delivery_id: int, delivery: 
     conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
         status=status, error=clean_text(error), processed_at=now,
         attempts=deliveries.c.attempts + 1))
+    stored_metrics.touchpoints_imported(conn, connector.name, "replay", stored, now)
     return Receipt(status, delivery_id, stored, error)
 
 
@@ -246,15 +264,33 @@ def touchpoint_row(tp: Touchpoint, customer_id: int | None, delivery_id: int | N
     }
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing one normalised result did."""
+
+    #: touchpoints stored that were not there before
+    new: int = 0
+    #: set when the result changed nothing at all (only :class:`ContactDetails` already
+    #: known): the reason its delivery is ``ignored``
+    ignored: str | None = None
+
+
 def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
           now: datetime, actor: str) -> int:
     """Store touchpoints and apply actions; returns how many touchpoints were new."""
+    return store_result(conn, source, result, delivery_id=delivery_id, now=now, actor=actor).new
+
+
+def store_result(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
+                 now: datetime, actor: str) -> Stored:
+    """Store touchpoints and apply actions (see :class:`Stored`)."""
     tps = list(result.touchpoints)
     for tp in tps:
         if tp.source != source:
             raise PayloadError(f"touchpoint {tp.touchpoint_id} claims source {tp.source!r} "
                                f"but arrived on /webhooks/{source}")
     new = 0
+    resolution = identity.Resolution()
     if tps:
         # identities are resolved only for facts not stored yet: a redelivered fact
         # must not move anything
@@ -267,22 +303,42 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
                 fresh.append(tp)
         if fresh:
             owners = identity.resolve(conn, source, [(tp.customer, tp.occurred_at) for tp in fresh],
-                                      now=now, actor=actor)
+                                      now=now, actor=actor, into=resolution)
             rows = [touchpoint_row(tp, owners[tp.customer.source_id], delivery_id, now)
                     for tp in fresh]
             inserted = _insert_touchpoints(conn, rows)
             new = len(inserted)
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
+    unchanged = []
     for action in result.actions:
-        apply_action(conn, action, now=now, actor=actor)
-    return new
+        if apply_action(conn, action, now=now, actor=actor, resolution=resolution) is False:
+            unchanged.append(action)
+    if resolution.erased:  # late facts about erased records: erase what they brought
+        privacy.forget_late(conn, source, resolution.erased, delivery_id=delivery_id, now=now,
+                            actor=actor)
+    if not tps and unchanged and len(unchanged) == len(result.actions):
+        reasons = [ERASED if a.customer.source_id in resolution.erased else a.unchanged
+                   for a in unchanged]
+        return Stored(new, ignored="; ".join(dict.fromkeys(reasons)))
+    return Stored(new)
 
 
-def apply_action(conn: Connection, action: object, *, now: datetime, actor: str) -> None:
+#: why contact details of an erased record are ignored
+ERASED = "the record's personal data was erased (see the audit log): its contact details are not kept"
+
+
+def apply_action(conn: Connection, action: object, *, now: datetime, actor: str,
+                 resolution: identity.Resolution | None = None) -> bool | None:
+    """Carry out one action; for :class:`ContactDetails`, returns whether they changed
+    anything. Erased records the action touched are added to ``resolution``."""
     if isinstance(action, Merge):
-        identity.apply_merge(conn, action, now=now, actor=actor)
+        identity.apply_merge(conn, action, now=now, actor=actor, report=resolution)
+    elif isinstance(action, ContactDetails):
+        return identity.apply_contact_details(conn, action, now=now, actor=actor, into=resolution)
     elif isinstance(action, Link):
-        identity.apply_link(conn, action, now=now, actor=actor)
+        identity.apply_link(conn, action, now=now, actor=actor, into=resolution)
+    elif isinstance(action, Restore):
+        identity.restore_record(conn, action, now=now, actor=actor)
     elif isinstance(action, CatalogueProduct):
         catalogue(conn, action, now=now)
     elif isinstance(action, Forget | ForgetAll | Export):
@@ -323,4 +379,50 @@ def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int
                            error=f"connector {row['source']} is not enabled in the configuration")
         delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
                             received_at=row["received_at"])
-        return process(conn, connector, delivery_id, delivery, now=now, actor=actor)
+        receipt = process(conn, connector, delivery_id, delivery, now=now, actor=actor)
+        audit.record(conn, actor=actor, action="delivery_replayed", at=now, source=row["source"],
+                     details={"delivery_id": delivery_id, "was": row["status"], "status": receipt.status,
+                              "touchpoints": receipt.touchpoints})
+        return receipt
+
+
+def replay_failed(engine: Engine, connectors: Mapping[str, Connector], *, source: str | None = None,
+                  now: datetime | None = None, actor: str = "cli", limit: int | None = None) -> list[Receipt]:
+    """Replay every failed delivery (of one source; the oldest ``limit``), oldest first, each
+    in its own transaction."""
+    q = select(deliveries.c.id).where(deliveries.c.status == "failed").order_by(deliveries.c.id).limit(limit)
+    if source:
+        q = q.where(deliveries.c.source == source)
+    with db.read(engine) as conn:
+        ids = list(conn.execute(q).scalars())
+    return [replay(engine, connectors, i, now=now, actor=actor) for i in ids]
+
+
+# --- the admin's side: what arrived, what failed -----------------------------------------------
+
+
+def list_deliveries(conn: Connection, *, status: str | None = None, source: str | None = None,
+                    limit: int = 50) -> list[dict]:
+    """The newest deliveries (of a status, of a source) with how many touchpoints each stored."""
+    stored = (select(func.count()).where(touchpoints.c.delivery_id == deliveries.c.id)
+              .scalar_subquery().label("touchpoints"))
+    q = select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at,
+               deliveries.c.status, stored, deliveries.c.attempts, deliveries.c.processed_at,
+               deliveries.c.error).order_by(deliveries.c.id.desc()).limit(limit)
+    if status:
+        q = q.where(deliveries.c.status == status)
+    if source:
+        q = q.where(deliveries.c.source == source)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def counts(conn: Connection, *, since: datetime | None = None) -> dict[str, dict[str, int]]:
+    """``{source: {status: n}}`` of the deliveries received since ``since`` (all: ``None``)."""
+    q = select(deliveries.c.source, deliveries.c.status, func.count()).group_by(
+        deliveries.c.source, deliveries.c.status)
+    if since is not None:
+        q = q.where(deliveries.c.received_at >= since)
+    out: dict[str, dict[str, int]] = {}
+    for source, status, n in conn.execute(q):
+        out.setdefault(source, {})[status] = n
+    return out

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, update
 from sqlalchemy import exc as sa_exc
 
 from cx_connector import db
+from cx_connector.errors import DatabaseUnavailable
 from cx_connector.models import leases
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: leases this process failed to release (the database was away at the time):
+#: released before the next attempt to take the same lease, so that the job is not
+#: kept waiting for the lease to expire
+_unreleased: set[tuple[str, str, str]] = set()
+_unreleased_lock = threading.Lock()
+
+
 def acquire(engine: Engine, name: str, holder: str, ttl: timedelta) -> bool:
     """Take the lease if it is free, expired, or already ours. Never blocks."""
+    with _unreleased_lock:
+        stale = [h for e, n, h in _unreleased if e == str(engine.url) and n == name and h != holder]
+    for old in stale:
+        release(engine, name, old)
+        with _unreleased_lock:
+            _unreleased.discard((str(engine.url), name, old))
     now = _now()
     with db.write(engine) as conn:
         took = conn.execute(update(leases).where(
@@ -99,4 +113,9 @@ class Held:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.acquired:
-            release(self.engine, self.name, self.holder)
+            try:
+                release(self.engine, self.name, self.holder)
+            except DatabaseUnavailable:
+                with _unreleased_lock:
+                    _unreleased.add((str(self.engine.url), self.name, self.holder))
+                raise

@@ -1,5 +1,11 @@
 """Structured JSON logs, with a request id, that never contain a configured secret.
 
+One JSON object per line, on stderr, from every process (web workers, gunicorn's
+master through :class:`GunicornLogger`, the clock, CLI commands). Every line has
+``time``, ``level``, ``logger`` and ``message``; ``request_id`` inside a web request;
+``job`` and ``job_run_id`` inside a job run (see :func:`fields`); then the call's own
+``extra`` fields, and ``exception`` with the traceback.
+
 Secrets are kept out of log calls by design (headers and bodies are never logged);
 :class:`ScrubSecrets` is the second line of defence: any configured secret value
 that still reaches a record (an exception message echoing a URL, say) is replaced
@@ -8,14 +14,41 @@ by ``[redacted]``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+#: fields added to every line logged in the current context (a job's id, ...)
+_fields: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("log_fields",
+                                                                                   default=None)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def fields(**values: Any) -> Iterator[None]:
+    """Add ``values`` to every line logged inside the block (in this thread or task)."""
+    token = _fields.set({**(_fields.get() or {}), **values})
+    try:
+        yield
+    finally:
+        _fields.reset(token)
+
+
+def carry_context(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` run in a copy of the caller's context: for thread pools, whose threads do not
+    inherit the request id or job fields of the thread that submits the work."""
+    ctx = contextvars.copy_context()
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -31,11 +64,12 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             out["request_id"] = rid
+        out.update(_fields.get() or {})
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -56,17 +90,37 @@ class ScrubSecrets(logging.Filter):
         record.msg = self._scrub(record.getMessage())
         record.args = ()
         for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD and isinstance(value, str):
+            if key in _STANDARD or value is None or isinstance(value, bool | int | float):
+                continue
+            if isinstance(value, str):
                 setattr(record, key, self._scrub(value))
-        if record.exc_info:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-            record.exc_text = None
-            record.msg = f"{record.msg}\n{self._scrub(text)}"
+                continue
+            text = json.dumps(value, default=str, ensure_ascii=False)  # dicts, lists: as logged
+            scrubbed = self._scrub(text)
+            if scrubbed != text:
+                try:
+                    setattr(record, key, json.loads(scrubbed))
+                except ValueError:
+                    setattr(record, key, scrubbed)
+        if record.exc_info and not record.exc_text:
+            # formatted once, scrubbed, and cached where every formatter looks for it
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
         return True
 
 
 _HANDLER_NAME = "cx-connector"
+
+
+def _formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else \
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def is_configured() -> bool:
+    """Whether :func:`configure` installed its handler in this process."""
+    return any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers)
 
 
 def configure(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
@@ -77,8 +131,68 @@ def configure(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_formatter(fmt))
     handler.addFilter(ScrubSecrets(secrets))
     root.addHandler(handler)
     root.setLevel(level)
+    # the migration check at every start makes Alembic announce its plugins and dialect
+    logging.getLogger("alembic").setLevel(level if level == "DEBUG" else "WARNING")
+
+
+# --- gunicorn's own logs -------------------------------------------------------------------------
+
+
+def gunicorn_logger_class(config: Any = None) -> type:
+    """A gunicorn ``logger_class`` writing its error and access logs as JSON lines (or the
+    configured text format) with secrets scrubbed, to the destinations gunicorn was given.
+
+    ``config``: the :class:`~cx_connector.config.Config` to take the format and secrets
+    from; without it the configuration is found as ``create_app()`` finds it. The access
+    line carries ``method``, ``path`` (no query string), ``status``, ``ms``, ``bytes``,
+    ``remote_addr``, ``user_agent`` and the response's ``request_id``; the app's own
+    ``request`` line says the same, so gunicorn's ``accesslog`` can stay off.
+    """
+    from gunicorn.glogging import Logger
+
+    class GunicornLogger(Logger):
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            fmt, secrets = _gunicorn_settings(config)
+            scrub = ScrubSecrets(secrets)
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(_formatter(fmt))
+                    for f in [f for f in handler.filters if isinstance(f, ScrubSecrets)]:
+                        handler.removeFilter(f)
+                    handler.addFilter(scrub)
+
+        def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+            if not self.access_log_enabled:
+                return
+            atoms = self.atoms(resp, req, environ, request_time)
+            self.access_log.info("access", extra={
+                "method": atoms.get("m"), "path": atoms.get("U"), "status": atoms.get("s"),
+                "ms": round(request_time.total_seconds() * 1000, 2), "bytes": atoms.get("B"),
+                "remote_addr": atoms.get("h"), "user_agent": atoms.get("a"),
+                "request_id": atoms.get("{x-request-id}o") or None})
+
+    return GunicornLogger
+
+
+def _gunicorn_settings(config: Any) -> tuple[str, list[str]]:
+    if config is None:
+        from cx_connector.config import load_config
+
+        try:
+            config = load_config()
+        except Exception:  # the app reports a bad configuration itself when it loads
+            return "json", []
+    return config.logging.format, config.secrets()
+
+
+def __getattr__(name: str) -> Any:
+    """``logger_class = "cx_connector.logs.GunicornLogger"`` in ``gunicorn.conf.py`` (built on
+    first use, so that importing this module does not import gunicorn)."""
+    if name == "GunicornLogger":
+        return gunicorn_logger_class()
+    raise AttributeError(name)

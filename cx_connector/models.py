@@ -3,7 +3,7 @@
 Every table of the data flow is here, in flow order: the inbox (``deliveries``),
 ``touchpoints``, ``customers`` and their ``identities``, ``scores`` (+ history),
 the ``outbox`` and the values last written per record, then bookkeeping (job runs,
-leases, audit log, backfill cursors, alert states).
+leases, audit log, backfill cursors, alert states, metric values).
 
 External ids are strings everywhere (HubSpot and Zendesk ids exceed 2^32, Shopify's
 exceed 2^53). Times are stored in UTC and always read back time-zone aware.
@@ -16,9 +16,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
+    Boolean,
     Date,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -28,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -228,7 +232,12 @@ class CatalogueEntry(Base):
 
 
 class Score(Base):
-    """The latest scores of a customer, with the explanation of each."""
+    """The latest scores of a customer, with the explanation of each.
+
+    Also indexed by the expression ``score_values ->> 'cx_health'`` (``ix_scores_health``,
+    migration ``0004_admin``, with ``customer_id``): lists by health. The expression is
+    spelt per database, so the index is declared in :data:`SCORE_HEALTH_INDEX` below.
+    """
 
     __tablename__ = "scores"
 
@@ -392,6 +401,87 @@ class AlertState(Base):
     details: Mapped[dict] = mapped_column(Json, default=dict)
 
 
+class MetricValue(Base):
+    """A counter (or last value) for ``/metrics`` that the clock process, the CLI and the
+    admin pages record: one row per metric and label set, changed once per job run or
+    per batch, never per webhook (see :mod:`cx_connector.metrics`). Kept in the
+    database so that every web instance, on any host, reports the same figures and
+    they survive restarts."""
+
+    __tablename__ = "metric_values"
+
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    #: the label set as canonical JSON (sorted keys), ``{}`` for none
+    labels: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AlertRule(Base):
+    """A configured alert rule as the alerts job knows it. The first evaluation of a rule
+    records the customers who already match as a baseline (nothing sent), so enabling a
+    rule does not page anyone about every customer who was red long before."""
+
+    __tablename__ = "alert_rules"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    condition: Mapped[str] = mapped_column(String(32))
+    first_evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AlertDelivery(Base):
+    """One action of one alert (a signed POST, a HubSpot task, a Zendesk note): the
+    alerts' outbox. Decided in the transaction that fires (or clears) the alert, sent
+    afterwards: ``pending`` -> ``in_flight`` (claimed) -> ``done``, or back to pending
+    with ``next_attempt_at`` after a retryable failure, or ``dead`` with ``last_error``
+    (``cx-connector alerts retry`` re-queues it), or ``skipped`` when there is nothing to
+    send it to (no HubSpot contact). ``details`` holds what fired, never personal data:
+    the message is rendered when it is sent."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "customer_id", "rule"))
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    customer_id: Mapped[int | None] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="SET NULL"), nullable=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(32))
+    #: fired | cleared
+    event: Mapped[str] = mapped_column(String(16))
+    #: when the alert (this episode of it) fired: with customer and rule, names the alert
+    fired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: ``webhook:<name>`` or ``platform:<connector>``
+    action: Mapped[str] = mapped_column(String(80))
+    #: the platform record it was sent to (platform actions)
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    details: Mapped[dict] = mapped_column(Json, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: an earlier attempt may have landed (timeout, 5xx, a worker that died): the next
+    #: one looks before creating again where the target allows it
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: what the target answered (HTTP status, task id)
+    result: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+#: ``ix_scores_health`` per database (cx_connector.customers.health_of spells the same expression)
+SCORE_HEALTH_INDEX = {
+    "sqlite": "CREATE INDEX ix_scores_health ON scores "
+              "(json_extract(score_values, '$.cx_health'), customer_id)",
+    "postgresql": "CREATE INDEX ix_scores_health ON scores ((score_values ->> 'cx_health'), customer_id)",
+}
+for _dialect, _ddl in SCORE_HEALTH_INDEX.items():
+    event.listen(Score.__table__, "after_create", DDL(_ddl).execute_if(dialect=_dialect))
+
+
 deliveries = Delivery.__table__
 customers = Customer.__table__
 identities = Identity.__table__
@@ -408,3 +498,6 @@ leases = Lease.__table__
 audit_log = AuditEntry.__table__
 backfill_state = BackfillState.__table__
 alert_states = AlertState.__table__
+metric_values = MetricValue.__table__
+alert_rules = AlertRule.__table__
+alert_deliveries = AlertDelivery.__table__

@@ -55,10 +55,18 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
     for source, external_id in writable_records(conn, connectors, customer_id):
         last = dict(conn.execute(select(written_values.c.field, written_values.c.value).where(
             written_values.c.source == source, written_values.c.external_id == external_id)).all())
+        # locked (PostgreSQL) until we commit: a sync worker skips it rather than sending
+        # it and marking it done before our new value is stored into it (see enqueue_many)
         pending = conn.execute(select(outbox.c.id, outbox.c.fields, outbox.c.previous).where(
             outbox.c.source == source, outbox.c.external_id == external_id,
-            outbox.c.status == "pending").order_by(outbox.c.id.desc()).limit(1)).first()
-        result = _changes(new, last, pending)
+            outbox.c.status == "pending").order_by(outbox.c.id.desc()).limit(1)
+            .with_for_update()).first()
+        flying: dict[str, Any] = {}
+        for fields in conn.execute(select(outbox.c.fields).where(
+                outbox.c.source == source, outbox.c.external_id == external_id,
+                outbox.c.status == "in_flight").order_by(outbox.c.id)).scalars():
+            flying.update(fields or {})
+        result = _changes(new, last, pending, flying)
         if result is None:
             continue
         fields, previous = result
@@ -78,14 +86,22 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
 BATCH = 500
 
 
-def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[dict, dict] | None:
-    """What :func:`enqueue` writes for one record: ``(fields, previous)``, or None for nothing."""
-    if not last and pending is None:  # a record never written to: every value that is set
+def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any,
+             flying: dict[str, Any] | None = None) -> tuple[dict, dict] | None:
+    """What :func:`enqueue` writes for one record: ``(fields, previous)``, or None for nothing.
+
+    ``flying``: the fields of the record's write a sync worker is sending right now. They
+    count as on the record (as a pending write's do): a value already on its way is not
+    queued a second time, which would send the platform the same write twice. Should
+    that write fail instead, it goes back to pending and is sent again, so nothing is lost.
+    """
+    flying = flying or {}
+    if not last and pending is None and not flying:  # never written to: every value that is set
         fields = {f: v for f, v in new.items() if v is not None}
         if all(FIELDS[f].piggyback for f in fields):
             return None
         return fields, dict.fromkeys(fields)
-    base = dict(last)
+    base = {**last, **flying}
     if pending is not None:
         base.update(pending.fields)  # what the record will hold once the pending write lands
     changed = {f: v for f, v in new.items() if not FIELDS[f].piggyback and base.get(f) != v}
@@ -96,8 +112,10 @@ def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[d
         return changed, {f: last.get(f) for f in changed}
     fields = {**pending.fields, **changed}
     previous = {**{f: last.get(f) for f in changed}, **pending.previous}
-    # a field that went back to the value already on the record needs no write
-    fields = {f: v for f, v in fields.items() if last.get(f) != v or f not in last}
+    # a field that went back to the value already on the record (and not about to be
+    # overwritten by the write in flight) needs no write
+    landing = {**last, **flying}
+    fields = {f: v for f, v in fields.items() if landing.get(f) != v or f not in landing}
     return fields, {f: previous.get(f) for f in fields}
 
 
@@ -158,6 +176,7 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
             continue
         last: dict[tuple[str, str], dict[str, Any]] = {k: {} for k in keys}
         pending: dict[tuple[str, str], Any] = {}
+        flying: dict[tuple[str, str], dict[str, Any]] = {}
         by_source: dict[str, list[str]] = {}
         for source, ext in keys:
             by_source.setdefault(source, []).append(ext)
@@ -169,13 +188,25 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 if (source, ext) in last:
                     last[(source, ext)][field] = stored(value)
             # status || '' keeps SQLite (without statistics) on the (source, external_id) index
-            # rather than the status index, which would read every pending write of the outbox
+            # rather than the status index, which would read every pending write of the outbox.
+            # FOR UPDATE (PostgreSQL; SQLite has one writer at a time anyway): the pending
+            # writes we are about to change stay ours until we commit. Unlocked, a sync worker
+            # could claim, send and mark one done in between, and the new value, stored
+            # into a write already done, would never be sent. A write a worker has just
+            # claimed is no longer pending when our lock wait ends: a new write is queued.
             for row_id, ext, fields, previous in _rows(conn, (
                     f"SELECT id, external_id, fields, previous FROM outbox WHERE source = ? "
-                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"),
-                    [source, *exts]):
+                    f"AND external_id IN ({marks}) AND status || '' = 'pending' ORDER BY id"
+                    + ("" if sqlite else " FOR UPDATE")), [source, *exts]):
                 # the newest wins, as in enqueue
                 pending[(source, ext)] = _Pending(row_id, stored(fields), stored(previous))
+            # writes a sync worker is sending right now (see _changes); read, not locked
+            for ext, fields in _rows(conn, (
+                    f"SELECT external_id, fields FROM outbox WHERE source = ? "
+                    f"AND external_id IN ({marks}) AND status || '' = 'in_flight' ORDER BY id"),
+                    [source, *exts]):
+                if (source, ext) in last:
+                    flying.setdefault((source, ext), {}).update(stored(fields) or {})
         inserts: list[tuple] = []
         updates: list[tuple] = []
         for cid, values in chunk:
@@ -183,7 +214,7 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                    else _canonical_cached(values, memo))
             for key in records[cid]:
                 row = pending.get(key)
-                result = _changes(new, last[key], row)
+                result = _changes(new, last[key], row, flying.get(key))
                 if result is None:
                     continue
                 fields, previous = result

@@ -16,8 +16,18 @@ rows keep their old profile, so they are part of the person).
 
 * customers: ``email``, ``phone``, ``name`` and ``profile_times`` cleared, ``redacted_at``
   set; the rows stay, so their touchpoints still count in KPIs;
-* identities: every email, phone and platform-id identity deleted (a later event
-  from the same record starts a new, unlinked customer);
+* identities: every email, phone and live platform-id identity deleted (a later
+  event from such a record starts a new, unlinked customer: the person still exists
+  there, e.g. after ``cx-connector forget``). Ids of records the platform no longer
+  holds are kept as tombstones (``gone_at`` set), on the redacted customer: the record
+  a connector's :class:`~cx_connector.connector.Forget` names (HubSpot
+  ``contact.deletion``, Shopify ``customers/redact``), dated by the deletion, and any
+  id already gone (merged away, deleted). A fact about a tombstoned record that arrives
+  after the erasure (it happened before: platforms deliver out of order and retry for
+  hours) is filed under the anonymous customer without contact details
+  (:mod:`cx_connector.identity`) and erased at once like the others
+  (:func:`forget_late`), so it brings nothing back; the platform restoring the record
+  (:class:`~cx_connector.connector.Restore`) lifts the tombstone;
 * touchpoints: kind, stage, channel, time, value, currency, products, rating and
   scores are kept; personal fields in ``attributes`` are removed (keys naming an
   email, phone, name, address, note, message, ...) and the person's email, phone and
@@ -30,6 +40,7 @@ rows keep their old profile, so they are part of the person).
   addresses or, within the same source, one of their record ids (whole token,
   6+ characters: shorter ids are too ambiguous to match in free JSON);
 * write-back: their outbox rows and ``written_values`` deleted;
+* alerts: their alert deliveries deleted (nothing more is sent about them);
 * score explanations and alert details: the same value scrub as attributes;
 * one ``privacy_forget`` audit entry with counts and ids, never the personal data.
 
@@ -61,9 +72,10 @@ from typing import Any
 from sqlalchemy import Connection, Text, cast, delete, func, or_, select, tuple_, update
 
 from cx_connector import audit, identity
-from cx_connector.connector import Export, Forget, ForgetAll
+from cx_connector.connector import CustomerRef, Export, Forget, ForgetAll, Restore
 from cx_connector.db import json_dumps
 from cx_connector.models import (
+    alert_deliveries,
     alert_states,
     audit_log,
     backfill_state,
@@ -352,10 +364,11 @@ def plan(conn: Connection, target: Target) -> tuple[Person, set[int], int]:
 
 def _redact_deliveries(conn: Connection, ids: Iterable[int], scrub: Scrubber | None,
                        now: datetime) -> int:
+    """Empty the raw body and headers of these deliveries (those not emptied already)."""
     n = 0
     for chunk in _chunks(sorted(ids)):
         rows = conn.execute(select(deliveries.c.id, deliveries.c.error).where(
-            deliveries.c.id.in_(chunk))).all()
+            deliveries.c.id.in_(chunk), deliveries.c.redacted_at.is_(None))).all()
         for did, error in rows:
             if error is not None:
                 error = scrub.text(error) if scrub is not None else None
@@ -385,8 +398,10 @@ def _erase_people(conn: Connection, person: Person, scrub: Scrubber, now: dateti
                     conn.execute(update(table).where(*(c == row[c.name] for c in key))
                                  .values({column: clean}))
         result.writes += conn.execute(delete(outbox).where(outbox.c.customer_id.in_(chunk))).rowcount
-        result.identities += conn.execute(delete(identities).where(
-            identities.c.customer_id.in_(chunk))).rowcount
+        conn.execute(delete(alert_deliveries).where(alert_deliveries.c.customer_id.in_(chunk)))
+        result.identities += conn.execute(delete(identities).where(  # tombstones stay
+            identities.c.customer_id.in_(chunk),
+            ~((identities.c.kind == "id") & identities.c.gone_at.is_not(None)))).rowcount
         conn.execute(update(customers).where(customers.c.id.in_(chunk)).values(
             email=None, phone=None, name=None, profile_times={}, redacted_at=now, updated_at=now))
     for chunk in _chunks(sorted(person.records)):
@@ -399,9 +414,43 @@ def _erase_people(conn: Connection, person: Person, scrub: Scrubber, now: dateti
     result.customers = rows
 
 
-def forget(conn: Connection, target: Target, *, now: datetime, actor: str, reason: str = "") -> Erasure:
-    """Erase one person's personal data, keeping anonymous aggregates (module docstring)."""
-    person, dids, _ = plan(conn, target)
+def forget(conn: Connection, target: Target, *, now: datetime, actor: str, reason: str = "",
+           deleted_at: datetime | None = None) -> Erasure:
+    """Erase one person's personal data, keeping anonymous aggregates (module docstring).
+
+    ``deleted_at``: the platform deleted the target record then; its id is kept as a
+    tombstone dated by it (created if the record was never seen). When the platform
+    already said it restored the record later (delivered out of order), the tombstone
+    is lifted at once.
+    """
+    record = (target.source, target.source_id) if target.source and target.source_id else None
+    if deleted_at is not None and record is not None:
+        found = find(conn, target).survivors
+        identity.bury(conn, *record, at=deleted_at, now=now, actor=actor,
+                      customer_id=min(found) if found else None)
+    result = _erase(conn, target, now=now, actor=actor, reason=reason)
+    if deleted_at is not None and record is not None:
+        restored = identity.restored_after(conn, *record, deleted_at)
+        if restored is not None:
+            identity.restore_record(conn, Restore(*record, occurred_at=restored), now=now, actor=actor)
+    return result
+
+
+def _erase(conn: Connection, target: Target, *, now: datetime, actor: str, reason: str,
+           late: Iterable[CustomerRef] = (), delivery_id: int | None = None) -> Erasure:
+    """The erasure itself. ``late``: contact details of a late fact that were never stored
+    (scrubbed wherever else the fact put them); ``delivery_id``: its delivery, emptied
+    without searching every stored body again (the first erasure did that)."""
+    late = list(late)
+    if late or delivery_id is not None:
+        person = find(conn, target)
+        dids = touchpoint_deliveries(conn, person.rows) | ({delivery_id} if delivery_id else set())
+    else:
+        person, dids, _ = plan(conn, target)
+    for ref in late:
+        person.emails |= {ref.email} if ref.email else set()
+        person.phones |= {ref.phone} if ref.phone else set()
+        person.names |= {ref.name} if ref.name else set()
     scrub = Scrubber(person)
     result = Erasure()
     result.deliveries = _redact_deliveries(conn, dids, scrub, now)
@@ -411,6 +460,22 @@ def forget(conn: Connection, target: Target, *, now: datetime, actor: str, reaso
                  source=target.source, external_id=target.source_id,
                  details={"reason": reason, "request": target.describe(), **result.as_dict()})
     return result
+
+
+def forget_late(conn: Connection, source: str, erased: dict[str, list[CustomerRef]], *,
+                delivery_id: int | None, now: datetime, actor: str) -> None:
+    """Facts about erased records arrived after the erasure (:mod:`cx_connector.identity`
+    filed them anonymously): erase what they brought, as if they had come before it:
+    personal attributes of their touchpoints, the raw delivery, and whatever a late link
+    or merge joined to the erased person. Once per person."""
+    people: dict[frozenset[int], tuple[str, list[CustomerRef]]] = {}
+    for source_id, refs in erased.items():
+        survivors = frozenset(find(conn, Target(source=source, source_id=source_id)).survivors)
+        people.setdefault(survivors, (source_id, []))[1].extend(refs)
+    for source_id, refs in people.values():
+        _erase(conn, Target(source=source, source_id=source_id), now=now, actor=actor,
+               reason="a fact about an erased record arrived after the erasure", late=refs,
+               delivery_id=delivery_id)
 
 
 def forget_all(conn: Connection, source: str, *, now: datetime, actor: str,
@@ -484,6 +549,8 @@ def collect(conn: Connection, target: Target, *, now: datetime) -> dict[str, Any
             "score_history": _rows(conn, select(score_snapshots).where(
                 score_snapshots.c.customer_id.in_(group)).order_by(score_snapshots.c.scored_at)),
             "alerts": _rows(conn, select(alert_states).where(alert_states.c.customer_id.in_(group))),
+            "alert_deliveries": _rows(conn, select(alert_deliveries).where(
+                alert_deliveries.c.customer_id.in_(group)).order_by(alert_deliveries.c.id)),
             "write_back": _rows(conn, select(outbox).where(writes_cond).order_by(outbox.c.id)),
             "written_values": _rows(conn, select(written_values).where(tuple_(
                 written_values.c.source, written_values.c.external_id).in_(records))) if records else [],
@@ -578,7 +645,8 @@ def apply(conn: Connection, action: Forget | ForgetAll | Export, *, now: datetim
     elif isinstance(action, Forget):
         forget(conn, Target(source=action.source if action.source_id else None,
                             source_id=action.source_id, email=action.email),
-               now=now, actor=actor, reason=action.reason)
+               now=now, actor=actor, reason=action.reason,
+               deleted_at=(action.occurred_at or now) if action.source_id else None)
     elif isinstance(action, Export):
         directory = conn.get_execution_options().get(EXPORT_DIR_OPTION, DEFAULT_EXPORT_DIR)
         export(conn, Target(source=action.source, source_id=action.source_id, email=action.email),

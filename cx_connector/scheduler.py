@@ -6,12 +6,18 @@ tests and CLI commands call directly; :func:`run_job` wraps it with a database
 lease (one run at a time across processes), a ``job_runs`` row (status, duration,
 details or error) and logging. Jobs coalesce and never overlap
 (``max_instances=1``); each has an explicit id.
+
+The database going away never stops the clock: a run that cannot reach it (at the
+start, or half-way) ends ``failed`` with the reason in the log, its ``job_runs``
+record is written as soon as the database is back (by the next run of any job in
+this process), and the job runs again at its next tick.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -21,8 +27,11 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cx_connector import db, enrich, leases
+from cx_connector import db, enrich, leases, logs
 from cx_connector.config import Config
+from cx_connector.errors import DatabaseUnavailable
+from cx_connector.http import redact
+from cx_connector.metrics import stored
 from cx_connector.models import job_runs
 from cx_connector.runtime import Runtime
 
@@ -38,11 +47,14 @@ class Job:
     every: Callable[[Config], timedelta]
     #: the lease that serialises runs; jobs sharing a lease never run together
     lease: str = ""
+    #: ids of jobs after each run of which this one also runs at once
+    after: tuple[str, ...] = ()
 
 
 def jobs() -> list[Job]:
     """The periodic jobs, in the order they are first run at start-up."""
     from cx_connector import checkouts, sync
+    from cx_connector.alerts import run as alerts
 
     # scoring is imported here so that numpy and scipy load only where jobs run
     from cx_connector.scoring import kpis
@@ -54,6 +66,8 @@ def jobs() -> list[Job]:
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
         Job("checkouts", checkouts.run, lambda config: config.schedule.score_every),
         Job("score", scoring.job, lambda config: config.schedule.score_every, lease=scoring.LEASE),
+        # alerts react to new scores at once, and to new touchpoints (NPS, reopens) on their own
+        Job("alerts", alerts.job, lambda config: config.alerts.every, lease=alerts.LEASE, after=("score",)),
         Job("kpis", kpis.job, lambda config: kpis.CHECK_EVERY, lease=kpis.LEASE),
         Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
@@ -63,36 +77,97 @@ def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None
             ttl: timedelta = timedelta(minutes=5)) -> dict[str, Any]:
     """Run one job under its lease and record the run. Returns the run's record.
 
-    ``status`` is ``skipped`` when another process holds the lease.
+    ``status`` is ``skipped`` when another process holds the lease. Every log line the
+    job writes carries ``job`` (and ``job_run_id``, the ``job_runs`` row).
     """
+    with logs.fields(job=job_id):
+        return _run_job(rt, job_id, func, lease=lease, ttl=ttl)
+
+
+def _run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None,
+             ttl: timedelta) -> dict[str, Any]:
     started = rt.now()
     t0 = time.perf_counter()
     record: dict[str, Any] = {"job": job_id, "started_at": started}
-    with leases.Held(rt.engine, lease or f"job:{job_id}", ttl) as ok:
-        if not ok:
-            record.update(status="skipped", details={"reason": "another process is running it"})
-            _record(rt, record, t0)
-            log.info("job skipped: lease held elsewhere", extra={"job": job_id})
-            return record
-        with db.write(rt.engine) as conn:
-            run_id = conn.execute(job_runs.insert().values(
-                job=job_id, started_at=started, status="running", details={},
-                host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
-        try:
-            details = func(rt) or {}
-            record.update(status="ok", details=details)
-        except Exception as exc:
-            log.exception("job failed", extra={"job": job_id})
+    try:
+        _flush_unrecorded(rt)
+        with leases.Held(rt.engine, lease or f"job:{job_id}", ttl) as ok:
+            if not ok:
+                record.update(status="skipped", details={"reason": "another process is running it"})
+                _record(rt, record, t0)
+                log.info("job skipped: lease held elsewhere", extra={"job": job_id})
+                return record
+            # a run starts once it holds the lease: runs of one lease never overlap in job_runs
+            record["started_at"] = started = rt.now()
+            with db.write(rt.engine) as conn:
+                record["id"] = conn.execute(job_runs.insert().values(
+                    job=job_id, started_at=started, status="running", details={},
+                    host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
+            with logs.fields(job_run_id=record["id"]):
+                try:
+                    details = func(rt) or {}
+                    record.update(status="ok", details=details)
+                except Exception as exc:
+                    if _database_away(exc):
+                        log.warning("job failed: database unavailable; it runs again at its next tick",
+                                    extra={"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
+                    else:
+                        log.exception("job failed", extra={"job": job_id})
+                    # stored and printed (`scheduler --once`): no configured secret in it, whatever
+                    # the exception quoted
+                    secrets = sorted(rt.config.secrets(), key=len, reverse=True)
+                    record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}", secrets),
+                                  details={"traceback": redact(traceback.format_exc(limit=5), secrets)})
+                _record(rt, record, t0)
+                if record["status"] == "ok":
+                    log.info("job finished", extra={"status": "ok", "duration_ms": record["duration_ms"]})
+    except DatabaseUnavailable as exc:  # taking the lease or recording the run
+        if "status" not in record:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          details={"traceback": traceback.format_exc(limit=5)})
-        record["id"] = run_id
-        _record(rt, record, t0)
+                          details={"reason": "database unavailable"})
+            log.warning("job not run: database unavailable; it runs again at its next tick",
+                        extra={"job": job_id, "error": exc.message})
+        _record_later(rt, record, t0)
     return record
+
+def _database_away(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or db.is_connection_error(exc)
+
+
+#: runs whose record could not be written (the database was away): written by the next run
+_unrecorded: list[dict[str, Any]] = []
+_unrecorded_lock = threading.Lock()
+#: at most this many are kept (a long outage must not grow the clock's memory)
+MAX_UNRECORDED = 200
+
+
+def _record_later(rt: Runtime, record: dict[str, Any], t0: float) -> None:
+    record.setdefault("duration_ms", int((time.perf_counter() - t0) * 1000))
+    record.setdefault("finished_at", rt.now())
+    with _unrecorded_lock:
+        if len(_unrecorded) < MAX_UNRECORDED:
+            _unrecorded.append(record)
+
+
+def _flush_unrecorded(rt: Runtime) -> None:
+    with _unrecorded_lock:
+        while _unrecorded:
+            try:
+                _write_record(rt, _unrecorded[0])
+            except DatabaseUnavailable:
+                raise
+            except Exception:  # a record that cannot be written must not block every later run
+                log.exception("could not record an earlier job run", extra={"job": _unrecorded[0]["job"]})
+            _unrecorded.pop(0)
 
 
 def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
     record["duration_ms"] = int((time.perf_counter() - t0) * 1000)
     record["finished_at"] = rt.now()
+    _write_record(rt, record)
+
+
+def _write_record(rt: Runtime, record: dict[str, Any]) -> None:
     with db.write(rt.engine) as conn:
         values = {"finished_at": record["finished_at"], "status": record["status"],
                   "duration_ms": record["duration_ms"], "details": record.get("details", {}),
@@ -103,10 +178,27 @@ def _record(rt: Runtime, record: dict[str, Any], t0: float) -> None:
             record["id"] = conn.execute(job_runs.insert().values(
                 job=record["job"], started_at=record["started_at"], host=socket.gethostname(),
                 **values).returning(job_runs.c.id)).scalar_one()
+        stored.record_run(conn, record)  # the run's counters commit with its row
+
+
+def follow_ups(sched: Any, rt: Runtime, all_jobs: list[Job]) -> Callable[[Any], None]:
+    """An APScheduler listener that brings a job's next run forward to now when a job it
+    runs ``after`` has finished (``alerts`` right after ``score``)."""
+    followers: dict[str, list[str]] = {}
+    for job in all_jobs:
+        for first in job.after:
+            followers.setdefault(first, []).append(job.id)
+
+    def listener(event: Any) -> None:
+        for job_id in followers.get(event.job_id, []):
+            sched.modify_job(job_id, next_run_time=rt.now())
+
+    return listener
 
 
 def build(rt: Runtime) -> Any:
     """A BlockingScheduler with every job (each runs once right away, then on its interval)."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     sched = BlockingScheduler(timezone="UTC", job_defaults={
@@ -116,4 +208,5 @@ def build(rt: Runtime) -> Any:
                       id=job.id, name=job.id, args=(rt, job.id, job.func),
                       kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
                       replace_existing=True)
+    sched.add_listener(follow_ups(sched, rt, jobs()), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     return sched

@@ -53,7 +53,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
-from cx_connector import audit, db, leases
+from cx_connector import audit, db, leases, logs
 from cx_connector.config import Writeback
 from cx_connector.connector import Connector, Merge, RecordWrite, WriteResult
 from cx_connector.db import raw_many, raw_rows, stored_time
@@ -63,6 +63,7 @@ from cx_connector.errors import (
     PlatformFieldsMissing,
     PlatformRateLimited,
     PlatformRecordGone,
+    PlatformUnavailable,
     PlatformValidationError,
 )
 from cx_connector.models import audit_log, identities, outbox, written_values
@@ -78,6 +79,11 @@ MAX_RATE_LIMITED = 8
 #: up to MARK_LINGER (real) seconds for more after the first: fewer, larger transactions
 MARK_GROUPS = 64
 MARK_LINGER = 0.02
+#: writes are due but none could be claimed (another worker has the record in flight, or
+#: scoring is storing a new value into it): look again after this long...
+BUSY_POLL = 0.25
+#: ...and leave them to the next run after this long (the other worker sends them)
+BUSY_GIVE_UP = 2.0
 _MISSING = object()
 
 
@@ -123,7 +129,11 @@ class Stats:
     merged: int = 0
     rate_limited: int = 0
     splits: int = 0
+    #: requests that waited for the rate budget, and the seconds waited
+    waits: int = 0
     waited_seconds: float = 0.0
+    #: writes that did not land, per attempt, by reason class (see :mod:`cx_connector.metrics`)
+    failures: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -147,11 +157,16 @@ class _Stop(Exception):
 # --- entry points ---------------------------------------------------------------------------
 
 
+def writes_back(connector: Connector | type[Connector]) -> bool:
+    """Whether a connector (instance or class) writes scores back to its platform."""
+    return connector.writes_back and connector.write_batch_max > 0
+
+
 def writers(rt: Runtime, sources: Iterable[str] | None = None) -> dict[str, Connector]:
     """The enabled connectors that write back (optionally only ``sources``)."""
     wanted = set(sources) if sources else None
     return {name: c for name, c in rt.connectors.items()
-            if c.writes_back and c.write_batch_max > 0 and (wanted is None or name in wanted)}
+            if writes_back(c) and (wanted is None or name in wanted)}
 
 
 def sync(rt: Runtime, *, dry_run: bool | None = None, clock: Clock | None = None,
@@ -175,7 +190,7 @@ def sync(rt: Runtime, *, dry_run: bool | None = None, clock: Clock | None = None
 
     if len(targets) > 1:
         with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="sync") as pool:
-            results = list(pool.map(one, targets.values()))
+            results = list(pool.map(logs.carry_context(one), targets.values()))
     else:
         results = [one(c) for c in targets.values()]
     return {"dry_run": dry, "platforms": {s.source: s.as_dict() for s in results}}
@@ -312,22 +327,25 @@ class PlatformRun:
         deadline = self.clock.monotonic() + self.opts.max_run_time.total_seconds()
         recover_expired(self.engine, self.source, self.opts.claim_timeout, now=self.clock.now())
         packer = Packer(self.connector)
-        marker = threading.Thread(target=self._marker, name=f"sync-{self.source}-mark", daemon=True)
+        marker = threading.Thread(target=logs.carry_context(self._marker),
+                                  name=f"sync-{self.source}-mark", daemon=True)
         marker.start()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"sync-{self.source}")
+        held = 0.0  # how long due writes have been held by someone else
         try:
             while self.stop is None:
                 self._wait_for_room()
                 past = self.clock.monotonic() >= deadline
                 rows = [] if past or self.stop is not None else self.claim()
                 if rows:
+                    held = 0.0
                     packer.add(rows)
                     self._submit(pool, packer.full())
                     continue
                 with self._cond:
-                    busy = self._outstanding
-                if busy:  # an answer may make writes due again: wait for it before a partial request
-                    self._wait_below(busy)
+                    outstanding = self._outstanding
+                if outstanding:  # an answer may make writes due again: wait for it before a partial request
+                    self._wait_below(outstanding)
                     continue
                 if packer.queue:
                     self._submit(pool, packer.flush())
@@ -338,6 +356,11 @@ class PlatformRun:
                 if wait is None or wait > self.opts.max_wait.total_seconds() or \
                         self.clock.monotonic() + wait >= deadline:
                     break
+                if wait <= 0:  # due, yet not claimable: not ours to send now
+                    if held >= BUSY_GIVE_UP:
+                        break
+                    held += BUSY_POLL
+                    wait = BUSY_POLL
                 self.clock.sleep(wait)
         except BaseException:  # Ctrl-C, the database gone: requests not yet sent stay unsent
             self._set_stop(_Stop("the run was interrupted"))
@@ -355,6 +378,7 @@ class PlatformRun:
         if self.stop is not None:
             self.stats.errors.append(self.stop.reason)
         self.stats.requests = self.limiter.requests
+        self.stats.waits = self.limiter.waits
         self.stats.waited_seconds = self.limiter.waited
         return self.stats
 
@@ -375,7 +399,7 @@ class PlatformRun:
             with self._cond:
                 self._outstanding += 1
                 self._queued += 1
-            pool.submit(self._send_and_hand_over, batch)
+            pool.submit(logs.carry_context(self._send_and_hand_over), batch)
 
     def _send_and_hand_over(self, batch: list[Item]) -> None:
         with self._cond:
@@ -466,11 +490,14 @@ class PlatformRun:
                 if throttled >= MAX_RATE_LIMITED or wait > self.opts.max_wait.total_seconds():
                     self._set_stop(_Stop(f"{self.source}: rate limited ({exc.message}); "
                                          f"waiting {wait:.0f}s until the next run", wait))
+                    self._failed("rate_limited", len(batch))
                     return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
                 self.limiter.pause(wait)
                 continue
             except (PlatformAuthError, PlatformFieldsMissing) as exc:
                 self._set_stop(_Stop(exc.message))
+                self._failed("fields_missing" if isinstance(exc, PlatformFieldsMissing) else "auth",
+                             len(batch))
                 return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
             except (PlatformValidationError, PlatformRecordGone) as exc:
                 if len(batch) > 1:
@@ -479,12 +506,17 @@ class PlatformRun:
                     half = len(batch) // 2
                     return self.send(batch[:half]) + self.send(batch[half:])
                 if isinstance(exc, PlatformRecordGone):
+                    self._failed("gone", 1)
                     return [(batch[0], WriteResult.gone(exc.message))]
+                self._failed("invalid", 1)
                 return [(batch[0], WriteResult.failed(exc.message))]
             except PlatformAPIError as exc:
+                self._failed("unavailable" if isinstance(exc, PlatformUnavailable) else "api_error",
+                             len(batch))
                 return [(i, WriteResult.retry(exc.message)) for i in batch]
             except Exception as exc:  # a bug must not lose writes: they are retried, then dead
                 log.exception("write-back to %s failed", self.source)
+                self._failed("internal", len(batch))
                 return [(i, WriteResult.retry(f"internal error: {type(exc).__name__}: {exc}"))
                         for i in batch]
             out = []
@@ -492,8 +524,14 @@ class PlatformRun:
                 result = results.get(item.row.external_id)
                 if result is None:
                     result = WriteResult.retry(f"{self.source} returned no result for this record")
+                if result.status in _FAILURE_CLASS:
+                    self._failed(_FAILURE_CLASS[result.status], 1)
                 out.append((item, result))
             return out
+
+    def _failed(self, reason: str, n: int) -> None:
+        with self._lock:
+            self.stats.failures[reason] = self.stats.failures.get(reason, 0) + n
 
     def _set_stop(self, stop: _Stop) -> None:
         with self._lock:
@@ -711,6 +749,10 @@ def _update_outbox(conn: Connection, updates: list[dict[str, Any]]) -> None:
         raw_many(conn, f"UPDATE outbox SET {sets} WHERE id = ?", params)
 
 
+#: reason class of a record the platform did not take (a per-record result of a batch)
+_FAILURE_CLASS = {"retry": "record_retry", "failed": "invalid", "gone": "gone"}
+
+
 def _release(stop: _Stop) -> WriteResult:
     return WriteResult("release", stop.reason, retry_after=stop.retry_in)
 
@@ -887,13 +929,23 @@ def _audit_dry_run(engine: Engine, source: str, rows: list[Claimed], now: dateti
 
 
 def list_writes(engine: Engine, *, dead: bool = False, source: str | None = None,
-                limit: int = 100) -> list[dict[str, Any]]:
-    """Pending, in-flight and retried writes (or only dead ones), oldest first."""
+                limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+    """Pending, in-flight and retried writes (or only dead ones), oldest first.
+
+    ``status``: only ``pending`` (never tried yet), ``retrying`` (pending after a failed
+    attempt), ``in_flight`` or ``dead``.
+    """
     statuses = ["dead"] if dead else ["pending", "in_flight", "dead"]
+    if status is not None:
+        statuses = ["pending"] if status == "retrying" else [status]
     q = (select(outbox.c.id, outbox.c.source, outbox.c.external_id, outbox.c.customer_id,
                 outbox.c.status, outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.fields,
                 outbox.c.previous, outbox.c.last_error, outbox.c.created_at, outbox.c.updated_at)
          .where(outbox.c.status.in_(statuses)).order_by(outbox.c.id).limit(limit))
+    if status == "retrying":
+        q = q.where(outbox.c.attempts > 0)
+    elif status == "pending":
+        q = q.where(outbox.c.attempts == 0)
     if source:
         q = q.where(outbox.c.source == source)
     with db.read(engine) as conn:

@@ -123,7 +123,9 @@ class Limiter(Throttle):
         self._stamp = clock.monotonic()
         self._paused_until = 0.0
         self.requests = 0
+        #: seconds slept waiting for the budget, and how many requests had to wait
         self.waited = 0.0
+        self.waits = 0
 
     # -- Throttle --------------------------------------------------------------------
 
@@ -222,10 +224,13 @@ class Limiter(Throttle):
         return self.budget.cost if cost is None else float(cost)
 
     def _acquire(self, cost: float, *, hold: bool) -> int:
+        first = True  # a request that waits at all counts once in ``waits``
         while True:
             with self._cond:
                 delay = self._delay(cost)
                 if delay is _BLOCKED:
+                    self.waits += first
+                    first = False
                     started = time.monotonic()
                     self._cond.wait(_INFLIGHT_RECHECK)
                     self.waited += time.monotonic() - started
@@ -236,6 +241,8 @@ class Limiter(Throttle):
                     self.requests += 1
                     return self._seq
                 self.waited += delay
+                self.waits += first
+                first = False
             self.clock.sleep(delay)
 
     def _leave(self, at: float, cost: float) -> None:

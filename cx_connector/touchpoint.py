@@ -26,6 +26,7 @@ from marshmallow import (
     fields,
     post_load,
     validate,
+    validates,
     validates_schema,
 )
 
@@ -82,6 +83,22 @@ ATTRIBUTE_KEYS: dict[str, str] = {
 RATING_KINDS = {"csat_rating": "csat", "nps_response": "nps", "ces_response": "ces"}
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+#: amounts (value, price, rating) are stored with 18 digits, 4 after the point
+#: (``models.Money``): anything this large or larger cannot be stored exactly
+MONEY_LIMIT = Decimal(10) ** 14
+_MONEY_PLACES = Decimal("0.0001")
+
+
+def _fits(value: Decimal | None) -> None:
+    """Refuse an amount the money columns cannot hold once rounded to 4 places."""
+    if value is None or not value.is_finite():
+        return
+    if abs(value) >= MONEY_LIMIT or abs(value.quantize(_MONEY_PLACES)) >= MONEY_LIMIT:
+        raise ValidationError("out of range: at most 14 digits before the decimal point")
+
+
+_FITS = _fits
 
 
 def clean_text(value: Any) -> Any:
@@ -252,8 +269,8 @@ class CustomerSchema(_Base):
 
 class RatingSchema(_Base):
     type = fields.String(required=True, validate=validate.OneOf(RATING_TYPES))
-    score = fields.Decimal(required=True, as_string=True)
-    scale_max = fields.Decimal(required=True, as_string=True, validate=validate.Range(min=1))
+    score = fields.Decimal(required=True, as_string=True, validate=_FITS)
+    scale_max = fields.Decimal(required=True, as_string=True, validate=[validate.Range(min=1), _FITS])
 
     @validates_schema
     def _check(self, data: dict, **_: Any) -> None:
@@ -271,7 +288,7 @@ class ProductSchema(_Base):
     title = fields.String(load_default=None, allow_none=True)
     category = fields.String(load_default=None, allow_none=True)
     quantity = fields.Integer(load_default=1, validate=validate.Range(min=0))
-    price = fields.Decimal(load_default=None, allow_none=True, as_string=True)
+    price = fields.Decimal(load_default=None, allow_none=True, as_string=True, validate=_FITS)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Product:
@@ -288,11 +305,18 @@ class TouchpointSchema(_Base):
     kind = fields.String(required=True, validate=validate.OneOf(sorted(KINDS)))
     stage = fields.String(load_default="", validate=validate.OneOf(("", *STAGES)))
     channel = fields.String(load_default="other", validate=validate.OneOf(CHANNELS))
-    value = fields.Decimal(load_default=None, allow_none=True, as_string=True)
+    value = fields.Decimal(load_default=None, allow_none=True, as_string=True, validate=_FITS)
     currency = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"^[A-Z]{3}$"))
     rating = fields.Nested(RatingSchema, load_default=None, allow_none=True)
     products = fields.List(fields.Nested(ProductSchema), load_default=list)
     attributes = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @validates("occurred_at")
+    def _in_range(self, value: datetime, **_: Any) -> None:
+        try:
+            ensure_utc(value)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before the year 1 in UTC
+            raise ValidationError("out of range once converted to UTC") from None
 
     @validates_schema
     def _check(self, data: dict, **_: Any) -> None:
@@ -305,6 +329,8 @@ class TouchpointSchema(_Base):
             raise ValidationError(f"a {kind} needs a rating of type {wanted}", "rating")
         if data.get("value") is not None and data.get("value").is_nan():
             raise ValidationError("must be a number", "value")
+        if kind == "refund_issued" and data.get("value") is not None and data["value"] > 0:
+            raise ValidationError("a refund is negative: send the refunded amount as -value", "value")
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Touchpoint:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,8 @@ from sqlalchemy import text
 
 from cx_connector import db
 from cx_connector.cli import main
-from tests.conftest import count
+from cx_connector.models import deliveries
+from tests.conftest import TEST_CONNECTORS, count
 
 
 @pytest.fixture
@@ -41,12 +43,34 @@ def test_import_keeps_good_rows_and_reports_bad_ones_by_line(cli, tmp_path, engi
     assert r.exit_code == 1
     assert "line 2: not valid JSON" in r.output
     assert "line 3: kind: Must be one of" in r.output
-    assert "line 7: not valid JSON: expected a JSON object" in r.output
+    assert "line 7: expected one touchpoint as a JSON object, got a list" in r.output
     assert "line 8: customer.source_id" in r.output
     assert "3 valid lines (2 new touchpoints, 1 already known), 4 invalid lines skipped" in r.output
     assert count(engine, "touchpoints") == 2
     with engine.connect() as conn:
         assert conn.execute(text("SELECT email FROM customers")).scalar_one() == "ann@example.com"
+
+
+def test_import_reports_unstorable_amounts_by_line_and_keeps_the_rest(cli, tmp_path, engine):
+    f = tmp_path / "tp.jsonl"
+    f.write_text("\n".join([
+        line("o1"),
+        line("o2", value="1e30"),                                       # cannot be stored exactly
+        line("o3", value="99999999999999.99995"),                       # 10^14 once rounded
+        line("o4", products=[{"title": "x", "price": "1e20"}]),
+        line("r1", kind="refund_issued", value="10"),                   # refunds are negative
+        line("r2", kind="refund_issued", value="-10"),
+        line("n1", customer={"source_id": "\u0000"}),                    # blank once cleaned
+    ]) + "\n")
+    r = cli("import", str(f))
+    assert r.exit_code == 1, r.output
+    assert "line 2: value: out of range" in r.output
+    assert "line 3: value: out of range" in r.output
+    assert "line 4: products.0.price: out of range" in r.output
+    assert "line 5: value: a refund is negative" in r.output
+    assert "line 7: customer.source_id must be a non-empty string" in r.output
+    assert "2 valid lines (2 new touchpoints, 0 already known), 5 invalid lines skipped" in r.output
+    assert count(engine, "touchpoints") == 2
 
 
 def test_import_json_summary_and_stdin(cli, engine):
@@ -115,3 +139,53 @@ def test_demo_runs_offline_and_prints_touchpoints():
     assert r.exit_code == 0, r.output
     assert "Touchpoints stored" in r.output and "alice@example.com" in r.output
     assert "failed" not in r.output.split("Touchpoints stored")[0].lower()
+
+
+ENABLED = "(enabled: generic, hubspot)"
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["backfill", "zendesk"], f"zendesk is not enabled: add a connectors.zendesk section to the "
+                              f"configuration {ENABLED}"),
+    (["backfill", "hubspt"], "no connector named 'hubspt' (enabled: generic, hubspot; installed: "
+                             "generic, hubspot, shopify, zendesk)"),
+    (["backfill", "generic"], "generic has no API to import history from (enabled sources that can: "
+                              "hubspot)"),
+    (["enrich", "--source", "shopify"], f"shopify is not enabled: add a connectors.shopify section "
+                                        f"to the configuration {ENABLED}"),
+    (["enrich", "--source", "generic"], "generic cannot look records up (enabled sources that can: "
+                                        "hubspot)"),
+    (["sync", "--source", "zendesk"], "zendesk is not enabled"),
+    (["sync", "--source", "hubspot", "--source", "generic"],
+     "generic does not write scores back (enabled sources that can: hubspot)"),
+    (["setup", "--dry-run", "--source", "shopify"], "shopify is not enabled"),
+    (["setup", "--source", "Hubspot"], "no connector named 'Hubspot'"),
+    (["outbox", "retry", "--source", "zendesk"], "zendesk is not enabled"),
+    (["events", "replay", "--failed", "--source", "zendesk"], "zendesk is not enabled"),
+    (["events", "list", "--source", "zendsk"], "no connector named 'zendsk'"),
+    (["outbox", "--source", "nope"], "no connector named 'nope'"),
+])
+def test_an_unknown_disabled_or_unable_source_is_a_usage_error_before_anything_runs(
+        tmp_path, database_url, engine, args, says):
+    cfg = tmp_path / "cx.yaml"
+    cfg.write_text(json.dumps({"database_url": database_url,
+                               "connectors": {k: TEST_CONNECTORS[k] for k in ("generic", "hubspot")}}))
+    r = CliRunner().invoke(main, ["--config", str(cfg), *args], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert count(engine, "job_runs") == 0 and count(engine, "audit_log") == 0
+
+
+def test_history_filters_accept_a_connector_disabled_since(cli, engine):
+    """events list and outbox show stored rows: a connector disabled since they were stored
+    may be named (it is installed, just not configured any more)."""
+    with engine.begin() as conn:
+        conn.execute(deliveries.insert().values(
+            source="zendesk", delivery_key="k1", topic="zen:event-type:ticket.created",
+            received_at=datetime(2026, 6, 1, tzinfo=UTC), headers={}, body=b"{}", status="failed",
+            error="connector zendesk is not enabled"))
+    r = cli("events", "list", "--source", "zendesk")
+    assert r.exit_code == 0 and "zen:event-type:ticket.created" in r.output
+    r = cli("outbox", "--source", "shopify")
+    assert r.exit_code == 0 and "the outbox is empty" in r.output

@@ -93,13 +93,20 @@ def test_failure_exits_1_and_says_how_to_resume_then_status_and_refusal(cli):
 
 def test_refused_for_a_connector_without_an_api_and_bad_since(cli):
     r = cli("backfill", "generic")
-    assert r.exit_code == 2 and "generic cannot backfill" in r.stderr
+    assert r.exit_code == 2 and ("generic has no API to import history from (enabled sources that "
+                                 "can: zendesk)") in r.stderr
     r = cli("backfill", "zendesk", "--since", "last tuesday")
     assert r.exit_code == 2 and "--since 'last tuesday'" in r.stderr
-    r = cli("backfill", "shopify")
-    assert r.exit_code == 1 and "connector shopify is not enabled" in r.stderr
+    r = cli("backfill", "shopify")  # a usage error like every other, naming what is enabled
+    assert r.exit_code == 2 and "shopify is not enabled" in r.stderr
+    assert "(enabled: generic, zendesk)" in r.stderr
     r = cli("backfill", "zendesk", "--status")
     assert r.exit_code == 0 and "no backfill of zendesk has been started" in r.stdout
+    # a refused run prints its error alone, not a "backfill zendesk: ..." line as if it started
+    r = cli("backfill", "zendesk", "--only", "bogus")
+    assert r.exit_code == 2 and r.stderr.startswith("error: zendesk has no backfill resource bogus")
+    r = cli("backfill", "zendesk", "--resume", "--restart")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --resume and --restart exclude each other")
 
 
 def test_terminal_bar_with_rate_and_eta():
@@ -149,3 +156,15 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(cli):
     r = cli("backfill", "zendesk", "--status", "--json")
     assert [(s["resource"], s["status"], s["cursor"]) for s in json.loads(r.stdout)] == [
         ("satisfaction_ratings", "interrupted", "p2")]
+
+
+@responses.activate
+def test_a_wait_is_one_line_when_not_on_a_terminal(cli):
+    """The progress line is the report; the JSON log used to repeat each wait as a warning."""
+    responses.get(RATINGS, status=429, headers={"Retry-After": "0"}, json={"error": "TooManyRequests"})
+    ratings(None, [1], None)
+    r = cli("backfill", "zendesk", "--only", "satisfaction_ratings")
+    assert r.exit_code == 0, r.output
+    waits = [line for line in r.stderr.splitlines() if "wait" in line]
+    assert waits == ["backfill zendesk satisfaction_ratings: rate limited; waiting 0 s (Retry-After)"]
+    assert not [line for line in r.stderr.splitlines() if line.startswith("{")]  # no JSON log lines

@@ -57,6 +57,12 @@ def test_durations(text, seconds):
     assert c.schedule.sync_every == timedelta(seconds=seconds)
 
 
+@pytest.mark.parametrize("text", [float("inf"), float("nan"), "99999999999999999999w", True, "5 minutes"])
+def test_impossible_durations_are_config_errors_not_crashes(text):
+    p = problems({"schedule": {"score_every": text}})
+    assert list(p) == ["schedule.score_every"]
+
+
 def test_env_interpolation_with_defaults_and_escape():
     env = {"SECRET": "s3cr3t:with#chars", "EMPTY": ""}
     c = config_from_mapping({
@@ -102,7 +108,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_example_config_is_valid_and_documents_every_key():
     env = {k: "x" * 24 for k in ("CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN",
                                  "ZENDESK_API_TOKEN", "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN",
-                                 "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")}
+                                 "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET", "CX_ALERTS_SECRET")}
     c = load_config(EXAMPLE, env=env)
     assert set(c.connectors) == {"generic", "hubspot", "zendesk", "shopify"}
     text = EXAMPLE.read_text()
@@ -141,7 +147,8 @@ def test_privacy_and_checkouts_sections():
     assert set(p) == {"privacy.export_dir", "privacy.dir", "checkouts.abandon_after"}
     c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
         "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
-        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET",
+        "CX_ALERTS_SECRET")})
     assert c.privacy.export_dir == "exports" and c.checkouts.abandon_after == timedelta(hours=6)
     assert c.connectors["shopify"].max_delivery_age == timedelta(hours=5)
 
@@ -176,7 +183,8 @@ def test_example_config_documents_every_scoring_key():
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     c = load_config(EXAMPLE, env={k: "x" * 24 for k in (
         "CX_ADMIN_TOKEN", "HUBSPOT_CLIENT_SECRET", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_API_TOKEN",
-        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET")})
+        "ZENDESK_WEBHOOK_SECRET", "SHOPIFY_ACCESS_TOKEN", "SHOPIFY_CLIENT_SECRET", "CX_GENERIC_SECRET",
+        "CX_ALERTS_SECRET")})
     assert c.scoring == ScoringSettings()  # the example shows the defaults
 
     def keys(obj, prefix):
@@ -188,3 +196,19 @@ def test_example_config_documents_every_scoring_key():
     for key in keys(ScoringSettings(), "scoring"):
         assert f"{key.rsplit('.', 1)[1]}:" in text, key
         assert f"`{key}`" in readme or any(f"`{key}" in line for line in readme.splitlines()), key
+
+
+def test_admin_section():
+    from cx_connector.config import Admin
+
+    c = config_from_mapping({}, env={})
+    assert c.admin == Admin()
+    assert (c.admin.secure_cookie, c.admin.session_lifetime) == ("auto", timedelta(hours=12))
+    c = config_from_mapping({"admin": {"secure_cookie": "always", "session_lifetime": "30m"}}, env={})
+    assert (c.admin.secure_cookie, c.admin.session_lifetime) == ("always", timedelta(minutes=30))
+    p = problems({"admin": {"secure_cookie": "never", "session_lifetime": "0s", "cookie": "x"}})
+    assert p == {"admin.secure_cookie": "Must be one of: auto, always.",
+                 "admin.session_lifetime": "must be longer than zero",
+                 "admin.cookie": "unknown key (misspelt? see config/cx-connector.example.yaml)"}
+    text = EXAMPLE.read_text()
+    assert "secure_cookie: auto" in text and "session_lifetime: 12h" in text

@@ -70,7 +70,7 @@ def test_job_links_ids_marks_deleted_ones_gone_and_is_done_afterwards(rt, engine
     report = enrich.enrich(rt)
 
     assert report["hubspot"] == {"candidates": 3, "looked_up": 3, "linked": 2, "gone": 1,
-                                 "left": 0, "stopped": None}
+                                 "left": 0, "stopped": None, "stopped_by": None}
     assert "generic" not in report  # generic cannot look up
     assert all(v["candidates"] == 0 for k, v in report.items() if k != "hubspot")
     assert json.loads(responses.calls[0].request.body) == {"inputs": [{"id": "332507367156"}]}
@@ -89,7 +89,7 @@ def test_job_links_ids_marks_deleted_ones_gone_and_is_done_afterwards(rt, engine
 
     calls = len(responses.calls)
     assert enrich.enrich(rt)["hubspot"] == {"candidates": 0, "looked_up": 0, "linked": 0, "gone": 0,
-                                            "left": 0, "stopped": None}
+                                            "left": 0, "stopped": None, "stopped_by": None}
     assert len(responses.calls) == calls
 
 
@@ -125,7 +125,7 @@ def test_rate_limit_mid_way_keeps_the_done_batches_and_reports_what_is_left(rt, 
     assert run["status"] == "ok"
     details = run["details"]["hubspot"]
     assert (details["looked_up"], details["linked"], details["left"]) == (100, 100, 50)
-    assert details["stopped"].startswith("rate limited")
+    assert details["stopped"].startswith("rate limited") and details["stopped_by"] == "rate_limited"
     assert [json.loads(c.request.body) for c in responses.calls] == [
         read_body([str(i) for i in ids[:100]]), read_body([str(i) for i in ids[100:]])]
     assert ident(engine, "1000")["enriched_at"] == NOW
@@ -145,6 +145,7 @@ def test_outage_stops_cleanly(rt, post_signed):
     responses.post(CONTACTS, status=503, body="upstream down")
     report = enrich.enrich(rt)["hubspot"]
     assert report["stopped"].startswith("platform unavailable") and report["left"] == 1
+    assert report["stopped_by"] == "unavailable"
 
 
 @responses.activate
@@ -198,8 +199,44 @@ def test_cli_enrich(tmp_path, database_url, post_signed):
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)
     assert r.exit_code == 0 and "hubspot" in r.output and "LOOKED_UP" in r.output
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich", "--source", "zendesk"])
-    assert r.exit_code == 1 and "not enabled" in r.output
+    assert r.exit_code == 2 and "zendesk is not enabled" in r.output
     responses.replace(responses.POST, CONTACTS, status=401, json={})
     post_signed("hubspot", [ev("contact.creation", 8, 2)])
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)
     assert r.exit_code == 1 and "error:" in r.output
+
+
+@responses.activate
+@pytest.mark.parametrize(("status", "stopped_by"), [(503, "unavailable"), (429, "rate_limited")])
+def test_cli_enrich_exits_1_when_a_platform_cuts_the_run_short(tmp_path, database_url, post_signed,
+                                                               status, stopped_by):
+    """Nothing silent: the run stops cleanly (the job is ok, the batches done are kept), but a
+    script running the command must see that ids were left, not exit code 0."""
+    cfg = tmp_path / "cx.yaml"
+    hub = TEST_CONNECTORS["hubspot"]
+    cfg.write_text(f"database_url: {database_url}\nconnectors:\n  hubspot:\n"
+                   + "".join(f"    {k}: {v}\n" for k, v in hub.items()))
+    post_signed("hubspot", [ev("contact.creation", 7, 1)])
+    responses.post(CONTACTS, status=status, json={"status": "error", "message": "try later"})
+
+    r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    assert "LOOKED_UP" in r.stdout  # the table still shows what was done
+    assert r.stderr.startswith("error: hubspot stopped the lookups, 1 ids left: ")
+    assert "run `cx-connector enrich` again later" in r.stderr
+
+    r = CliRunner().invoke(main, ["--config", str(cfg), "enrich", "--json"], catch_exceptions=False)
+    assert r.exit_code == 1
+    run = json.loads(r.stdout)
+    assert run["status"] == "ok" and run["details"]["hubspot"]["stopped_by"] == stopped_by
+
+
+@responses.activate
+def test_cli_enrich_exits_0_when_every_candidate_was_looked_up_or_none_left(tmp_path, database_url,
+                                                                            post_signed):
+    cfg = tmp_path / "cx.yaml"
+    hub = TEST_CONNECTORS["hubspot"]
+    cfg.write_text(f"database_url: {database_url}\nconnectors:\n  hubspot:\n"
+                   + "".join(f"    {k}: {v}\n" for k, v in hub.items()))
+    r = CliRunner().invoke(main, ["--config", str(cfg), "enrich", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout)["details"]["hubspot"]["stopped_by"] is None

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from cx_connector import db, identity
-from cx_connector.connector import CustomerRef, Link, Merge
+from cx_connector.connector import ContactDetails, CustomerRef, Link, Merge
 from cx_connector.models import audit_log, customers, identities, touchpoints
 from tests.conftest import NOW, count
 
@@ -125,3 +125,21 @@ def test_a_record_deleted_before_it_was_seen_stays_gone(engine):
     assert resolve(engine, "shopify", CustomerRef("9", email="late@example.com")) == tomb
     with engine.connect() as conn:
         assert conn.execute(select(identities.c.gone_at).where(identities.c.value == "9")).scalar() == NOW
+
+
+def test_contact_details_report_whether_they_changed_anything(engine):
+    def details(ref, at):
+        with db.write(engine) as conn:
+            return identity.apply_contact_details(conn, ContactDetails("shop", ref, at), now=NOW)
+
+    ann = CustomerRef("c1", email="ann@example.com", name="Ann")
+    assert details(ann, T0) is True  # a new customer
+    assert details(ann, T0 + timedelta(days=1)) is False  # the same details, newer: no change
+    assert details(CustomerRef("c1", email="ann@example.com", name="Ann Lee"), T0 + timedelta(days=3))
+    # an older snapshot arriving late neither overwrites the newer name nor counts as a change
+    assert details(CustomerRef("c1", name="Ann"), T0 + timedelta(days=2)) is False
+    assert details(CustomerRef("c1", phone="+1 555 625 1199"), T0) is True  # a new identity
+    with engine.connect() as conn:
+        row = conn.execute(select(customers)).mappings().one()
+    assert (row["name"], row["phone"]) == ("Ann Lee", "+15556251199")
+    assert row["profile_times"]["name"] == (T0 + timedelta(days=3)).isoformat()

@@ -103,6 +103,10 @@ def test_same_fact_in_a_new_delivery_is_one_touchpoint(post_signed, engine):
      "customer.email"),
     (json.dumps(tp(kind="nps_response")).encode(), "rating"),
     (json.dumps(tp(source="shopify")).encode(), "source"),
+    (json.dumps(tp(value="1e30")).encode(), "value: out of range"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (json.dumps(tp(occurred_at="0001-01-01T00:00:00+14:00")).encode(), "occurred_at: out of range"),
+    (json.dumps(tp(kind="refund_issued", value="12.50")).encode(), "value: a refund is negative"),
 ])
 def test_malformed_payload_is_stored_failed_with_its_error(post_signed, engine, body, needle):
     r = post_signed("generic", body)
@@ -113,6 +117,19 @@ def test_malformed_payload_is_stored_failed_with_its_error(post_signed, engine, 
         d = conn.execute(select(deliveries)).mappings().one()
     assert d["status"] == "failed" and needle in d["error"] and d["body"] == body
     assert count(engine, "touchpoints") == 0
+
+
+def test_a_payload_too_deep_for_the_normaliser_fails_by_name_not_as_a_crash(post_signed, rt, monkeypatch):
+    # how deep a parsed payload may be before walking it exhausts the stack depends on the
+    # interpreter: what is under test is that running out of stack is named for what it is
+    def too_deep(self, delivery, *, now):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(type(rt.connectors["generic"]), "normalise", too_deep)
+    r = post_signed("generic", tp())
+    assert r.status_code == 200
+    assert r.get_json()["status"] == "failed"
+    assert r.get_json()["error"] == "the payload is nested too deeply to be processed"
 
 
 def test_failed_delivery_is_replayable_after_the_cause_is_fixed(post_signed, rt, engine, monkeypatch):

@@ -152,7 +152,11 @@ def test_redact_leaves_no_trace_of_the_person_and_keeps_aggregates(world, shopif
     assert left == ["706405506930370084"] and written == ["706405506930370084"]
     generic_note = next(a for _, a in tps if a.get("via") == "phone")
     assert generic_note == {"via": "phone", "summary": "[redacted] asked for [redacted]"}
-    assert count(engine, "identities", f"WHERE customer_id = {world['john']}") == 0
+    # only the erased record's tombstone is left on him, so late orders bring nothing back
+    with engine.connect() as conn:
+        kept = conn.execute(select(identities.c.kind, identities.c.value, identities.c.gone_at).where(
+            identities.c.customer_id == world["john"])).all()
+    assert [(k, v) for k, v, _ in kept] == [("id", "191167")] and kept[0].gone_at is not None
 
 
 def test_redact_empties_every_raw_delivery_about_the_person(world, shopify, engine):
@@ -177,7 +181,7 @@ def test_redact_is_audit_logged_without_personal_data(world, shopify, engine):
     assert (first["source"], first["external_id"]) == ("shopify", "191167")
     assert first["details"]["reason"] == "shopify customers/redact"
     assert first["details"]["request"] == {"record": "shopify:191167", "by_email": True}
-    assert first["details"]["touchpoints"] == 6 and first["details"]["identities"] >= 6
+    assert first["details"]["touchpoints"] == 5 and first["details"]["identities"] >= 6
     assert [e["external_id"] for e in entries[1:]] == ["order:299938", "order:280263", "order:220458"]
     assert "john" not in json.dumps([dict(e) for e in entries], default=str).lower()
 
@@ -187,6 +191,26 @@ def test_a_redacted_fact_redelivered_is_not_reimported(world, shopify, engine):
     again = shopify("orders/create", sample("orders_create.json"), "w-order")
     assert again["status"] == "duplicate"
     assert "john@example.com" not in everything(engine)
+
+
+def test_late_facts_about_a_redacted_customer_stay_anonymous(world, shopify, engine):
+    """customers/redact names customer 191167: its id stays as a tombstone, so an order placed
+    before the request but delivered after it, and an update, bring no personal data back."""
+    shopify("customers/redact", compliance_sample("customers_redact.json"))
+    order = json.loads(sample("orders_create.json"))
+    late = {**order, "id": 299938, "email": "john@example.com", "customer": {
+        **order["customer"], "id": 191167, "email": "john@example.com", "phone": "555-625-1199"}}
+    assert shopify("orders/create", late)["status"] == "processed"
+    update = {"id": 191167, "email": "john@example.com", "first_name": "John", "last_name": "Smith",
+              "updated_at": "2022-03-01T00:00:00Z"}
+    out = shopify("customers/update", update)
+    assert out["status"] == "ignored" and "personal data was erased" in out["error"]
+    assert [n for n in JOHN if n.lower() in everything(engine)] == []
+    with engine.connect() as conn:
+        owner = conn.execute(select(touchpoints.c.customer_id).where(
+            touchpoints.c.touchpoint_id == "order:299938:placed")).scalar_one()
+        redacted = conn.execute(select(customers.c.redacted_at).where(customers.c.id == owner)).scalar()
+    assert owner == world["john"] and redacted is not None  # the fact counts, for no one
 
 
 def test_forget_by_email_alone_reaches_deliveries_with_no_customer(shopify, engine):
@@ -282,12 +306,13 @@ def test_data_request_export_holds_everything_about_the_person(world, shopify, e
         ("id", "order:820982911946154508"), ("phone", "5556251199"), ("id", "g1")}
     assert {t["touchpoint_id"] for t in person["touchpoints"]} == {
         "g:1", "g:2", "checkout:123123123:started", "refund:890088186047892319:issued",
-        "order:820982911946154508:placed", "customer:115310627314723954:updated:2022-02-01T00:00:00Z"}
+        "order:820982911946154508:placed"}
     assert person["scores"][0]["score_values"] == {"cx_score": 80}
     assert person["write_back"][0]["external_id"] == "115310627314723954"
     assert person["written_values"][0]["value"] == 70
     topics = {(d["topic"], d["status"]) for d in document["raw_deliveries"]}
     assert {("orders/updated", "ignored"), ("orders/create", "failed"),
+            ("customers/update", "processed"),  # no touchpoint, but his contact details
             ("customers/data_request", "processed")} <= topics  # the request itself
     assert all(d["body"] for d in document["raw_deliveries"])
     assert "bob@biller.com" not in path.read_text()

@@ -51,3 +51,45 @@ def test_failing_job_is_recorded_not_raised(rt):
     with rt.engine.connect() as conn:
         row = conn.execute(select(job_runs)).mappings().one()
     assert row["status"] == "failed" and row["duration_ms"] is not None
+
+
+def test_a_database_outage_fails_runs_without_stopping_the_clock_and_they_are_recorded_later(rt):
+    """The database goes away before one run and in the middle of the next: neither
+    raises (the clock process lives on), both are recorded once the database is back,
+    and the lease the second could not release does not keep the job waiting."""
+    from sqlalchemy import event
+
+    from cx_connector import db
+
+    state = {"away": False}
+
+    @event.listens_for(rt.engine, "do_connect")
+    def maybe_away(dialect, record, cargs, cparams):
+        if state["away"]:
+            raise dialect.loaded_dbapi.OperationalError("could not connect to server: Connection refused")
+
+    def go_away():
+        state["away"] = True
+        rt.engine.dispose()
+
+    go_away()
+    first = scheduler.run_job(rt, "demo", lambda _rt: {"n": 1})
+    assert first["status"] == "failed" and "DatabaseUnavailable" in first["error"]
+
+    def dies_half_way(_rt):
+        go_away()
+        with db.write(_rt.engine):
+            pass
+
+    state["away"] = False
+    second = scheduler.run_job(rt, "demo", dies_half_way)
+    assert second["status"] == "failed" and "DatabaseUnavailable" in second["error"]
+
+    state["away"] = False  # back
+    third = scheduler.run_job(rt, "demo", lambda _rt: {"n": 3})
+    assert third["status"] == "ok", third  # not "skipped": the stale lease was released
+    with rt.engine.connect() as conn:
+        runs = conn.execute(select(job_runs.c.id, job_runs.c.status, job_runs.c.error)
+                            .order_by(job_runs.c.id)).all()
+    assert sorted(r.status for r in runs) == ["failed", "failed", "ok"]
+    assert all("DatabaseUnavailable" in r.error for r in runs if r.status == "failed")

@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate
 
-from connectors.hubspot import backfill, setup, signatures, writer
+from connectors.hubspot import backfill, setup, signatures, tasks, writer
 from connectors.hubspot import normalise as norm
 from connectors.hubspot.client import Contact, HubSpotClient
 from cx_connector.connector import (
@@ -28,8 +28,10 @@ from cx_connector.connector import (
     Normalised,
     PlannedRequest,
     RateBudget,
+    RecordAlert,
     RecordWrite,
     SampleDelivery,
+    ServiceUrl,
     SettingsSchema,
     SetupReport,
     Throttle,
@@ -66,6 +68,10 @@ class HubSpotSettings:
     #: the account's API budget: 100 per 10 s (Free/Starter), 190 (Professional/Enterprise),
     #: 250 (API limit increase); https://developers.hubspot.com/changelog/increasing-our-api-limits
     requests_per_10s: int = 100
+    #: alert tasks: assigned to ``contact_owner``, to nobody (``none``) or to this owner id
+    alert_task_owner: str = "contact_owner"
+    #: alert tasks' priority: LOW, MEDIUM or HIGH
+    alert_task_priority: str = "HIGH"
 
 
 class SurveyPropertyField(fields.Field):
@@ -94,14 +100,12 @@ class SurveyPropertyField(fields.Field):
 class HubSpotSettingsSchema(SettingsSchema):
     client_secret = fields.String(required=True, validate=validate.Length(min=1))
     access_token = fields.String(required=True, validate=validate.Length(min=1))
-    webhook_url = fields.Url(required=True, schemes={"https", "http"}, require_tld=False)
-    api_base_url = fields.Url(load_default="https://api.hubapi.com", schemes={"https", "http"},
-                              require_tld=False)
+    webhook_url = ServiceUrl(required=True)
+    api_base_url = ServiceUrl(load_default="https://api.hubapi.com")
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     portal_id = fields.String(load_default=None, allow_none=True,
                               validate=validate.Regexp(r"^\d{1,20}$", error="the numeric account id"))
-    app_url = fields.Url(load_default="https://app.hubspot.com", schemes={"https", "http"},
-                         require_tld=False)
+    app_url = ServiceUrl(load_default="https://app.hubspot.com")
     app_id = fields.String(load_default=None, allow_none=True,
                            validate=validate.Regexp(r"^\d{1,20}$", error="the numeric app id"))
     won_stages = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
@@ -116,6 +120,10 @@ class HubSpotSettingsSchema(SettingsSchema):
     currency = fields.String(load_default=None, allow_none=True,
                              validate=validate.Regexp(r"^[A-Z]{3}$", error="an ISO 4217 code, e.g. EUR"))
     requests_per_10s = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    alert_task_owner = fields.String(load_default="contact_owner", validate=validate.Regexp(
+        r"^(contact_owner|none|\d{1,20})$", error="contact_owner, none, or a numeric HubSpot owner id"))
+    alert_task_priority = fields.String(load_default="HIGH",
+                                        validate=validate.OneOf(["LOW", "MEDIUM", "HIGH"]))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> HubSpotSettings:
@@ -182,6 +190,14 @@ class HubSpotConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, dry_run=dry_run)
+
+    # -- alerts (connectors/hubspot/tasks.py) --
+    alert_target = "task"
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """A task on the contact, assigned to its owner (see :mod:`connectors.hubspot.tasks`)."""
+        return tasks.post(self._api, throttle, alert, owner=self.settings.alert_task_owner,
+                          priority=self.settings.alert_task_priority)
 
     # -- inbound ------------------------------------------------------------------------
 

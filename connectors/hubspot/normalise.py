@@ -28,6 +28,7 @@ from cx_connector.connector import (
     Merge,
     Normalised,
     Rating,
+    Restore,
     Touchpoint,
 )
 from cx_connector.errors import PayloadError
@@ -426,10 +427,24 @@ def _merge(prefix: str) -> Callable[[Event, Rules], Result]:
 
 
 def _forget(prefix: str, why: str) -> Callable[[Event, Rules], Result]:
+    """A deletion erases the record's person and keeps its id as a tombstone dated by the
+    deletion, so that its events delivered afterwards (out of order, or retried) bring
+    nothing back. A permanent (GDPR) deletion sends ``contact.privacyDeletion`` and
+    ``contact.deletion`` both
+    (https://developers.hubspot.com/changelog/now-live-webhooks-now-support-privacy-compliant-contact-deletions):
+    the second one finds nothing left to erase."""
     def forget(ev: Event, rules: Rules) -> Result:
         return [], [Forget(source=SOURCE, source_id=f"{prefix}{ev.object_id}",
-                           reason=f"HubSpot {ev.type}: {why}")], None
+                           reason=f"HubSpot {ev.type}: {why}", occurred_at=ev.occurred_at)], None
     return forget
+
+
+def contact_restored(ev: Event, rules: Rules) -> Result:
+    """A restorable deletion can be undone from the recycle bin within 90 days, under the same
+    record id (https://knowledge.hubspot.com/records/restore-deleted-records); a permanent
+    one cannot, so no restore ever names it. The tombstone is lifted: the enrichment job
+    fetches the contact's details again and scores are written to it again."""
+    return [], [Restore(SOURCE, ev.object_id, occurred_at=ev.occurred_at)], None
 
 
 def _ignore(reason: str) -> Callable[[Event, Rules], Result]:
@@ -444,7 +459,7 @@ HANDLERS: dict[str, Callable[[Event, Rules], Result]] = {
     "contact.merge": _merge(""),
     "contact.deletion": _forget("", "the contact was deleted"),
     "contact.privacyDeletion": _forget("", "GDPR deletion of the contact"),
-    "contact.restore": _ignore("restoring a contact is no new fact"),
+    "contact.restore": contact_restored,
     "contact.associationChange": _ignore("associations are read by the enrichment job"),
     "deal.creation": deal_created,
     "deal.propertyChange": deal_property,

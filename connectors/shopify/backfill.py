@@ -5,7 +5,7 @@ Webhooks carry REST resources; the backfill reads GraphQL (REST is legacy since
 carried (``legacyResourceId`` as ``id``, ``shopMoney`` amounts, snake_case fields),
 then calls the same handlers in :mod:`connectors.shopify.normalise`
 (``order_placed``, ``order_paid``, ``order_fulfilled``, ``order_cancelled``,
-``refund_issued``, ``contact_created``, ``profile_updated``, ``catalogue_product``).
+``refund_issued``, ``contact_created``, ``customer_updated``, ``catalogue_product``).
 Touchpoint ids are therefore the webhooks' (``order:<id>:placed``,
 ``refund:<id>:issued``, ``customer:<id>:created``).
 
@@ -14,7 +14,7 @@ Resources, in order:
 ``products``
     catalogue entries (``productType`` is the category order line items lack);
 ``customers``
-    ``contact_created``, and ``profile_updated`` at the customer's last update;
+    ``contact_created``, and the contact details as of the customer's last update;
 ``orders``
     every order of every status (the GraphQL ``orders`` query returns open, closed and
     cancelled ones): ``order_placed``, ``order_paid`` (dated by the last successful sale
@@ -55,7 +55,7 @@ from cx_connector.http import Session
 
 RESOURCES: tuple[BackfillResource, ...] = (
     BackfillResource("products", "products: catalogue entries with their category (product type)"),
-    BackfillResource("customers", "customers: contact_created, profile_updated"),
+    BackfillResource("customers", "customers: contact_created, their contact details"),
     BackfillResource("orders", "orders of every status with their refunds: order_placed, order_paid, "
                                "order_fulfilled, order_cancelled, refund_issued"),
 )
@@ -262,12 +262,12 @@ def _product(ctx: norm.Context, node: Mapping[str, Any]) -> Normalised:
 
 
 def _customer(ctx: norm.Context, node: Mapping[str, Any]) -> Normalised:
-    """``customers/create``, and ``customers/update`` at the last update (keyed by its time,
-    so a later webhook of that same update is the same row)."""
+    """``customers/create``, and ``customers/update`` at the last update (contact details
+    dated by its time, as the webhook's)."""
     customer = rest_customer(node)
     results = [norm.contact_created(ctx, customer)]
     if customer["updated_at"] and customer["updated_at"] != customer["created_at"]:
-        results.append(norm.profile_updated(ctx, customer))
+        results.append(norm.customer_updated(ctx, customer))
     return combine(results)
 
 

@@ -32,6 +32,7 @@ from cx_connector.connector import (
     RateBudget,
     RecordWrite,
     SampleDelivery,
+    ServiceUrl,
     SettingsSchema,
     SetupReport,
     Throttle,
@@ -68,8 +69,7 @@ class ShopifySettingsSchema(SettingsSchema):
     client_secret = fields.String(required=True, validate=validate.Length(min=1))
     api_version = fields.String(load_default="2026-07", validate=validate.Regexp(
         r"^(\d{4}-(01|04|07|10)|unstable)$", error="a Shopify API version such as 2026-07"))
-    api_base_url = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"},
-                              require_tld=False)
+    api_base_url = ServiceUrl(load_default=None, allow_none=True)
     batch_size = fields.Integer(load_default=25, validate=validate.Range(min=1, max=25))
     graphql_points_per_second = fields.Integer(load_default=100, validate=validate.Range(min=1))
     graphql_bucket_size = fields.Integer(load_default=1000, validate=validate.Range(min=10))

@@ -13,7 +13,7 @@ orders/cancelled            order_cancelled     ``order:<id>:cancelled``
 refunds/create              refund_issued       ``refund:<id>:issued`` (value negative)
 checkouts/create, /update   checkout_started    ``checkout:<token>:started``
 customers/create            contact_created     ``customer:<id>:created``
-customers/update            profile_updated     ``customer:<id>:updated:<updated_at>``
+customers/update            (none)              :class:`ContactDetails` as of ``updated_at``
 customers/delete            (none)              :class:`Gone` for the customer record
 products/create, /update    (none)              :class:`CatalogueProduct` (product_type = category)
 customers/data_request      (none)              :class:`Export`
@@ -57,6 +57,7 @@ from typing import Any
 from cx_connector.connector import (
     Action,
     CatalogueProduct,
+    ContactDetails,
     CustomerRef,
     Export,
     Forget,
@@ -183,11 +184,6 @@ def _list(value: Any, what: str) -> list:
     if not isinstance(value, list):
         raise PayloadError(f"{what}: expected a JSON array")
     return value
-
-
-def _utc_id(when: datetime) -> str:
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if when.microsecond else "%Y-%m-%dT%H:%M:%SZ"
-    return when.astimezone(UTC).strftime(fmt)
 
 
 def channel_for(source_name: Any) -> str:
@@ -407,14 +403,25 @@ def contact_created(ctx: Context, customer: dict) -> Normalised:
         customer=ref, kind="contact_created", attributes={}),))
 
 
-def profile_updated(ctx: Context, customer: dict) -> Normalised:
-    """One fact per ``updated_at``: the profile fields are dated by it, so an older
-    update arriving late never overwrites a newer email, phone or name."""
+#: why a ``customers/update`` that brings no new contact details is ignored
+UNCHANGED = ("customers/update brought no new contact details (email, phone and name are as "
+             "stored): another field changed, e.g. a tag, a note, an address, marketing consent or "
+             "a metafield, this service's own cx scores included")
+
+
+def customer_updated(ctx: Context, customer: dict) -> Normalised:
+    """``customers/update`` is the whole customer after any edit, and says neither what
+    changed nor who changed it (https://shopify.dev/docs/api/webhooks/2026-07: the payload
+    is the REST resource; metafields only appear for namespaces the subscription lists,
+    https://shopify.dev/docs/api/admin-graphql/latest/input-objects/WebhookSubscriptionInput).
+    An echo of our own metafield writes therefore cannot be told apart from a merchant's
+    tag edit; both change nothing scoring uses. So it is no touchpoint: its contact details
+    (dated by ``updated_at``, so an older update arriving late never overwrites a newer
+    email, phone or name) are applied, nothing is rescored, and when they are what is
+    stored already the delivery is ignored."""
     ref = customer_ref(customer)
     when = _first_time(customer, ("updated_at",), "customer")
-    return Normalised(touchpoints=(Touchpoint(
-        source=ctx.source, touchpoint_id=f"customer:{ref.source_id}:updated:{_utc_id(when)}",
-        occurred_at=when, customer=ref, kind="profile_updated", attributes={}),))
+    return Normalised(actions=(ContactDetails(ctx.source, ref, when, unchanged=UNCHANGED),))
 
 
 def customer_deleted(ctx: Context, customer: dict) -> Normalised:
@@ -497,7 +504,7 @@ HANDLERS: dict[str, Callable[[Context, dict], Normalised]] = {
     "checkouts/create": checkout_started,
     "checkouts/update": checkout_started,
     "customers/create": contact_created,
-    "customers/update": profile_updated,
+    "customers/update": customer_updated,
     "customers/delete": customer_deleted,
     "products/create": catalogue_product,
     "products/update": catalogue_product,

@@ -30,11 +30,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from cx_connector.errors import SignatureError
+from cx_connector.connector import parse_json
+from cx_connector.errors import PayloadError, SignatureError
 
 HMAC = "X-Shopify-Hmac-Sha256"
 TOPIC = "X-Shopify-Topic"
@@ -114,8 +114,8 @@ def verify(body: bytes, headers: Mapping[str, str], *, secret: str, shop: str, n
     topic = (header(headers, TOPIC) or "").lower()
     if topic in COMPLIANCE_TOPICS:
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
+            payload = parse_json(body)
+        except PayloadError:  # not JSON, or nested too deeply to read
             payload = None
         body_domain = payload.get("shop_domain") if isinstance(payload, dict) else None
         if not isinstance(body_domain, str) or body_domain.strip().lower() != domain:

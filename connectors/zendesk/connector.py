@@ -19,7 +19,7 @@ from typing import Any
 
 from marshmallow import fields, post_load, validate
 
-from connectors.zendesk import backfill, normalise, setup, signatures, writer
+from connectors.zendesk import backfill, normalise, notes, setup, signatures, writer
 from connectors.zendesk.client import SHOW_MANY_LIMIT, ZendeskClient
 from cx_connector.connector import (
     BackfillPage,
@@ -29,8 +29,10 @@ from cx_connector.connector import (
     Normalised,
     PlannedRequest,
     RateBudget,
+    RecordAlert,
     RecordWrite,
     SampleDelivery,
+    ServiceUrl,
     SettingsSchema,
     SetupReport,
     Throttle,
@@ -71,8 +73,7 @@ class ZendeskSettingsSchema(SettingsSchema):
     webhook_secret = fields.String(required=True, validate=validate.Length(min=1))
     trigger_webhook_secret = fields.String(load_default=None, allow_none=True,
                                            validate=validate.Length(min=1))
-    api_base_url = fields.Url(load_default=None, allow_none=True, schemes={"https", "http"},
-                              require_tld=False)
+    api_base_url = ServiceUrl(load_default=None, allow_none=True)
     batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
     csat_scale = fields.Integer(load_default=5, validate=validate.OneOf(
         (2, 3, 5), error="the CSAT survey's rating scale: 2, 3 or 5"))
@@ -122,6 +123,14 @@ class ZendeskConnector(Connector):
 
     def setup(self, *, dry_run: bool, throttle: Throttle) -> SetupReport:
         return setup.run(self._api, throttle, dry_run=dry_run)
+
+    # -- alerts (connectors/zendesk/notes.py) --
+    alert_target = "user note"
+
+    def post_alert(self, alert: RecordAlert, throttle: Throttle) -> str:
+        """Appended to the user's notes, which agents see on the profile (see
+        :mod:`connectors.zendesk.notes`)."""
+        return notes.post(self._api, throttle, alert)
 
     # -- inbound -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import click
 
 from cx_connector import __version__
 from cx_connector.cli import (
+    alerts,
     backfill,
     clock,
     configcheck,
@@ -39,5 +40,5 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 for command in (configcheck.check_config, database.db_group, serve.serve, demo.demo, imports.import_,
                 events.events, customers.customers, clock.scheduler_cmd, scoring.score, scoring.kpis_cmd,
                 enrich.enrich_cmd, writeback.setup, writeback.sync_cmd, writeback.outbox,
-                privacy_cli.forget, privacy_cli.export, backfill.backfill_cmd):
+                privacy_cli.forget, privacy_cli.export, backfill.backfill_cmd, alerts.alerts):
     main.add_command(command)

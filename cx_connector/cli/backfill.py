@@ -8,7 +8,7 @@ from typing import IO, Any
 import click
 
 from cx_connector import backfill
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 
 BAR_WIDTH = 24
 
@@ -28,11 +28,16 @@ class Reporter:
     """Progress on stderr: one rewritten line with a bar on a terminal, plain log lines
     (one per page and per wait) otherwise, so a redirected run still tells its story."""
 
-    def __init__(self, stream: IO[str], tty: bool) -> None:
+    def __init__(self, stream: IO[str], tty: bool, header: str = "") -> None:
         self.stream, self.tty = stream, tty
         self._open = False  # a bar line is on screen without its newline
+        #: printed before the first progress event, so a refused run shows only its error
+        self._header = header
 
     def __call__(self, p: backfill.Progress) -> None:
+        if self._header:
+            self.stream.write(self._header + "\n")
+            self._header = ""
         if self.tty:
             self._bar(p)
         else:
@@ -90,7 +95,8 @@ class Reporter:
 
 
 @click.command("backfill")
-@click.argument("source")
+@click.argument("source", type=Source(lambda c: bool(backfill.resources_of(c)),
+                                        "has no API to import history from"))
 @click.option("--since", metavar="DATE",
               help="Only records changed on or after DATE (2024-01-31, an ISO time, or a span back "
                    "from now such as 90d). Default: everything.")
@@ -124,12 +130,13 @@ def backfill_cmd(state: State, source: str, since: str | None, resume: bool, res
         _status(rt, source, as_json)
         return
     when = backfill.parse_since(since, rt.now()) if since else None
-    reporter = Reporter(sys.stderr, tty=sys.stderr.isatty())
+    header = ""
     if not as_json:
         names = [r.name for r in connector.backfill_resources if not only or r.name in only]
-        click.echo(f"backfill {source}: {', '.join(names) or 'nothing'}"
-                   + (f" changed since {when.isoformat()}" if when else "")
-                   + (" (resuming)" if resume else ""), err=True)
+        header = (f"backfill {source}: {', '.join(names)}"
+                  + (f" changed since {when.isoformat()}" if when else "")
+                  + (" (resuming)" if resume else ""))
+    reporter = Reporter(sys.stderr, tty=sys.stderr.isatty(), header=header)
     summary = backfill.run(rt, source, since=when, resume=resume, restart=restart, only=only,
                            report=reporter)
     if as_json:

@@ -2,19 +2,27 @@
 
 Every deliberate error (:class:`~cx_connector.errors.CxError`) ends the command
 with its message on stderr and its exit code (2 for configuration and schema
-problems), never a traceback.
+problems), never a traceback. Anything else (a bug) is logged like every other log
+line, as JSON with the traceback and secrets scrubbed, and exits 1.
+
+Commands log to stderr at WARNING unless ``logging.level`` asks for more detail (their
+normal output is for the person at the terminal); the clock process logs at the
+configured level.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from cx_connector import db
+from cx_connector import db, registry
 from cx_connector.config import Config, load_config
+from cx_connector.connector import Connector
 from cx_connector.db import json_dumps
 from cx_connector.errors import CxError
 from cx_connector.runtime import Runtime, build
@@ -37,14 +45,17 @@ class State:
             self._config = load_config(self.config_path)
         return self._config
 
+    def configure_logging(self) -> None:
+        from cx_connector import logs
+
+        config = self.config()
+        logs.configure(config.logging.level if config.logging.level != "INFO" else "WARNING",
+                       config.logging.format, config.secrets())
+
     def runtime(self, *, migrated: bool = True) -> Runtime:
         if self._runtime is None:
-            from cx_connector import logs
-
-            config = self.config()
-            logs.configure(config.logging.level if config.logging.level != "INFO" else "WARNING",
-                           config.logging.format, config.secrets())
-            self._runtime = build(config)
+            self.configure_logging()
+            self._runtime = build(self.config())
         if migrated:
             db.check_migrated(self._runtime.engine)
         return self._runtime
@@ -57,6 +68,26 @@ class Group(click.Group):
         except CxError as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            state = ctx.find_object(State)
+            if not _logging_configured():
+                try:
+                    state.configure_logging()  # type: ignore[union-attr]
+                except Exception:  # no usable configuration: JSON, nothing to scrub
+                    from cx_connector import logs
+
+                    logs.configure("WARNING", "json", ())
+            logging.getLogger("cx_connector.cli").exception(
+                "command failed", extra={"command": ctx.invoked_subcommand})
+            ctx.exit(1)
+
+
+def _logging_configured() -> bool:
+    from cx_connector.logs import is_configured
+
+    return is_configured()
 
 
 pass_state = click.make_pass_decorator(State)
@@ -81,3 +112,42 @@ def table(rows: list[dict], columns: list[str]) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+class Source(click.ParamType):
+    """A connector name given on the command line (``backfill SOURCE``, ``--source``),
+    checked against the configuration while the arguments are parsed: a typo, a
+    connector without a ``connectors.<name>`` section, or one that cannot do what the
+    command does is a usage error (exit 2) that names the sources that would do,
+    before anything runs.
+
+    ``can`` tells whether a connector class can do the command's work (write back,
+    look records up, backfill); ``cannot`` says what it lacks, for the message.
+    ``enabled=False`` accepts any installed connector: filters over stored history
+    (``events list``, ``outbox``) may name one that has since been disabled.
+    """
+
+    name = "source"
+
+    def __init__(self, can: Callable[[type[Connector]], bool] | None = None, cannot: str = "",
+                 *, enabled: bool = True) -> None:
+        self.can, self.cannot, self.enabled = can, cannot, enabled
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        installed = registry.available()
+        state = ctx.find_object(State) if ctx is not None else None
+        on = sorted(state.config().connectors) if state is not None else sorted(installed)
+        enabled = f"enabled: {', '.join(on) or 'none'}"
+        if value not in installed:
+            self.fail(f"no connector named {value!r} ({enabled}; installed: {', '.join(installed)})",
+                      param, ctx)
+        if not self.enabled:
+            return value
+        if value not in on:
+            self.fail(f"{value} is not enabled: add a connectors.{value} section to the "
+                      f"configuration ({enabled})", param, ctx)
+        if self.can is not None and not self.can(installed[value]):
+            able = [n for n in on if self.can(installed[n])]
+            self.fail(f"{value} {self.cannot} (enabled sources that can: {', '.join(able) or 'none'})",
+                      param, ctx)
+        return value

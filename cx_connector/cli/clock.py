@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from typing import Any
 
 import click
 
-from cx_connector import logs, scheduler
+from cx_connector import db, logs, scheduler
 from cx_connector.cli.base import State, emit_json, pass_state
+from cx_connector.errors import DatabaseUnavailable
+
+log = logging.getLogger("cx_connector.clock")
 
 
 @click.command("scheduler")
@@ -22,9 +26,18 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
     Start exactly one per deployment; a second one is harmless (database leases keep
     each job to one run at a time) but idle.
     """
-    rt = state.runtime()
+    rt = state.runtime(migrated=False)
     config = state.config()
     logs.configure(config.logging.level, config.logging.format, config.secrets())
+    # every run logs its own "job finished" / "job failed" line; APScheduler's INFO lines
+    # ("Running job...", "executed successfully") would only repeat them
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        db.check_migrated(rt.engine)  # a schema mismatch stops here (exit 2)
+    except DatabaseUnavailable as exc:
+        # a database that is away comes back: the jobs fail and run again at their next tick
+        logging.getLogger("cx_connector.scheduler").warning(
+            "starting without a database: %s", exc.message)
     jobs = scheduler.jobs()
     if once:
         if only and only not in {j.id for j in jobs}:
@@ -42,6 +55,6 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
         sched.shutdown(wait=True)
 
     signal.signal(signal.SIGTERM, stop)
-    click.echo(f"scheduler running: {', '.join(j.id for j in jobs) or 'no jobs'}", err=True)
+    log.info("scheduler running", extra={"jobs": [j.id for j in jobs]})
     with contextlib.suppress(KeyboardInterrupt, SystemExit):
         sched.start()

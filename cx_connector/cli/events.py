@@ -6,7 +6,7 @@ import click
 from sqlalchemy import func, select
 
 from cx_connector import db, inbox
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 from cx_connector.models import deliveries, touchpoints
 
 
@@ -19,24 +19,16 @@ def events() -> None:
 @click.option("--failed", "status", flag_value="failed", help="Only failed deliveries.")
 @click.option("--ignored", "status", flag_value="ignored", help="Only ignored deliveries.")
 @click.option("--status", "status", type=click.Choice(["processed", "failed", "ignored", "received"]))
-@click.option("--source", default=None, help="Only this connector.")
+@click.option("--source", default=None, metavar="NAME", type=Source(enabled=False),
+              help="Only this connector.")
 @click.option("--limit", default=50, show_default=True, type=int)
 @json_option
 @pass_state
 def list_(state: State, status: str | None, source: str | None, limit: int, as_json: bool) -> None:
     """List the newest deliveries with their status and error."""
     rt = state.runtime()
-    stored = (select(func.count()).where(touchpoints.c.delivery_id == deliveries.c.id)
-              .scalar_subquery().label("touchpoints"))
-    q = select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at,
-               deliveries.c.status, stored, deliveries.c.attempts,
-               deliveries.c.error).order_by(deliveries.c.id.desc()).limit(limit)
-    if status:
-        q = q.where(deliveries.c.status == status)
-    if source:
-        q = q.where(deliveries.c.source == source)
     with db.read(rt.engine) as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings()]
+        rows = inbox.list_deliveries(conn, status=status, source=source, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -77,7 +69,8 @@ def show(state: State, delivery_id: int, as_json: bool) -> None:
 @events.command("replay")
 @click.argument("delivery_id", type=int, required=False)
 @click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
-@click.option("--source", default=None, help="With --failed: only this connector.")
+@click.option("--source", default=None, metavar="NAME", type=Source(),
+              help="With --failed: only this connector.")
 @json_option
 @pass_state
 def replay(state: State, delivery_id: int | None, all_failed: bool, source: str | None,
@@ -90,14 +83,9 @@ def replay(state: State, delivery_id: int | None, all_failed: bool, source: str 
         raise click.UsageError("give a delivery ID or --failed (not both)")
     rt = state.runtime()
     if all_failed:
-        q = select(deliveries.c.id).where(deliveries.c.status == "failed").order_by(deliveries.c.id)
-        if source:
-            q = q.where(deliveries.c.source == source)
-        with db.read(rt.engine) as conn:
-            ids = list(conn.execute(q).scalars())
+        results = inbox.replay_failed(rt.engine, rt.connectors, source=source, now=rt.now())
     else:
-        ids = [delivery_id]
-    results = [inbox.replay(rt.engine, rt.connectors, i, now=rt.now()) for i in ids]
+        results = [inbox.replay(rt.engine, rt.connectors, delivery_id, now=rt.now())]
     if as_json:
         emit_json([r.__dict__ for r in results])
     else:

@@ -12,6 +12,7 @@ from marshmallow import ValidationError
 from cx_connector import db, inbox
 from cx_connector.cli.base import State, emit_json, json_option, pass_state
 from cx_connector.connector import Normalised
+from cx_connector.metrics import stored
 from cx_connector.touchpoint import Touchpoint, TouchpointSchema
 
 BATCH = 500
@@ -49,8 +50,10 @@ def import_(state: State, file: click.File, as_json: bool) -> None:
         nonlocal new
         for source, tps in pending.items():
             with db.write(rt.engine) as conn:
-                new += inbox.store(conn, source, Normalised(touchpoints=tuple(tps)),
-                                   delivery_id=None, now=rt.now(), actor="import")
+                added = inbox.store(conn, source, Normalised(touchpoints=tuple(tps)),
+                                    delivery_id=None, now=rt.now(), actor="import")
+                stored.touchpoints_imported(conn, source, "import", added, rt.now())
+                new += added
         pending.clear()
 
     for lineno, raw in enumerate(file, start=1):
@@ -59,16 +62,21 @@ def import_(state: State, file: click.File, as_json: bool) -> None:
             continue
         try:
             data = json.loads(line, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad += 1
+            errors.append({"line": lineno, "errors": [f"not valid JSON: {exc}"]})
+            continue
+        try:
             if not isinstance(data, dict):
-                raise ValueError("expected a JSON object")
+                raise ValueError(f"expected one touchpoint as a JSON object, got a {type(data).__name__}")
             tp = schema.load(data)
         except ValidationError as exc:
             bad += 1
             errors.append({"line": lineno, "errors": _messages(exc.messages)})
             continue
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # the touchpoint's own checks (e.g. a blank source_id)
             bad += 1
-            errors.append({"line": lineno, "errors": [f"not valid JSON: {exc}"]})
+            errors.append({"line": lineno, "errors": [str(exc)]})
             continue
         good += 1
         pending[tp.source].append(tp)

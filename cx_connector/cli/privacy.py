@@ -45,7 +45,7 @@ def forget(state: State, who: str, yes: bool, reason: str) -> None:
     click.echo(f"{who}: {len(person.survivors)} customer(s) "
                f"({', '.join(str(c) for c in sorted(person.survivors)) or 'none'}), "
                f"{len(person.records)} platform record(s), {n_tps} touchpoint(s) to anonymise, "
-               f"{len(dids)} raw deliverie(s) to erase")
+               f"{len(dids)} raw delivery(ies) to erase")
     if not yes:
         click.confirm("Erase this person's personal data? This cannot be undone", abort=True)
     with db.write(rt.engine) as conn:

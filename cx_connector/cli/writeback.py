@@ -7,12 +7,17 @@ from typing import Any
 import click
 
 from cx_connector import audit, db, scheduler, sync
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 from cx_connector.errors import PlatformAPIError
 from cx_connector.throttle import Clock, Limiter
 
+#: setup, sync, outbox retry: only a connector that writes back makes sense
 source_option = click.option("--source", "sources", multiple=True, metavar="NAME",
+                             type=Source(sync.writes_back, "does not write scores back"),
                              help="Only this platform (repeatable).")
+#: the outbox listing may name a connector disabled since its writes were queued
+stored_source_option = click.option("--source", "sources", multiple=True, metavar="NAME",
+                                    type=Source(enabled=False), help="Only this platform (repeatable).")
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -140,7 +145,7 @@ def _print_sync(details: dict[str, Any]) -> None:
 
 @click.group("outbox", invoke_without_command=True)
 @click.option("--dead", is_flag=True, help="Only dead writes (given up; need a person).")
-@source_option
+@stored_source_option
 @click.option("--limit", default=100, show_default=True, type=int)
 @json_option
 @click.pass_context

@@ -25,26 +25,35 @@ snapshot time, and are compared with the window before it:
 From the latest scores (so they agree with what staff see): ``avg_cx_score``,
 ``customers_per_stage`` (``cx_journey_stage``), ``repeat_purchase_rate`` (% of
 purchasers with purchases on two days or more) and ``cross_sell_rate`` (% of
-customers with purchases who bought more than one category or product).
+customers with purchases who bought more than one category or product); for the
+admin console's overview, ``customers_per_health``, ``cx_histogram`` (customers per
+CX-score band 0-9, 10-19, ..., 90-100) and ``avg_clv_90d``; and ``pain_points``
+(:mod:`cx_connector.scoring.painpoints`: the CX points each kind of experience
+costs, and where in the journey CX is lower, over the window).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, select, true
 
 from cx_connector import db
 from cx_connector.models import customers, kpi_snapshots, population_models, scores, touchpoints
 from cx_connector.runtime import Runtime
+from cx_connector.scoring import painpoints
 from cx_connector.scoring.cx_score import nps_points
 from cx_connector.scoring.features import PURCHASE_KINDS
 from cx_connector.scoring.settings import ScoringSettings
 from cx_connector.touchpoint import STAGES
 
 t = touchpoints.c
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``customers_per_health`` keys; ``none``: scored, but with no health
+HEALTH = ("green", "yellow", "red", "none")
 
 
 def _pct(part: float, whole: float) -> float | None:
@@ -68,15 +77,19 @@ def _nps(conn: Connection, start: datetime, end: datetime) -> tuple[float | None
     return round(100.0 * ((points >= 9).sum() - (points <= 6).sum()) / n, 1), n
 
 
-def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[int | None, datetime, float]]:
+def _purchases(conn: Connection, start: datetime, end: datetime,
+               customer_ids: Sequence[int] | None = None) -> list[tuple[int | None, datetime, float]]:
     """(customer, time, net value) of the purchases placed in the range, counted as scoring
-    counts them: cancelled or fully refunded orders left out, partial refunds deducted."""
+    counts them: cancelled or fully refunded orders left out, partial refunds deducted.
+    ``customer_ids``: only these customers' purchases (at most a few hundred ids)."""
     order_ref = t.source.concat(":").concat(t.attributes["order_id"].as_string())
     deal_ref = t.source.concat(":").concat(t.attributes["deal_id"].as_string())
+    whose = t.customer_id.in_(list(customer_ids)) if customer_ids is not None else true()
     cancelled: set[str] = set()
     refunds: dict[str, float] = {}
     for kind, ref, value in conn.execute(select(t.kind, order_ref, t.value).where(
-            t.kind.in_(("order_cancelled", "refund_issued")), t.occurred_at > start, t.occurred_at <= end)):
+            t.kind.in_(("order_cancelled", "refund_issued")), t.occurred_at > start, t.occurred_at <= end,
+            whose)):
         if ref is None:
             continue
         if kind == "order_cancelled":
@@ -85,7 +98,7 @@ def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[i
             refunds[ref] = refunds.get(ref, 0.0) + abs(float(value))
     rows = conn.execute(select(t.customer_id, t.occurred_at, t.value,
                                case((t.kind == "deal_won", deal_ref), else_=order_ref))
-                        .where(_in(PURCHASE_KINDS, start, end))).all()
+                        .where(_in(PURCHASE_KINDS, start, end), whose)).all()
     seen: set[str] = set()
     out = []
     for cid, when, value, ref in rows:
@@ -100,6 +113,18 @@ def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[i
             amount -= refunded
         out.append((cid, when, amount))
     return out
+
+
+def net_revenue(conn: Connection, customer_ids: Sequence[int], end: datetime) -> dict[int, float]:
+    """Each customer's revenue up to ``end``: every purchase, net of cancellations and
+    refunds, as :func:`_purchases` counts it (alerts' ``lifetime_revenue``)."""
+    out = {int(c): 0.0 for c in customer_ids}
+    ids = sorted(out)
+    for i in range(0, len(ids), 500):
+        for cid, _, amount in _purchases(conn, EPOCH, end, ids[i:i + 500]):
+            if cid is not None:
+                out[cid] += amount
+    return {c: round(v, 2) for c, v in out.items()}
 
 
 def _resolution_hours(conn: Connection, start: datetime, end: datetime, lookback: datetime) -> list[float]:
@@ -166,6 +191,7 @@ def compute(conn: Connection, as_of: datetime, s: ScoringSettings) -> dict[str, 
                                                    token.is_not(None))).scalars())
     out.update(checkouts=len(started), checkout_conversion=_pct(len(started & ordered), len(started)))
     out.update(from_scores(conn))
+    out["pain_points"] = painpoints.compute(conn, since=start, until=as_of, s=s)
     return out
 
 
@@ -186,6 +212,19 @@ def from_scores(conn: Connection) -> dict[str, Any]:
     stages = dict(conn.execute(select(stage, func.count()).select_from(alive).group_by(stage)).all())
     customers_total = conn.execute(select(func.count()).where(customers.c.merged_into_id.is_(None))
                                    ).scalar_one()
+    health, value = v["cx_health"].as_string(), v["cx_clv_90d"].as_float()
+    per_health: dict[str, int] = {h: 0 for h in HEALTH}
+    histogram = [0] * 10
+    value_sum, valued = 0.0, 0
+    for h, score, count, total, with_value in conn.execute(
+            select(health, cx, func.count(), func.sum(value), func.count(value)).select_from(alive)
+            .group_by(health, cx)):
+        per_health[h if h in per_health else "none"] += count
+        if score is not None:
+            histogram[min(int(float(score) // 10), 9)] += count
+        value_sum += float(total or 0)
+        valued += with_value
+    avg_value = value_sum / valued if valued else None
     return {
         "customers": customers_total,
         "scored_customers": n,
@@ -193,6 +232,9 @@ def from_scores(conn: Connection) -> dict[str, Any]:
         "repeat_purchase_rate": _pct(repeaters or 0, buyers or 0),
         "cross_sell_rate": _pct(multi or 0, with_items or 0),
         "customers_per_stage": {st: int(stages.get(st, 0)) for st in STAGES},
+        "customers_per_health": per_health,
+        "cx_histogram": histogram,
+        "avg_clv_90d": round(float(avg_value), 2) if avg_value is not None else None,
     }
 
 

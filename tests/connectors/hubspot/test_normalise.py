@@ -12,7 +12,7 @@ from sqlalchemy import select
 from connectors.hubspot.connector import HubSpotConnector, HubSpotSettingsSchema
 from cx_connector.connector import Delivery, Forget, Merge
 from cx_connector.errors import PayloadError
-from cx_connector.models import deliveries, identities, touchpoints
+from cx_connector.models import audit_log, customers, deliveries, identities, touchpoints
 from tests.conftest import NOW, TEST_CONNECTORS, count, fixture_bytes
 
 # sample -> (inbox status, [(touchpoint_id, kind, stage, channel, customer source_id, attributes)])
@@ -92,11 +92,18 @@ def test_contact_deletion_sample_asks_to_forget_the_contact(post_signed, engine,
     result = rt.connectors["hubspot"].normalise(
         Delivery(source="hubspot", body=body, headers={}, received_at=NOW), now=NOW)
     assert result.touchpoints == ()
+    deleted = datetime(2026, 6, 25, 7, 19, 30, 538000, tzinfo=UTC)  # its occurredAt
     assert result.actions == (Forget(source="hubspot", source_id="508369434347",
-                                     reason="HubSpot contact.deletion: the contact was deleted"),)
+                                     reason="HubSpot contact.deletion: the contact was deleted",
+                                     occurred_at=deleted),)
     r = post_signed("hubspot", body)
     assert r.status_code == 200
     assert count(engine, "deliveries") == 1 and count(engine, "touchpoints") == 0
+    # never seen before: kept as an erased tombstone, so its late events stay anonymous
+    with engine.connect() as conn:
+        row = conn.execute(select(identities.c.value, identities.c.gone_at, customers.c.redacted_at)
+                           .join(customers, customers.c.id == identities.c.customer_id)).one()
+    assert row.value == "508369434347" and row.gone_at == deleted and row.redacted_at == NOW
 
 
 def test_the_dedupe_key_ignores_attempt_number(post_signed, engine):
@@ -293,6 +300,13 @@ def test_contact_merge_repoints_identities_through_the_endpoint(post_signed, eng
     assert {v for v, _, _ in rows} == {"10", "20", "30"}
     assert len({c for _, c, _ in rows}) == 1 and owners == {rows[0][1]}
     assert {v for v, _, gone in rows if gone is not None} == {"10", "20"}
+    with engine.connect() as conn:  # both the customer merge and the platform's merge are audited
+        log = {r.action: r for r in conn.execute(select(audit_log))}
+    assert log["customers_merged"].details["survivor"] == rows[0][1]
+    assert len(log["customers_merged"].details["merged"]) == 1
+    assert "hubspot merged 10, 20 into 30" in log["customers_merged"].details["reason"]
+    assert (log["platform_merge"].source, log["platform_merge"].external_id) == ("hubspot", "30")
+    assert log["platform_merge"].details == {"merged_ids": ["10", "20"]}
 
 
 @pytest.mark.parametrize(("kind", "source_id"), [

@@ -11,18 +11,43 @@ from sqlalchemy import select
 from cx_connector.models import Base, customers, identities, touchpoints
 from tests.conftest import FIXTURES, fixture_bytes
 
-# contact_deletion.json is left out: erasing a person is not meant to commute with facts about
-# them that arrive later (a late creation event after an erasure starts a new, empty record)
-SAMPLES = sorted(p.name for p in (FIXTURES / "hubspot").glob("*.json") if p.name != "contact_deletion.json")
+# contact_deletion.json included: a deletion commutes with the facts about the contact that
+# happened before it, whenever they arrive (they stay anonymous)
+SAMPLES = sorted(p.name for p in (FIXTURES / "hubspot").glob("*.json"))
+
+
+def ev(kind, oid, ms, **kw):
+    return {"eventId": ms, "subscriptionId": 1, "portalId": 7, "appId": 1, "occurredAt": ms,
+            "subscriptionType": kind, "attemptNumber": 0, "objectId": oid,
+            "changeSource": "CRM_UI", **kw}
+
+
+def deletion() -> list[bytes]:
+    """A contact with contact details, one merged into it, then deleted: wherever the deletion
+    falls in the delivery order, nothing of theirs is left but anonymous facts; a live contact
+    sharing nothing with them is untouched."""
+    batches = [
+        [ev("contact.creation", 201, 1_700_000_000_000), ev("contact.creation", 202, 1_700_000_000_100),
+         ev("contact.creation", 203, 1_700_000_000_200)],
+        [ev("contact.propertyChange", 201, 1_700_000_001_000, propertyName="email",
+            propertyValue="ann@example.com")],
+        [ev("contact.propertyChange", 202, 1_700_000_001_500, propertyName="phone",
+            propertyValue="+1 555 0100 777"),
+         ev("contact.propertyChange", 203, 1_700_000_001_500, propertyName="email",
+            propertyValue="bob@example.com")],
+        [ev("contact.propertyChange", 201, 1_700_000_002_000, propertyName="lifecyclestage",
+            propertyValue="customer"),
+         ev("contact.propertyChange", 201, 1_700_000_002_000, propertyName="firstname",
+            propertyValue="Ann")],
+        [ev("contact.merge", 201, 1_700_000_002_500, primaryObjectId=201, mergedObjectIds=[202],
+            newObjectId=201)],
+        [ev("contact.deletion", 201, 1_700_000_003_000)],
+    ]
+    return [json.dumps(b).encode() for b in batches]
 
 
 def synthetic() -> list[bytes]:
     """Deliveries that exercise profile updates, linking by email and a platform merge."""
-    def ev(kind, oid, ms, **kw):
-        return {"eventId": ms, "subscriptionId": 1, "portalId": 7, "appId": 1, "occurredAt": ms,
-                "subscriptionType": kind, "attemptNumber": 0, "objectId": oid,
-                "changeSource": "CRM_UI", **kw}
-
     batches = [
         [ev("contact.creation", 101, 1_700_000_000_000), ev("contact.creation", 102, 1_700_000_000_500)],
         [ev("contact.propertyChange", 101, 1_700_000_001_000, propertyName="email",
@@ -75,9 +100,10 @@ def bump_attempt(body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("which", ["samples", "synthetic"])
+@pytest.mark.parametrize("which", ["samples", "synthetic", "deletion"])
 def test_shuffled_and_repeated_deliveries_give_the_in_order_state(post_signed, engine, seed, which):
-    bodies = [fixture_bytes("hubspot", n) for n in SAMPLES] if which == "samples" else synthetic()
+    bodies = ([fixture_bytes("hubspot", n) for n in SAMPLES] if which == "samples" else
+              synthetic() if which == "synthetic" else deletion())
     for body in bodies:
         assert post_signed("hubspot", body).status_code == 200
     expected = state(engine)
@@ -90,6 +116,18 @@ def test_shuffled_and_repeated_deliveries_give_the_in_order_state(post_signed, e
     statuses = [post_signed("hubspot", body).get_json()["status"] for body in replay]
     assert statuses.count("duplicate") == len(bodies)
     assert state(engine) == expected
+
+
+def test_deletion_in_order_state_is_what_it_should_be(post_signed, engine):
+    for body in deletion():
+        post_signed("hubspot", body)
+    s = state(engine)
+    assert sorted(s["customers"]) == [
+        (("email::bob@example.com", "id:hubspot:203"), "bob@example.com", None, None),
+        (("id:hubspot:201", "id:hubspot:202"), None, None, None)]  # tombstones, no details
+    assert {(v, gone) for k, src, v, gone, _ in s["identities"] if k == "id"} == {
+        ("201", True), ("202", True), ("203", False)}
+    assert len(s["touchpoints"]) == 8  # the facts stay, anonymous
 
 
 def test_synthetic_in_order_state_is_what_it_should_be(post_signed, engine):

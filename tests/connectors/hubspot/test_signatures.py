@@ -47,6 +47,28 @@ def test_known_answer_vectors_match_the_code():
     assert signatures.timestamp_ms(NOW) == TS
 
 
+# HubSpot's own published examples (client secret yyyyyyyy-...):
+# v1, https://developers.hubspot.com/docs/faq/v1-request-validation (a request with a body)
+# v2, https://developers.hubspot.com/docs/faq/v2-request-validation (a GET request, no body)
+DOCS_SECRET = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy"
+DOCS_V1_BODY = (b'[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,'
+                b'"subscriptionType":"contact.creation","attemptNumber":0,"objectId":123,'
+                b'"changeSource":"CRM","changeFlag":"NEW","appId":54321}]')
+DOCS_V1 = "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817de"
+DOCS_V2_GET = "eee2dddcc73c94d699f5e395f4b9d454a069a6855fbfa152e91e88823087200e"
+
+
+def test_hubspot_documented_examples_verify():
+    assert check({"X-HubSpot-Signature": DOCS_V1, "X-HubSpot-Signature-Version": "v1"},
+                 body=DOCS_V1_BODY, secret=DOCS_SECRET) == "v1"
+    assert signatures.verify(DOCS_SECRET, b"", CaseInsensitiveDict(
+        {"X-HubSpot-Signature": DOCS_V2_GET, "X-HubSpot-Signature-Version": "v2"}), method="GET",
+        uri="https://www.example.com/webhook_uri", now=NOW, tolerance=timedelta(minutes=5)) == "v2"
+    with pytest.raises(SignatureError):
+        check({"X-HubSpot-Signature": DOCS_V1, "X-HubSpot-Signature-Version": "v1"},
+              body=DOCS_V1_BODY + b" ", secret=DOCS_SECRET)
+
+
 @pytest.mark.parametrize(("headers", "version"), [
     (V3_HEADERS, "v3"),
     ({"x-hubspot-signature-v3": V3, "x-hubspot-request-timestamp": TS}, "v3"),  # HTTP/2 lower-case

@@ -99,15 +99,57 @@ def test_orders_paid_is_order_paid_for_the_same_order(deliver, engine):
 
 def test_customers_create_and_update(deliver, engine):
     ok(deliver("customers/create", sample("customers_create.json")))
-    ok(deliver("customers/update", sample("customers_update.json")))
+    moved = {**json.loads(sample("customers_update.json")), "email": "bob@new.example",
+             "updated_at": "2022-02-01T00:00:00Z"}
+    with engine.begin() as conn:  # scored since: nothing pending
+        conn.execute(customers.update().values(changed_at=None))
+    r = deliver("customers/update", moved)
+    assert r.get_json()["status"] == "processed" and r.get_json()["touchpoints"] == 0
     rows = tp_rows(engine)
     assert [(r["touchpoint_id"], r["kind"], r["stage"], r["channel"]) for r in rows] == [
-        (f"customer:{BOB}:created", "contact_created", "awareness", "other"),
-        (f"customer:{BOB}:updated:2022-01-01T00:00:00Z", "profile_updated", "awareness", "other")]
-    assert all(r["occurred_at"] == NEW_YEAR and r["customer_source_id"] == BOB for r in rows)
+        (f"customer:{BOB}:created", "contact_created", "awareness", "other")]
+    assert rows[0]["occurred_at"] == NEW_YEAR and rows[0]["customer_source_id"] == BOB
     c = customer(engine, rows[0]["customer_id"])
     # the default address's phone belongs to the address, not the customer record
-    assert (c["email"], c["name"], c["phone"]) == ("bob@biller.com", "Bob Biller", None)
+    assert (c["email"], c["name"], c["phone"]) == ("bob@new.example", "Bob Biller", None)
+    assert c["profile_times"]["email"] == "2022-02-01T00:00:00+00:00"
+    assert ("email", "", "bob@new.example") in idents(engine, c["id"])
+    assert c["changed_at"] is None  # contact details are no score input: no rescoring
+
+
+@pytest.mark.parametrize("edit", [
+    {},  # the official sample: the same details as customers/create
+    {"tags": "vip", "note": "called", "updated_at": "2022-03-01T00:00:00Z"},
+    # what an echo of our own score write could look like, were metafields subscribed
+    {"updated_at": "2022-03-01T00:00:05Z",
+     "metafields": [{"namespace": "cx", "key": "cx_score", "value": "87"}]},
+])
+def test_an_update_that_brings_no_new_contact_details_is_ignored_not_rescored(deliver, engine, edit):
+    """Loop guard: Shopify sends the whole customer after any edit, without saying what
+    changed, so our own metafield writes (if they fire customers/update at all) cannot be
+    recognised as ours; what can be recognised is that nothing scoring or linking uses
+    changed: then the delivery is ignored and the customer is not rescored."""
+    ok(deliver("customers/create", sample("customers_create.json")))
+    with engine.begin() as conn:
+        conn.execute(customers.update().values(changed_at=None))
+    r = deliver("customers/update", {**json.loads(sample("customers_update.json")), **edit})
+    body = r.get_json()
+    assert body["status"] == "ignored" and body["touchpoints"] == 0
+    assert body["error"].startswith("customers/update brought no new contact details")
+    with engine.connect() as conn:
+        assert conn.execute(select(customers.c.changed_at)).scalar_one() is None
+        stored = conn.execute(select(deliveries.c.status, deliveries.c.error)
+                              .where(deliveries.c.topic == "customers/update")).one()
+    assert stored.status == "ignored" and "this service's own cx scores" in stored.error
+    assert count(engine, "touchpoints") == 1
+
+
+def test_an_update_arriving_before_the_creation_links_the_customer(deliver, engine):
+    r = deliver("customers/update", sample("customers_update.json"))
+    assert r.get_json()["status"] == "processed"
+    assert idents(engine)[("email", "", "bob@biller.com")] is None
+    ok(deliver("customers/create", sample("customers_create.json")))
+    assert count(engine, "customers") == 1
 
 
 def test_customers_delete_marks_the_record_gone_without_erasing(deliver, engine):
@@ -185,7 +227,12 @@ def test_customers_redact_erases_the_customer(deliver, engine):
     ok(deliver("customers/redact", compliance_sample("customers_redact.json")), touchpoints=0)
     c = customer(engine, 1)
     assert (c["email"], c["name"], c["redacted_at"]) == (None, None, c["redacted_at"])
-    assert c["redacted_at"] is not None and idents(engine) == {}
+    assert c["redacted_at"] is not None
+    # only tombstones are left: the erased records, so that late orders bring nothing back
+    assert set(idents(engine)) == {("id", "shopify", i) for i in (
+        "191167", "order:299938", "order:280263", "order:220458")}
+    assert all(gone is not None for gone in idents(engine).values())
+    assert ("id", "shopify", "191167") in idents(engine, c["id"])  # the same person, by email
     assert tp_rows(engine)[0]["value"] == Decimal("404.95")  # the aggregate survives
     with engine.connect() as conn:
         bodies = list(conn.execute(select(deliveries.c.topic, deliveries.c.body)
@@ -359,5 +406,7 @@ def test_bundled_samples_process_through_the_endpoint(post_signed, rt, engine):
     assert {s.headers["X-Shopify-Topic"] for s in samples} >= {"orders/create", "products/create"}
     for s in samples:
         r = post_signed("shopify", s.body, dict(s.headers))
-        assert r.status_code == 200 and r.get_json()["status"] == "processed", (s.name, r.get_json())
-    assert count(engine, "touchpoints") == 6 and count(engine, "products") == 1
+        # the official update sample repeats the creation's contact details: nothing new
+        want = "ignored" if s.headers["X-Shopify-Topic"] == "customers/update" else "processed"
+        assert r.status_code == 200 and r.get_json()["status"] == want, (s.name, r.get_json())
+    assert count(engine, "touchpoints") == 5 and count(engine, "products") == 1

@@ -85,10 +85,12 @@ def detect(engine) -> None:
 
 def test_shuffled_and_repeated_delivery_gives_the_in_order_state(deliver, engine):
     for topic, body in events():
-        assert deliver(topic, body).get_json()["status"] == "processed"
+        # the sample update repeats the creation's details: ignored, nothing to change
+        assert deliver(topic, body).get_json()["status"] == (
+            "ignored" if topic == "customers/update" else "processed")
     detect(engine)
     expected = snapshot(engine)
-    assert len(expected["touchpoints"]) == 11 and len(expected["customers"]) == 3
+    assert len(expected["touchpoints"]) == 10 and len(expected["customers"]) == 3
     assert any(t[1] == "checkout:cart9:abandoned" for t in expected["touchpoints"])
     assert not any(t[1] == "checkout:123123123:abandoned" for t in expected["touchpoints"])
 
@@ -103,7 +105,7 @@ def test_shuffled_and_repeated_delivery_gives_the_in_order_state(deliver, engine
         rng.shuffle(sends)
         for i, (topic, body, webhook_id) in enumerate(sends):
             r = deliver(topic, body, {"X-Shopify-Webhook-Id": webhook_id})
-            assert r.status_code == 200 and r.get_json()["status"] in ("processed", "duplicate")
+            assert r.status_code == 200 and r.get_json()["status"] in ("processed", "duplicate", "ignored")
             if i == len(sends) // 2:
                 detect(engine)  # the job may run mid-way: a late order retracts what it decided
         detect(engine)
