@@ -1,7 +1,9 @@
 """Ingest benchmark: signed generic webhooks into cx-connector vs a bare Flask endpoint.
 
-Both run under the same gunicorn set-up on loopback (2 sync workers), started side by
-side; the bare app only reads the body and answers 200. One asyncio client (raw sockets,
+Both run under the same gunicorn set-up on loopback, started side by side: the shipped
+settings (``cx_connector/gunicorn_conf.py``: gthread workers with 4 threads each, preload),
+2 workers; the bare app only reads the body and answers 200. cx-connector logs at its
+default level (INFO: one line per request). One asyncio client (raw sockets,
 no HTTP library, so the client is not the bottleneck) sends N distinct signed events
 with C in flight to each in turn, for several rounds (alternating which goes first, so
 that a change in the machine's load hits both alike), then a paced run at a fixed rate
@@ -141,10 +143,15 @@ def summarise(lat: list[float], codes: dict[int, int], elapsed: float) -> dict:
 
 
 class Gunicorn:
-    def __init__(self, app: str, port: int, env: dict, cwd: Path, workers: int) -> None:
+    """One gunicorn server with the shipped settings (``cx_connector/gunicorn_conf.py``:
+    gthread workers, ``THREADS`` threads each, preload, the metrics hooks), ``workers``
+    worker processes, on loopback."""
+
+    def __init__(self, app: str, port: int, env: dict, cwd: Path, workers: int, threads: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-             "--backlog", "2048", "--log-level", "warning", app],
+            [sys.executable, "-m", "gunicorn", "-c", "python:cx_connector.gunicorn_conf",
+             "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}",
+             "--log-level", "warning", app],
             env={**os.environ, **env}, cwd=cwd, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
@@ -156,6 +163,22 @@ class Gunicorn:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"gunicorn {app} did not start")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the master and its workers so far, from /proc."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(entry), int(fields[1])
+            if pid == self.proc.pid or ppid == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -180,7 +203,7 @@ def stored_touchpoints(db_url: str) -> int:
 def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="cx-bench-"))
     db_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    (tmp / "cx.yaml").write_text(f"database_url: {db_url}\nlogging: {{level: ERROR}}\n"
+    (tmp / "cx.yaml").write_text(f"database_url: {db_url}\nlogging: {{level: {args.log_level}}}\n"
                                  f"connectors:\n  generic:\n    secret: {SECRET}\n")
     (tmp / "bare_app.py").write_text(BARE_APP)
     env = {"CX_CONNECTOR_CONFIG": str(tmp / "cx.yaml"), "PYTHONPATH": f"{tmp}:{ROOT}"}
@@ -188,14 +211,15 @@ def run(args: argparse.Namespace) -> dict:
                     "db", "upgrade"], check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
     results: dict = {"database": "PostgreSQL" if "postgres" in db_url else "SQLite",
                      "events": args.events, "rounds": args.rounds, "concurrency": args.concurrency,
-                     "workers": args.workers, "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+                     "workers": args.workers, "threads": args.threads, "log_level": args.log_level,
+                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     apps = {"bare": "bare_app:create_app()", "cx": "cx_connector:create_app()"}
     ports = {name: free_port() for name in apps}
     servers = {}
     acked = 0
     try:
         for name, app in apps.items():
-            servers[name] = Gunicorn(app, ports[name], env, tmp, args.workers)
+            servers[name] = Gunicorn(app, ports[name], env, tmp, args.workers, args.threads)
         for name, port in ports.items():  # warm-up
             warm = asyncio.run(closed_loop(port, build_requests(200, port, f"warm-{name}"), 8))
             acked += warm["status"].get("200", 0) if name == "cx" else 0
@@ -203,8 +227,11 @@ def run(args: argparse.Namespace) -> dict:
         for r in range(args.rounds):
             for name in (("bare", "cx") if r % 2 == 0 else ("cx", "bare")):
                 port = ports[name]
-                res = asyncio.run(closed_loop(port, build_requests(args.events, port, f"load{r}-{name}"),
-                                              args.concurrency))
+                reqs = build_requests(args.events, port, f"load{r}-{name}")
+                cpu0, client0 = servers[name].cpu_seconds(), time.process_time()
+                res = asyncio.run(closed_loop(port, reqs, args.concurrency))
+                res["server_cpu_ms"] = round((servers[name].cpu_seconds() - cpu0) * 1000 / len(reqs), 3)
+                res["client_cpu_ms"] = round((time.process_time() - client0) * 1000 / len(reqs), 3)
                 rounds[name].append(res)
                 acked += res["status"].get("200", 0) if name == "cx" else 0
         for name in ("bare", "cx"):
@@ -220,7 +247,9 @@ def run(args: argparse.Namespace) -> dict:
     ratios = [c["rate"] / b["rate"] for b, c in zip(rounds["bare"], rounds["cx"], strict=True)]
     results["rounds_detail"] = {"bare": [x["rate"] for x in rounds["bare"]],
                                 "cx": [x["rate"] for x in rounds["cx"]],
-                                "ratio": [round(x, 2) for x in ratios]}
+                                "ratio": [round(x, 2) for x in ratios],
+                                "server_cpu_ms": {n: [x["server_cpu_ms"] for x in rounds[n]] for n in rounds},
+                                "client_cpu_ms": {n: [x["client_cpu_ms"] for x in rounds[n]] for n in rounds}}
     for name in ("bare", "cx"):  # the round with the median rate, for its latencies
         by_rate = sorted(rounds[name], key=lambda x: x["rate"])
         results[name] = by_rate[len(by_rate) // 2]
@@ -238,12 +267,16 @@ def markdown(r: dict, command: str) -> str:
         f"## Ingest ({r['database']})",
         "",
         f"`{command}`: {r['rounds']} rounds of {r['events']} signed generic webhooks to each endpoint "
-        f"(alternating which goes first), {r['concurrency']} in flight, gunicorn "
-        f"{r['workers']} sync workers on loopback, {os.cpu_count()} cores ({cpu}) shared with other "
+        f"(alternating which goes first), {r['concurrency']} in flight, gunicorn with the shipped "
+        f"settings, {r['workers']} gthread workers x {r['threads']} threads, on loopback; logging "
+        f"at {r['log_level']}; {os.cpu_count()} cores ({cpu}) shared with other "
         f"work: load average {r['load_average_before'][0]} before, {r['load_average_after'][0]} after; "
         f"measured {time.strftime('%Y-%m-%d')}.",
         "",
-        f"Per round, events/s: bare {d['bare']}, cx-connector {d['cx']}; ratio {d['ratio']}.",
+        f"Per round, events/s: bare {d['bare']}, cx-connector {d['cx']}; ratio {d['ratio']}. "
+        f"Server CPU per request (master and workers, from /proc), ms: bare {d['server_cpu_ms']['bare']}, "
+        f"cx-connector {d['server_cpu_ms']['cx']}; the client's own, ms: bare "
+        f"{d['client_cpu_ms']['bare']}, cx-connector {d['client_cpu_ms']['cx']}.",
         "",
         "| endpoint | events/s | p50 ms | p99 ms | p50 / p99 ms at "
         f"{r['paced_rate']:.0f} req/s | statuses |",
@@ -281,6 +314,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=4,
+                   help="gthread threads per worker (the shipped setting is 4)")
+    p.add_argument("--log-level", default="INFO",
+                   help="cx-connector's logging.level (INFO, the default, logs every request)")
     p.add_argument("--rate", type=float, default=200.0, help="paced-run request rate")
     p.add_argument("--paced-seconds", type=float, default=15.0)
     p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")

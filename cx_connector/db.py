@@ -27,17 +27,18 @@ wait as long as they need.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -46,6 +47,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
 from cx_connector.errors import DatabaseUnavailable, NotMigrated
+
+T = TypeVar("T")
 
 try:
     import fcntl
@@ -300,6 +303,123 @@ def read(engine: Engine) -> Iterator[Connection]:
         if is_connection_error(exc):
             raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         raise
+
+
+class _Job:
+    """One caller's work in a shared write transaction (:func:`write_grouped`)."""
+
+    __slots__ = ("context", "done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Connection], Any]) -> None:
+        self.work = work
+        self.context = contextvars.copy_context()  # the caller's request id, for its log lines
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _GroupCommit:
+    """Write transactions of the threads of one process, committed together.
+
+    Each caller queues its work; the first caller that finds no transaction in progress
+    leads: it takes every queued work, runs them in one transaction (each in its own
+    savepoint) and commits; the callers that queued meanwhile wait, then the next one
+    leads with whatever queued during that commit. A caller gets its result only after
+    the transaction holding its work has committed.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = os.getpid()
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._leading = False
+
+    def run(self, work: Callable[[Connection], T], timeout: float | None) -> T:
+        job = _Job(work)
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._queue.append(job)
+            while self._leading and not job.done:
+                queued = job in self._queue
+                left = None if end is None or not queued else end - time.monotonic()
+                if left is not None and left <= 0:  # still not taken: give up, nothing was written
+                    self._queue.remove(job)
+                    raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
+                self._cond.wait(left)
+            batch: list[_Job] = []
+            if not job.done:  # ours to lead: everything queued so far, our own work included
+                self._leading = True
+                batch, self._queue = self._queue, []
+        if batch:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    for j in batch:
+                        j.done = True
+                    self._leading = False
+                    self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit(self, batch: list[_Job]) -> None:
+        ok: list[_Job] = []
+        try:
+            with write(self.engine) as conn:
+                for job in batch:
+                    raw_rows(conn, "SAVEPOINT cx_grouped")
+                    try:
+                        job.result = job.context.run(job.work, conn)
+                    except Exception as exc:
+                        if isinstance(exc, sa_exc.DBAPIError) and is_connection_error(exc):
+                            raise  # the whole transaction is lost
+                        raw_rows(conn, "ROLLBACK TO SAVEPOINT cx_grouped")  # only this work
+                        job.error = exc
+                    else:
+                        ok.append(job)
+                    raw_rows(conn, "RELEASE SAVEPOINT cx_grouped")
+        except BaseException as exc:  # nothing was committed: every work that had succeeded fails
+            for job in ok:
+                job.result, job.error = None, exc
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+            if not isinstance(exc, Exception):
+                raise
+
+
+def write_grouped(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` in a write transaction shared with other threads of this process
+    (group commit); returns its result once that transaction has committed.
+
+    Why: on SQLite a write transaction costs far more than the few statements a webhook
+    runs (the writer lock, BEGIN IMMEDIATE, the commit's WAL write), and the writers of a
+    process queue for the lock one by one; several requests in one transaction share
+    that cost, and the lock is taken once per transaction. On PostgreSQL they share the
+    commit's WAL flush.
+
+    Isolation: each work runs in its own savepoint. A work that raises is rolled back to
+    it (the others are unaffected) and its exception is raised to its own caller, after
+    the others committed. A lost connection or a failed commit fails every work of the
+    transaction: nothing of it was committed, and each caller gets the exception (a
+    connection error becomes :class:`DatabaseUnavailable` as with :func:`write`). With
+    the engine's deadline (:func:`deadline`), a caller whose work was not taken into a
+    transaction within it gives up with :class:`DatabaseUnavailable`, having written
+    nothing. ``work`` runs in the caller's context (its request id) but maybe on another
+    thread, so it must use only ``conn`` and what it was given.
+    """
+    group = engine.__dict__.get("_cx_group")
+    if group is None or group.pid != os.getpid():  # a fork's copy is not ours
+        with _groups_guard:
+            group = engine.__dict__.get("_cx_group")
+            if group is None or group.pid != os.getpid():
+                group = engine.__dict__["_cx_group"] = _GroupCommit(engine)
+    return group.run(work, engine.get_execution_options().get("cx_deadline"))
+
+
+_groups_guard = threading.Lock()
 
 
 #: SQLSTATEs that mean "try again" rather than "this statement is wrong": a statement

@@ -96,29 +96,34 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
            "headers": clean_text({k: v for k, v in delivery.headers.items()
                                   if k.lower() not in _DROP_HEADERS}),
            "body": body, "attempts": 1, "processed_at": now}
+
+    def attempt(conn: Connection) -> Receipt:
+        nonlocal status, error
+        delivery_id = _insert_delivery(conn, row, status, error)
+        if delivery_id is None:
+            return Receipt("duplicate")
+        stored = 0
+        if result is not None and status == "processed":
+            outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
+                                   now=now, actor="webhook")
+            stored = outcome.new
+            if outcome.ignored:
+                status, error = "ignored", outcome.ignored
+                conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                             .values(status=status, error=clean_text(error)))
+        return Receipt(status, delivery_id, stored, error,
+                       "normalise" if status == "failed" else None)
+
+    # in one transaction with the webhooks other threads of this process are storing
+    # (db.write_grouped): answered only once that transaction has committed
     try:
-        with db.write(engine) as conn:
-            delivery_id = _insert_delivery(conn, row, status, error)
-            if delivery_id is None:
-                return Receipt("duplicate")
-            stored = 0
-            if result is not None and status == "processed":
-                outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
-                                       now=now, actor="webhook")
-                stored = outcome.new
-                if outcome.ignored:
-                    status, error = "ignored", outcome.ignored
-                    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
-                                 .values(status=status, error=clean_text(error)))
-            return Receipt(status, delivery_id, stored, error,
-                           "normalise" if status == "failed" else None)
+        return db.write_grouped(engine, attempt)
     except (PayloadError, *_STORE_ERRORS) as exc:
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
             raise
         # the touchpoints could not be stored: keep the delivery, failed, for a replay
         error = _store_error(exc, connector.name)
-        with db.write(engine) as conn:
-            delivery_id = _insert_delivery(conn, row, "failed", error)
+        delivery_id = db.write_grouped(engine, lambda conn: _insert_delivery(conn, row, "failed", error))
         return Receipt("failed" if delivery_id else "duplicate", delivery_id, 0,
                        error if delivery_id else None, "store" if delivery_id else None)
 
