@@ -61,6 +61,17 @@ BARE_APP = textwrap.dedent('''
 ''')
 
 
+#: --diagnose: the same app with a webhook's database work skipped (it answers as if the
+#: delivery was stored), to tell the database's share of the cost from the rest's
+NODB_APP = textwrap.dedent('''
+    from cx_connector import create_app as _create_app, db, inbox
+
+    def create_app():
+        db.write_grouped = lambda engine, work: inbox.Receipt("processed", 0, 1)
+        return _create_app()
+''')
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,6 +225,9 @@ def run(args: argparse.Namespace) -> dict:
                      "workers": args.workers, "threads": args.threads, "log_level": args.log_level,
                      "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     apps = {"bare": "bare_app:create_app()", "cx": "cx_connector:create_app()"}
+    if args.diagnose:
+        (tmp / "nodb_app.py").write_text(NODB_APP)
+        apps["nodb"] = "nodb_app:create_app()"
     ports = {name: free_port() for name in apps}
     servers = {}
     acked = 0
@@ -223,9 +237,9 @@ def run(args: argparse.Namespace) -> dict:
         for name, port in ports.items():  # warm-up
             warm = asyncio.run(closed_loop(port, build_requests(200, port, f"warm-{name}"), 8))
             acked += warm["status"].get("200", 0) if name == "cx" else 0
-        rounds: dict[str, list[dict]] = {"bare": [], "cx": []}
+        rounds: dict[str, list[dict]] = {name: [] for name in apps}
         for r in range(args.rounds):
-            for name in (("bare", "cx") if r % 2 == 0 else ("cx", "bare")):
+            for name in (list(apps) if r % 2 == 0 else list(apps)[::-1]):
                 port = ports[name]
                 reqs = build_requests(args.events, port, f"load{r}-{name}")
                 cpu0, client0 = servers[name].cpu_seconds(), time.process_time()
@@ -247,10 +261,14 @@ def run(args: argparse.Namespace) -> dict:
     ratios = [c["rate"] / b["rate"] for b, c in zip(rounds["bare"], rounds["cx"], strict=True)]
     results["rounds_detail"] = {"bare": [x["rate"] for x in rounds["bare"]],
                                 "cx": [x["rate"] for x in rounds["cx"]],
+                                **({"nodb": [x["rate"] for x in rounds["nodb"]],
+                                    "nodb_ratio": [round(n["rate"] / b["rate"], 2) for b, n
+                                                   in zip(rounds["bare"], rounds["nodb"], strict=True)]}
+                                   if "nodb" in rounds else {}),
                                 "ratio": [round(x, 2) for x in ratios],
                                 "server_cpu_ms": {n: [x["server_cpu_ms"] for x in rounds[n]] for n in rounds},
                                 "client_cpu_ms": {n: [x["client_cpu_ms"] for x in rounds[n]] for n in rounds}}
-    for name in ("bare", "cx"):  # the round with the median rate, for its latencies
+    for name in rounds:  # the round with the median rate, for its latencies
         by_rate = sorted(rounds[name], key=lambda x: x["rate"])
         results[name] = by_rate[len(by_rate) // 2]
     results["ratio"] = round(statistics.median(ratios), 2)
@@ -278,6 +296,9 @@ def markdown(r: dict, command: str) -> str:
         f"cx-connector {d['server_cpu_ms']['cx']}; the client's own, ms: bare "
         f"{d['client_cpu_ms']['bare']}, cx-connector {d['client_cpu_ms']['cx']}.",
         "",
+        *([f"Diagnostic (`--diagnose`): cx-connector with a webhook's database work skipped "
+           f"(answers as if stored), events/s {d['nodb']}, ratio to bare {d['nodb_ratio']}; server "
+           f"CPU per request, ms: {d['server_cpu_ms']['nodb']}.", ""] if "nodb" in d else []),
         "| endpoint | events/s | p50 ms | p99 ms | p50 / p99 ms at "
         f"{r['paced_rate']:.0f} req/s | statuses |",
         "|---|---|---|---|---|---|",
@@ -322,6 +343,8 @@ def main() -> None:
     p.add_argument("--paced-seconds", type=float, default=15.0)
     p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also measure cx-connector with a webhook's database work skipped")
     args = p.parse_args()
     r = run(args)
     command = "python bench/ingest.py" + ("" if not args.database_url else

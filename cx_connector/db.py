@@ -368,6 +368,9 @@ class _GroupCommit:
         ok: list[_Job] = []
         try:
             with write(self.engine) as conn:
+                if len(batch) == 1:  # alone: its error rolls the transaction back, no savepoint needed
+                    batch[0].result = batch[0].context.run(batch[0].work, conn)
+                    return
                 for job in batch:
                     raw_rows(conn, "SAVEPOINT cx_grouped")
                     try:
