@@ -228,15 +228,20 @@ def run(args: argparse.Namespace) -> dict:
     if args.diagnose:
         (tmp / "nodb_app.py").write_text(NODB_APP)
         apps["nodb"] = "nodb_app:create_app()"
+    envs = {name: env for name in apps}
+    if args.baseline_tree:  # the same app from another source tree, e.g. `git archive main`
+        apps["baseline"] = "cx_connector:create_app()"
+        envs["baseline"] = {**env, "PYTHONPATH": f"{tmp}:{Path(args.baseline_tree).resolve()}"}
+    storing = {"cx", "baseline"}  # the servers whose acknowledged events must be in the database
     ports = {name: free_port() for name in apps}
     servers = {}
     acked = 0
     try:
         for name, app in apps.items():
-            servers[name] = Gunicorn(app, ports[name], env, tmp, args.workers, args.threads)
+            servers[name] = Gunicorn(app, ports[name], envs[name], tmp, args.workers, args.threads)
         for name, port in ports.items():  # warm-up
             warm = asyncio.run(closed_loop(port, build_requests(200, port, f"warm-{name}"), 8))
-            acked += warm["status"].get("200", 0) if name == "cx" else 0
+            acked += warm["status"].get("200", 0) if name in storing else 0
         rounds: dict[str, list[dict]] = {name: [] for name in apps}
         for r in range(args.rounds):
             for name in (list(apps) if r % 2 == 0 else list(apps)[::-1]):
@@ -247,13 +252,13 @@ def run(args: argparse.Namespace) -> dict:
                 res["server_cpu_ms"] = round((servers[name].cpu_seconds() - cpu0) * 1000 / len(reqs), 3)
                 res["client_cpu_ms"] = round((time.process_time() - client0) * 1000 / len(reqs), 3)
                 rounds[name].append(res)
-                acked += res["status"].get("200", 0) if name == "cx" else 0
+                acked += res["status"].get("200", 0) if name in storing else 0
         for name in ("bare", "cx"):
             port = ports[name]
             res = asyncio.run(paced(
                 port, build_requests(int(args.rate * args.paced_seconds), port, f"paced-{name}"), args.rate))
             results[name + "_paced"] = res
-            acked += res["status"].get("200", 0) if name == "cx" else 0
+            acked += res["status"].get("200", 0) if name in storing else 0
     finally:
         for server in servers.values():
             server.stop()
@@ -261,10 +266,11 @@ def run(args: argparse.Namespace) -> dict:
     ratios = [c["rate"] / b["rate"] for b, c in zip(rounds["bare"], rounds["cx"], strict=True)]
     results["rounds_detail"] = {"bare": [x["rate"] for x in rounds["bare"]],
                                 "cx": [x["rate"] for x in rounds["cx"]],
-                                **({"nodb": [x["rate"] for x in rounds["nodb"]],
-                                    "nodb_ratio": [round(n["rate"] / b["rate"], 2) for b, n
-                                                   in zip(rounds["bare"], rounds["nodb"], strict=True)]}
-                                   if "nodb" in rounds else {}),
+                                **{f"{v}_ratio": [round(n["rate"] / b["rate"], 2) for b, n
+                                                  in zip(rounds["bare"], rounds[v], strict=True)]
+                                   for v in ("nodb", "baseline") if v in rounds},
+                                **{v: [x["rate"] for x in rounds[v]] for v in ("nodb", "baseline")
+                                   if v in rounds},
                                 "ratio": [round(x, 2) for x in ratios],
                                 "server_cpu_ms": {n: [x["server_cpu_ms"] for x in rounds[n]] for n in rounds},
                                 "client_cpu_ms": {n: [x["client_cpu_ms"] for x in rounds[n]] for n in rounds}}
@@ -299,6 +305,9 @@ def markdown(r: dict, command: str) -> str:
         *([f"Diagnostic (`--diagnose`): cx-connector with a webhook's database work skipped "
            f"(answers as if stored), events/s {d['nodb']}, ratio to bare {d['nodb_ratio']}; server "
            f"CPU per request, ms: {d['server_cpu_ms']['nodb']}.", ""] if "nodb" in d else []),
+        *([f"Baseline (`--baseline-tree`): the same app from another source tree, events/s "
+           f"{d['baseline']}, ratio to bare {d['baseline_ratio']}; server CPU per request, ms: "
+           f"{d['server_cpu_ms']['baseline']}.", ""] if "baseline" in d else []),
         "| endpoint | events/s | p50 ms | p99 ms | p50 / p99 ms at "
         f"{r['paced_rate']:.0f} req/s | statuses |",
         "|---|---|---|---|---|---|",
@@ -343,6 +352,9 @@ def main() -> None:
     p.add_argument("--paced-seconds", type=float, default=15.0)
     p.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     p.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    p.add_argument("--baseline-tree", default=None, metavar="DIR",
+                   help="also measure the app from this source tree (e.g. an export of main), "
+                        "in the same rotation")
     p.add_argument("--diagnose", action="store_true",
                    help="also measure cx-connector with a webhook's database work skipped")
     args = p.parse_args()
