@@ -6,6 +6,7 @@ and a transaction that fails takes every work in it down with it (nothing of it 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -173,3 +174,27 @@ def test_many_threads_each_get_their_own_result(engine, n):
         c.join(20)
     assert [c.result for c in callers] == [f"w{i:02d}" for i in range(n)]
     assert _actions(engine) == sorted(f"w{i:02d}" for i in range(n))
+
+
+def test_sqlite_checkpoints_of_grouped_writes_run_in_the_background_not_in_the_commit(engine, monkeypatch):
+    """A checkpoint (copying the WAL into the database file, with an fsync) never runs
+    inside a webhook's commit, where every writer would wait for it; a background
+    thread runs it shortly after."""
+    if not db.is_sqlite(engine):
+        pytest.skip("SQLite's WAL")
+    monkeypatch.setattr(db, "CHECKPOINT_AFTER", 1.0)
+    path = engine.url.database
+    db.write_grouped(engine, _note("first"))  # the writer's connection now leaves checkpoints
+    with engine.connect() as conn:  # to the thread: make the WAL empty to start from
+        conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = os.path.getsize(path)
+    for i in range(300):  # far more than SQLite's 1,000-page automatic checkpoint
+        db.write_grouped(engine, lambda conn, i=i: audit.record(
+            conn, actor="test", action=f"bulk{i}", at=NOW, details={"pad": "x" * 8000}))
+    assert os.path.getsize(path) == size  # all in the WAL: no commit checkpointed
+    for _ in range(100):
+        if os.path.getsize(path) > size:
+            break
+        time.sleep(0.05)
+    assert os.path.getsize(path) > size  # the background checkpoint copied it over
+    assert len(_actions(engine)) == 301
