@@ -23,6 +23,11 @@ long (PostgreSQL: ``SET LOCAL statement_timeout`` and ``lock_timeout``; SQLite: 
 writer lock and ``busy_timeout``); past it, the request answers 503 with
 ``Retry-After`` instead of hanging. Jobs and CLI commands use the plain engine and
 wait as long as they need.
+
+**Group commit.** Webhooks are stored with :func:`write_grouped`: the threads of a
+process share write transactions (each webhook in its own savepoint), and on SQLite the
+WAL checkpoints of those writers run in a background thread (:class:`_Checkpointer`)
+instead of inside a commit.
 """
 
 from __future__ import annotations
