@@ -7,6 +7,7 @@ name ``cx_connector:create_app()``). The configuration file is found as the CLI 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -60,14 +61,14 @@ def receive(source: str) -> Any:
         raise
     metrics.delivered(rt.connectors, source, receipt.status, receipt.touchpoints,
                       receipt.failed_at == "normalise")
-    log.info("webhook received", extra={"source": source, "status": receipt.status,
-                                        "delivery_id": receipt.delivery_id,
-                                        "touchpoints": receipt.touchpoints})
+    # logged with the request's own line (_after): one line per webhook
+    g.webhook = {"source": source, "delivery": receipt.status, "delivery_id": receipt.delivery_id,
+                 "touchpoints": receipt.touchpoints}
     out = {"status": receipt.status, "delivery_id": receipt.delivery_id,
            "touchpoints": receipt.touchpoints}
     if receipt.error:
         out["error"] = receipt.error
-    return jsonify(out), 200
+    return current_app.response_class(json.dumps(out), 200, mimetype="application/json")
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -136,8 +137,13 @@ def _after(resp: Any) -> Any:
     elapsed = time.perf_counter() - started if started is not None else None
     metrics.observe(runtime().connectors, request, resp.status_code, elapsed)
     if elapsed is not None and request.path != "/healthz":
-        log.info("request", extra={"method": request.method, "path": request.path,
-                                   "status": resp.status_code, "ms": round(elapsed * 1000, 2)})
+        fields = {"method": request.method, "path": request.path, "status": resp.status_code,
+                  "ms": round(elapsed * 1000, 2)}
+        webhook = g.pop("webhook", None)
+        if webhook is None:
+            log.info("request", extra=fields)
+        else:  # a webhook's request line also says what became of the delivery
+            log.info("webhook received", extra={**fields, **webhook})
     return resp
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -397,10 +398,20 @@ class RateBudget:
 class Throttle:
     """What a connector calls around its HTTP requests (implemented by the core).
 
-    ``wait(cost)`` blocks until the budget allows a request of that cost;
-    ``observe(...)`` reports what the platform said about the budget (Shopify's
-    ``throttleStatus``) so the client follows the server rather than its own guess.
+    ``with slot(cost): resp = session.call(...)`` waits until the budget allows a
+    request of that cost and holds it while the request is on the wire (a rolling
+    window counts the request until its answer is back, so latency can never push the
+    platform's own count over the limit); ``wait(cost)`` only waits, for callers that
+    cannot wrap the request; ``observe(...)`` reports what the platform said about the
+    budget (Shopify's ``throttleStatus``) so the client follows the server rather than
+    its own guess.
     """
+
+    @contextmanager
+    def slot(self, cost: float | None = None) -> Iterator[None]:
+        """Wait for the budget, then hold it while the wrapped request is in flight."""
+        self.wait(cost)
+        yield
 
     def wait(self, cost: float | None = None) -> None:
         """Block until a request of ``cost`` (default: the budget's cost) may be sent."""
@@ -411,6 +422,10 @@ class Throttle:
 
     def sleep(self, seconds: float) -> None:
         """Sleep (injectable: tests never really sleep), e.g. between job-status polls."""
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request through this throttle for ``seconds`` (a 429's ``Retry-After``)."""
+        self.sleep(seconds)
 
 
 @dataclass(frozen=True)
@@ -661,7 +676,7 @@ class Connector:
     def write_batch(self, writes: list[RecordWrite], throttle: Throttle) -> dict[str, WriteResult]:
         """Write one batch; return a :class:`WriteResult` per ``external_id``.
 
-        Call ``throttle.wait(cost)`` before every HTTP request. A failure of the whole
+        Make every HTTP request inside ``with throttle.slot(cost):``. A failure of the whole
         request raises the :class:`~cx_connector.errors.PlatformAPIError` subclass
         :func:`cx_connector.http.raise_for_status` maps it to (429 rate limited, 5xx or
         timeout unavailable, 400/422 validation: the core splits the batch to isolate

@@ -23,21 +23,28 @@ long (PostgreSQL: ``SET LOCAL statement_timeout`` and ``lock_timeout``; SQLite: 
 writer lock and ``busy_timeout``); past it, the request answers 503 with
 ``Retry-After`` instead of hanging. Jobs and CLI commands use the plain engine and
 wait as long as they need.
+
+**Group commit.** Webhooks are stored with :func:`write_grouped`: the threads of a
+process share write transactions (each webhook in its own savepoint), and on SQLite the
+WAL checkpoints of those writers run in a background thread (:class:`_Checkpointer`)
+instead of inside a commit.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -46,6 +53,9 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
 from cx_connector.errors import DatabaseUnavailable, NotMigrated
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -275,6 +285,8 @@ def write(engine: Engine) -> Iterator[Connection]:
     else:
         with lock.held(engine.get_execution_options().get("cx_deadline")), _write(engine) as conn:
             yield conn
+        if _checkpointers:
+            _Checkpointer.after_commit(engine)
 
 
 @contextmanager
@@ -300,6 +312,215 @@ def read(engine: Engine) -> Iterator[Connection]:
         if is_connection_error(exc):
             raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         raise
+
+
+class _Job:
+    """One caller's work in a shared write transaction (:func:`write_grouped`)."""
+
+    __slots__ = ("context", "done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Connection], Any]) -> None:
+        self.work = work
+        self.context = contextvars.copy_context()  # the caller's request id, for its log lines
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _GroupCommit:
+    """Write transactions of the threads of one process, committed together.
+
+    Each caller queues its work; the first caller that finds no transaction in progress
+    leads: it takes every queued work, runs them in one transaction (each in its own
+    savepoint) and commits; the callers that queued meanwhile wait, then the next one
+    leads with whatever queued during that commit. A caller gets its result only after
+    the transaction holding its work has committed.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = os.getpid()
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._leading = False
+        self.checkpointer = _Checkpointer.for_engine(engine)
+
+    def run(self, work: Callable[[Connection], T], timeout: float | None) -> T:
+        job = _Job(work)
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._queue.append(job)
+            while self._leading and not job.done:
+                queued = job in self._queue
+                left = None if end is None or not queued else end - time.monotonic()
+                if left is not None and left <= 0:  # still not taken: give up, nothing was written
+                    self._queue.remove(job)
+                    raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
+                self._cond.wait(left)
+            batch: list[_Job] = []
+            if not job.done:  # ours to lead: everything queued so far, our own work included
+                self._leading = True
+                batch, self._queue = self._queue, []
+        if batch:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    for j in batch:
+                        j.done = True
+                    self._leading = False
+                    self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit(self, batch: list[_Job]) -> None:
+        ok: list[_Job] = []
+        try:
+            with write(self.engine) as conn:
+                if self.checkpointer is not None:
+                    self.checkpointer.adopt(conn)
+                if len(batch) == 1:  # alone: its error rolls the transaction back, no savepoint needed
+                    batch[0].result = batch[0].context.run(batch[0].work, conn)
+                    batch = []
+                for job in batch:
+                    raw_rows(conn, "SAVEPOINT cx_grouped")
+                    try:
+                        job.result = job.context.run(job.work, conn)
+                    except Exception as exc:
+                        if isinstance(exc, sa_exc.DBAPIError) and is_connection_error(exc):
+                            raise  # the whole transaction is lost
+                        raw_rows(conn, "ROLLBACK TO SAVEPOINT cx_grouped")  # only this work
+                        job.error = exc
+                    else:
+                        ok.append(job)
+                    raw_rows(conn, "RELEASE SAVEPOINT cx_grouped")
+        except BaseException as exc:  # nothing was committed: every work that had succeeded fails
+            for job in ok:
+                job.result, job.error = None, exc
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+            if not isinstance(exc, Exception):
+                raise
+
+
+#: seconds between a grouped commit and the background checkpoint that follows it
+CHECKPOINT_AFTER = 0.5
+#: seconds without a commit after which the checkpoint thread ends
+CHECKPOINT_IDLE = 60.0
+_checkpointers: dict[str, _Checkpointer] = {}
+
+
+class _Checkpointer:
+    """SQLite: the WAL checkpoints of a process's grouped writers, in a background thread.
+
+    SQLite checkpoints automatically in the connection whose commit pushed the WAL past
+    1,000 pages, inside that commit: it copies the pages into the database file and
+    fsyncs it, which takes milliseconds to a tenth of a second on a busy disk (1 % of
+    the commits of a webhook burst took 55 % of all commit time), while that writer still
+    holds the writer queue, so every webhook of every worker waits. The connections of
+    :func:`write_grouped` therefore do not checkpoint; this thread does, half a second
+    after commits, with a PASSIVE checkpoint on a connection of its own, which never
+    blocks a writer or a reader. Other processes (the clock, the CLI) keep SQLite's own
+    checkpoints, and the last connection to close checkpoints whatever is left.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = os.getpid()
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._running = False  # the thread runs while there are commits, then ends
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> _Checkpointer | None:
+        """The process's checkpointer of this SQLite file (made on first use)."""
+        path = engine.url.database
+        if not is_sqlite(engine) or not path or path == ":memory:":
+            return None
+        key = os.path.abspath(path)
+        with _writer_locks_guard:
+            found = _checkpointers.get(key)
+            if found is None or found.pid != os.getpid():  # a fork's copy has no thread
+                found = _checkpointers[key] = cls(engine)
+            return found
+
+    @staticmethod
+    def after_commit(engine: Engine) -> None:
+        """Any write of this process may have used a connection that leaves checkpoints
+        to the thread: have it run one."""
+        found = _checkpointers.get(os.path.abspath(engine.url.database or ""))
+        if found is not None and found.pid == os.getpid():
+            found._poke()
+
+    def _poke(self) -> None:
+        with self._lock:
+            self._due.set()
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, daemon=True, name="cx-sqlite-checkpoint").start()
+
+    def adopt(self, conn: Connection) -> None:
+        """Leave this connection's checkpoints to the thread (once per DBAPI connection)."""
+        info = conn.connection.info
+        if not info.get("cx_checkpointer"):
+            raw_rows(conn, "PRAGMA wal_autocheckpoint=0")
+            info["cx_checkpointer"] = True
+
+    def _run(self) -> None:
+        while True:
+            if not self._due.wait(CHECKPOINT_IDLE):
+                with self._lock:
+                    if not self._due.is_set():  # no commit for a while: end (restarted on the next)
+                        self._running = False
+                        return
+            time.sleep(CHECKPOINT_AFTER)  # commits meanwhile join this checkpoint
+            self._due.clear()
+            try:
+                raw = self.engine.raw_connection()  # autocommit: no transaction around it
+                try:
+                    cur = raw.cursor()
+                    cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    cur.close()
+                finally:
+                    raw.close()
+            except Exception as exc:  # the database away: the next commit asks again (and
+                # SQLite checkpoints when the last connection closes); nothing is lost, and the
+                # outage itself shows in the webhooks' 503s and /healthz
+                log.info("SQLite WAL checkpoint failed, tried again after the next commit: %s", exc)
+
+
+def write_grouped(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work(conn)`` in a write transaction shared with other threads of this process
+    (group commit); returns its result once that transaction has committed.
+
+    Why: on SQLite a write transaction costs far more than the few statements a webhook
+    runs (the writer lock, BEGIN IMMEDIATE, the commit's WAL write), and the writers of a
+    process queue for the lock one by one; several requests in one transaction share
+    that cost, and the lock is taken once per transaction. On PostgreSQL they share the
+    commit's WAL flush.
+
+    Isolation: each work runs in its own savepoint. A work that raises is rolled back to
+    it (the others are unaffected) and its exception is raised to its own caller, after
+    the others committed. A lost connection or a failed commit fails every work of the
+    transaction: nothing of it was committed, and each caller gets the exception (a
+    connection error becomes :class:`DatabaseUnavailable` as with :func:`write`). With
+    the engine's deadline (:func:`deadline`), a caller whose work was not taken into a
+    transaction within it gives up with :class:`DatabaseUnavailable`, having written
+    nothing. ``work`` runs in the caller's context (its request id) but maybe on another
+    thread, so it must use only ``conn`` and what it was given.
+    """
+    group = engine.__dict__.get("_cx_group")
+    if group is None or group.pid != os.getpid():  # a fork's copy is not ours
+        with _groups_guard:
+            group = engine.__dict__.get("_cx_group")
+            if group is None or group.pid != os.getpid():
+                group = engine.__dict__["_cx_group"] = _GroupCommit(engine)
+    return group.run(work, engine.get_execution_options().get("cx_deadline"))
+
+
+_groups_guard = threading.Lock()
 
 
 #: SQLSTATEs that mean "try again" rather than "this statement is wrong": a statement
@@ -401,3 +622,74 @@ def upsert(conn: Connection, table: Any, conflict: list[str], update: list[str])
     stmt = insert(table)
     return stmt.on_conflict_do_update(index_elements=conflict,
                                       set_={c: stmt.excluded[c] for c in update})
+
+
+# --- raw statements for the hot paths -------------------------------------------------------
+# SQLAlchemy Core costs ~80 us of Python per statement (compiled-cache lookup, parameter
+# and result processing); the DBAPI cursor ~5 us. The webhook request, the write-back's
+# claim and marking and the scoring pass run a handful of fixed statements very often,
+# so they use these helpers: ``?`` placeholders (``?j`` for a JSON value given as text),
+# times through :func:`stored_time`, errors raised as SQLAlchemy's would be.
+
+
+def _dialect_sql(conn: Connection, sql: str) -> str:
+    if conn.dialect.name == "sqlite":
+        return sql.replace("?j", "?")
+    return sql.replace("?j", "%s::jsonb").replace("?", "%s")
+
+
+def raw_rows(conn: Connection, sql: str, params: Any = ()) -> list[tuple]:
+    """Run one statement on the transaction's DBAPI cursor; its rows (``[]`` for none)."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(_dialect_sql(conn, sql), params)
+        return cur.fetchall() if cur.description else []
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
+    finally:
+        cur.close()
+
+
+def raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` on the transaction's DBAPI cursor."""
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(_dialect_sql(conn, sql), rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, exc) from exc
+    finally:
+        cur.close()
+
+
+def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
+    """A DBAPI error as SQLAlchemy would have raised it, so that callers (and :func:`write`,
+    which turns a lost connection into ``DatabaseUnavailable``) treat it like any other."""
+    dbapi_conn = conn.connection.dbapi_connection
+    gone = conn.dialect.is_disconnect(exc, dbapi_conn, None)
+    if gone:
+        conn.invalidate(exc)
+    return sa_exc.DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=gone, dialect=conn.dialect)
+
+
+def stored_time(conn: Connection, when: datetime | None) -> Any:
+    """A time as a ``UTCDateTime`` column stores it (SQLite: naive UTC text)."""
+    if when is None or conn.dialect.name != "sqlite":
+        return when
+    # UTC, naive, as SQLAlchemy's SQLite DateTime writes it ("%Y-%m-%d %H:%M:%S.%f");
+    # isoformat is faster than strftime
+    offset = when.utcoffset()
+    if offset is None:
+        raise ValueError("naive datetime given to the database; use an aware UTC datetime")
+    return (when - offset).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def stored_json(value: Any) -> Any:
+    """A JSON column's value as text, for a ``?j`` placeholder."""
+    return None if value is None else json_dumps(value)
+
+
+def loaded_json(value: Any) -> Any:
+    """A JSON column as the DBAPI hands it back (SQLite: text, or a number the column's
+    numeric affinity already converted; psycopg: parsed)."""
+    return json.loads(value) if isinstance(value, str) else value

@@ -193,6 +193,14 @@ class PlatformRecordGone(PlatformAPIError):
     code = "platform_record_gone"
 
 
+class PlatformFieldsMissing(PlatformAPIError):
+    """The platform refused a write because a score field does not exist there (setup
+    was not run, or the field was deleted). No record is at fault: the write-back stops
+    for the run instead of splitting the batch down to every single record."""
+
+    code = "platform_fields_missing"
+
+
 # --- scoring -------------------------------------------------------------------
 
 

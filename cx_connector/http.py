@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -157,3 +157,32 @@ def raise_for_status(resp: requests.Response, platform: str) -> requests.Respons
     if status >= 500 or status in (408, 425):
         raise PlatformUnavailable(f"{where}: platform error; will retry", **kw)
     raise PlatformAPIError(f"{where}: unexpected answer: {body[:200]}", **kw)
+
+
+def patiently(throttle: Any, request: Callable[[], Any], *, attempts: int = 5, first_wait: float = 1.0,
+              max_wait: float = 60.0, transient: bool = False) -> Any:
+    """``request()``, asked again after a 429 (waiting ``Retry-After``, else an exponential
+    backoff from ``first_wait``) and, with ``transient``, after an outage (5xx, timeout).
+
+    For requests that are not the write itself: ``cx-connector setup`` (a 429 from a
+    budget other apps share must not fail the command) and Zendesk's job-status polls
+    (a refused poll must not send the update again). Gives up, raising the last error,
+    after ``attempts`` tries or when the platform asks to wait longer than ``max_wait``.
+    ``request`` must take its slot of ``throttle`` itself (``with throttle.slot():``),
+    so that the pause is waited out before it is sent again.
+    """
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return request()
+        except PlatformRateLimited as exc:
+            delay = exc.retry_after if exc.retry_after is not None else wait
+            if attempt == attempts or delay > max_wait:
+                raise
+            throttle.pause(delay)  # every request of the platform waits, not only this one
+        except PlatformUnavailable:
+            if not transient or attempt == attempts:
+                raise
+            throttle.sleep(wait)
+        wait *= 2
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -28,11 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select, update
 
 from cx_connector import audit
 from cx_connector.connector import ContactDetails, CustomerRef, Gone, Link, Merge, Restore
-from cx_connector.db import insert_ignore
+from cx_connector.db import loaded_json, raw_rows, stored_json, stored_time
 from cx_connector.models import (
     alert_states,
     audit_log,
@@ -56,22 +56,29 @@ def keys_for(source: str, ref: CustomerRef) -> list[Key]:
     return keys
 
 
-_LOOKUP = (select(identities.c.kind, identities.c.source, identities.c.value,
-                  identities.c.customer_id, customers.c.redacted_at)
-           .join_from(identities, customers, customers.c.id == identities.c.customer_id)
-           .where(identities.c.value.in_(bindparam("values", expanding=True))))
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 def _lookup(conn: Connection, keys: Iterable[Key]) -> tuple[dict[Key, int], set[Key]]:
     """Customer id per known key, and the keys whose customer was erased (redacted): one
     indexed ``value IN (...)`` query (the unique index leads with ``value``), exact
-    ``(kind, source, value)`` matches kept."""
+    ``(kind, source, value)`` matches kept.
+
+    Here and in the other statements every webhook runs (creating a customer, attaching
+    identities, profiles, :func:`mark_changed`), the DBAPI cursor is used directly
+    (:func:`cx_connector.db.raw_rows`): SQLAlchemy's per-statement overhead was most of
+    the request's time."""
     wanted = set(keys)
     values = sorted({v for _, _, v in wanted})
     found: dict[Key, int] = {}
     erased: set[Key] = set()
     for i in range(0, len(values), 500):
-        for kind, source, value, cid, redacted_at in conn.execute(_LOOKUP, {"values": values[i:i + 500]}):
+        chunk = values[i:i + 500]
+        for kind, source, value, cid, redacted_at in raw_rows(conn, (
+                "SELECT i.kind, i.source, i.value, i.customer_id, c.redacted_at FROM identities i "
+                f"JOIN customers c ON c.id = i.customer_id WHERE i.value IN ({_marks(len(chunk))})"),
+                chunk):
             if (kind, source, value) in wanted:
                 found[(kind, source, value)] = cid
                 if redacted_at is not None:
@@ -120,7 +127,7 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
             report.erased.setdefault(source_id, []).extend(ref for ref, _ in group)
             groups[source_id] = [(CustomerRef(source_id=source_id), at) for _, at in group]
     result: dict[str, int] = {}
-    created: set[int] = set()
+    created: dict[int, dict] = {}  # new customers and the profile they were created with
     merged_away: dict[int, int] = {}
     for source_id, group in groups.items():
         keys = list(dict.fromkeys(k for ref, _ in group for k in keys_for(source, ref)))
@@ -128,8 +135,10 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
         if len(found) != 1:  # a new customer, or a merge
             report.changed.add(source_id)
         if not found:
-            cid = _create(conn, now)
-            created.add(cid)
+            profile = _empty_profile()
+            _apply_profile(profile, group)
+            cid = _create(conn, now, profile)
+            created[cid] = profile
         elif len(found) == 1:
             cid = found.pop()
         else:
@@ -159,27 +168,35 @@ def resolve(conn: Connection, source: str, refs: Iterable[tuple[CustomerRef, dat
     return result
 
 
-_CREATE = customers.insert().returning(customers.c.id)
-_PROFILES = (select(customers.c.id, customers.c.email, customers.c.phone, customers.c.name,
-                    customers.c.profile_times)
-             .where(customers.c.id.in_(bindparam("ids", expanding=True))))
+def _empty_profile() -> dict:
+    return {"email": None, "phone": None, "name": None, "profile_times": {}}
 
 
-def _create(conn: Connection, now: datetime) -> int:
-    return conn.execute(_CREATE, {"created_at": now, "updated_at": now, "profile_times": {},
-                                  "changed_at": now}).scalar_one()
+def _create(conn: Connection, now: datetime, profile: dict | None = None) -> int:
+    """A new customer (with the profile of the facts that created it: no second statement)."""
+    profile = profile or _empty_profile()
+    at = stored_time(conn, now)
+    return raw_rows(conn, (
+        "INSERT INTO customers (created_at, updated_at, changed_at, email, phone, name, profile_times) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?j) RETURNING id"),
+        (at, at, at, profile["email"], profile["phone"], profile["name"],
+         stored_json(profile["profile_times"])))[0][0]
 
 
 def _attach(conn: Connection, cid: int, keys: list[Key], *, now: datetime, actor: str) -> int:
     """Add identities to a customer; if another transaction took one first, merge with it."""
     if not keys:
         return cid
-    inserted = conn.execute(
-        insert_ignore(conn, identities, ["value", "kind", "source"]).returning(
-            identities.c.kind, identities.c.source, identities.c.value),
-        [{"customer_id": cid, "kind": k, "source": s, "value": v, "created_at": now}
-         for k, s, v in keys]).all()
-    if len(inserted) == len(keys):
+    at = stored_time(conn, now)
+    inserted = 0
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        inserted += len(raw_rows(conn, (
+            "INSERT INTO identities (customer_id, kind, source, value, created_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            + " ON CONFLICT (value, kind, source) DO NOTHING RETURNING kind, source, value"),
+            [p for k, s, v in chunk for p in (cid, k, s, v, at)]))
+    if inserted == len(keys):
         return cid
     owners = set(lookup(conn, keys).values())  # someone else claimed a key meanwhile
     if owners - {cid}:
@@ -188,45 +205,57 @@ def _attach(conn: Connection, cid: int, keys: list[Key], *, now: datetime, actor
     return cid
 
 
+def _apply_profile(row: dict, group: list[tuple[CustomerRef, datetime]]) -> dict:
+    """Apply the facts' profile fields to ``row`` (newest fact wins); returns the changes."""
+    times = dict(row["profile_times"] or {})
+    changes = {}
+    for ref, at in group:
+        stamp = at.isoformat()
+        for f in PROFILE_FIELDS:
+            value = getattr(ref, f)
+            if not value:
+                continue
+            have, when = row[f], times.get(f)
+            # newest fact wins; equal times are broken by value, so arrival order never matters
+            newer = have is None or when is None or (stamp, value) > (when, have)
+            if newer and (have != value or when != stamp):
+                row[f] = changes[f] = value
+                times[f] = stamp
+    if changes:
+        row["profile_times"] = times
+    return changes
+
+
 def _update_profiles(conn: Connection, groups: dict[str, list[tuple[CustomerRef, datetime]]],
-                     owners: dict[str, int], created: set[int], changed: set[str]) -> None:
+                     owners: dict[str, int], created: dict[int, dict], changed: set[str]) -> None:
     """Per profile field, keep the value of the newest fact that carries it; the source ids
     that brought a new value are added to ``changed``."""
     wanted = {owners[sid] for sid, group in groups.items()
               if any(getattr(ref, f) for ref, _ in group for f in PROFILE_FIELDS)}
     if not wanted:
         return
-    current: dict[int, dict] = {cid: {"email": None, "phone": None, "name": None, "profile_times": {}}
-                                for cid in wanted & created}
-    old = sorted(wanted - created)
-    if old:
-        for row in conn.execute(_PROFILES, {"ids": old}).mappings():
-            current[row["id"]] = dict(row)
+    current: dict[int, dict] = {cid: created[cid] for cid in wanted if cid in created}
+    old = sorted(wanted - set(created))
+    for i in range(0, len(old), 500):
+        chunk = old[i:i + 500]
+        for cid, email, phone, name, times in raw_rows(conn, (
+                "SELECT id, email, phone, name, profile_times FROM customers "
+                f"WHERE id IN ({_marks(len(chunk))})"), chunk):
+            current[cid] = {"email": email, "phone": phone, "name": name,
+                            "profile_times": loaded_json(times) or {}}
     for sid, group in groups.items():
         cid = owners[sid]
         row = current.get(cid)
         if row is None:
             continue
-        times = dict(row["profile_times"] or {})
-        changes = {}
-        for ref, at in group:
-            stamp = at.isoformat()
-            for f in PROFILE_FIELDS:
-                value = getattr(ref, f)
-                if not value:
-                    continue
-                have, when = row[f], times.get(f)
-                # newest fact wins; equal times are broken by value, so arrival order never matters
-                newer = have is None or when is None or (stamp, value) > (when, have)
-                if newer and (have != value or when != stamp):
-                    if have != value:
-                        changed.add(sid)
-                    row[f] = changes[f] = value
-                    times[f] = stamp
+        before = {f: row[f] for f in PROFILE_FIELDS}
+        changes = _apply_profile(row, group)
+        if any(before[f] != v for f, v in changes.items()):
+            changed.add(sid)
         if changes:
-            row["profile_times"] = times
-            conn.execute(update(customers).where(customers.c.id == cid)
-                         .values(**changes, profile_times=times))
+            sets = ", ".join(f"{f} = ?" for f in changes)
+            raw_rows(conn, f"UPDATE customers SET {sets}, profile_times = ?j WHERE id = ?",
+                     (*changes.values(), stored_json(row["profile_times"]), cid))
 
 
 def merge(conn: Connection, customer_ids: Iterable[int], *, now: datetime, actor: str,
@@ -338,15 +367,14 @@ def apply_link(conn: Connection, action: Link, *, now: datetime, actor: str = "w
     return cid
 
 
-_MARK_CHANGED = (update(customers).where(customers.c.id.in_(bindparam("ids", expanding=True)))
-                 .values(changed_at=bindparam("now"), updated_at=bindparam("now")))
-
-
 def mark_changed(conn: Connection, customer_ids: Iterable[int], now: datetime) -> None:
     """Flag customers for rescoring (scoring picks up changed_at > scored_at)."""
     ids = sorted(set(customer_ids))
+    at = stored_time(conn, now)
     for i in range(0, len(ids), 500):
-        conn.execute(_MARK_CHANGED, {"ids": ids[i:i + 500], "now": now})
+        chunk = ids[i:i + 500]
+        raw_rows(conn, "UPDATE customers SET changed_at = ?, updated_at = ? "
+                       f"WHERE id IN ({_marks(len(chunk))})", (at, at, *chunk))
 
 
 def find_customer(conn: Connection, ref: str) -> int | None:

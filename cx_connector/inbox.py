@@ -23,8 +23,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy import exc as sa_exc
 
 from cx_connector import audit, db, identity, privacy
@@ -94,29 +96,34 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
            "headers": clean_text({k: v for k, v in delivery.headers.items()
                                   if k.lower() not in _DROP_HEADERS}),
            "body": body, "attempts": 1, "processed_at": now}
+
+    def attempt(conn: Connection) -> Receipt:
+        nonlocal status, error
+        delivery_id = _insert_delivery(conn, row, status, error)
+        if delivery_id is None:
+            return Receipt("duplicate")
+        stored = 0
+        if result is not None and status == "processed":
+            outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
+                                   now=now, actor="webhook")
+            stored = outcome.new
+            if outcome.ignored:
+                status, error = "ignored", outcome.ignored
+                conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
+                             .values(status=status, error=clean_text(error)))
+        return Receipt(status, delivery_id, stored, error,
+                       "normalise" if status == "failed" else None)
+
+    # in one transaction with the webhooks other threads of this process are storing
+    # (db.write_grouped): answered only once that transaction has committed
     try:
-        with db.write(engine) as conn:
-            delivery_id = _insert_delivery(conn, row, status, error)
-            if delivery_id is None:
-                return Receipt("duplicate")
-            stored = 0
-            if result is not None and status == "processed":
-                outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
-                                       now=now, actor="webhook")
-                stored = outcome.new
-                if outcome.ignored:
-                    status, error = "ignored", outcome.ignored
-                    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id)
-                                 .values(status=status, error=clean_text(error)))
-            return Receipt(status, delivery_id, stored, error,
-                           "normalise" if status == "failed" else None)
+        return db.write_grouped(engine, attempt)
     except (PayloadError, *_STORE_ERRORS) as exc:
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and db.is_connection_error(exc):
             raise
         # the touchpoints could not be stored: keep the delivery, failed, for a replay
         error = _store_error(exc, connector.name)
-        with db.write(engine) as conn:
-            delivery_id = _insert_delivery(conn, row, "failed", error)
+        delivery_id = db.write_grouped(engine, lambda conn: _insert_delivery(conn, row, "failed", error))
         return Receipt("failed" if delivery_id else "duplicate", delivery_id, 0,
                        error if delivery_id else None, "store" if delivery_id else None)
 
@@ -124,14 +131,66 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
 _STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
 
 
+# The statements every webhook runs go through the DBAPI cursor (cx_connector.db.raw_rows):
+# through SQLAlchemy Core, their per-statement overhead was most of a request's time.
+
+
 def _insert_delivery(conn: Connection, row: dict, status: str, error: str | None) -> int | None:
-    stmt = db.insert_ignore(conn, deliveries, ["source", "delivery_key"]).returning(deliveries.c.id)
-    return conn.execute(stmt, {**row, "status": status, "error": clean_text(error)}).scalar()
+    at = db.stored_time(conn, row["received_at"])
+    got = db.raw_rows(conn, (
+        "INSERT INTO deliveries (source, delivery_key, topic, received_at, headers, body, attempts, "
+        "processed_at, status, error) VALUES (?, ?, ?, ?, ?j, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (source, delivery_key) DO NOTHING RETURNING id"),
+        (row["source"], row["delivery_key"], row["topic"], at, db.stored_json(row["headers"]), row["body"],
+         row["attempts"], db.stored_time(conn, row["processed_at"]), status, clean_text(error)))
+    return got[0][0] if got else None
 
 
-_EXISTING = select(touchpoints.c.touchpoint_id).where(
-    touchpoints.c.source == bindparam("source"),
-    touchpoints.c.touchpoint_id.in_(bindparam("ids", expanding=True)))
+def _existing(conn: Connection, source: str, ids: list[str]) -> set[str]:
+    out: set[str] = set()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        out.update(r[0] for r in db.raw_rows(conn, (
+            "SELECT touchpoint_id FROM touchpoints WHERE source = ? "
+            f"AND touchpoint_id IN ({', '.join('?' * len(chunk))})"), (source, *chunk)))
+    return out
+
+
+_MONEY = Decimal("0.0001")
+
+
+def _money(conn: Connection, value: Any) -> Any:
+    """A ``Money`` column's value (as models.Money binds it: 4 places; a float on SQLite)."""
+    if value is None:
+        return None
+    value = Decimal(value).quantize(_MONEY)
+    return float(value) if conn.dialect.name == "sqlite" else value
+
+
+_TOUCHPOINT_COLUMNS = ("source", "touchpoint_id", "customer_id", "customer_source_id", "occurred_at",
+                       "kind", "stage", "channel", "value", "currency", "rating_type", "rating_score",
+                       "rating_scale_max", "products", "attributes", "delivery_id", "created_at")
+_TOUCHPOINT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?j, ?j, ?, ?)"
+
+
+def _insert_touchpoints(conn: Connection, rows: list[dict]) -> list[int | None]:
+    """Insert new touchpoints (a fact stored meanwhile is skipped); their customer ids."""
+    out: list[int | None] = []
+    for i in range(0, len(rows), 500):
+        chunk = rows[i:i + 500]
+        params: list[Any] = []
+        for r in chunk:
+            params += (r["source"], r["touchpoint_id"], r["customer_id"], r["customer_source_id"],
+                       db.stored_time(conn, r["occurred_at"]), r["kind"], r["stage"], r["channel"],
+                       _money(conn, r["value"]), r["currency"], r["rating_type"],
+                       _money(conn, r["rating_score"]), _money(conn, r["rating_scale_max"]),
+                       db.stored_json(r["products"]), db.stored_json(r["attributes"]),
+                       r["delivery_id"], db.stored_time(conn, r["created_at"]))
+        out += [r[0] for r in db.raw_rows(conn, (
+            f"INSERT INTO touchpoints ({', '.join(_TOUCHPOINT_COLUMNS)}) VALUES "
+            + ", ".join([_TOUCHPOINT_VALUES] * len(chunk))
+            + " ON CONFLICT (source, touchpoint_id) DO NOTHING RETURNING customer_id"), params)]
+    return out
 
 
 def _normalise(connector: Connector, delivery: Delivery,
@@ -240,10 +299,7 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
     if tps:
         # identities are resolved only for facts not stored yet: a redelivered fact
         # must not move anything
-        existing: set[str] = set()
-        ids = [tp.touchpoint_id for tp in tps]
-        for i in range(0, len(ids), 500):
-            existing.update(conn.execute(_EXISTING, {"source": source, "ids": ids[i:i + 500]}).scalars())
+        existing = _existing(conn, source, [tp.touchpoint_id for tp in tps])
         seen: set[str] = set()
         fresh = []
         for tp in tps:
@@ -255,9 +311,7 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
                                       now=now, actor=actor, into=resolution)
             rows = [touchpoint_row(tp, owners[tp.customer.source_id], delivery_id, now)
                     for tp in fresh]
-            inserted = conn.execute(
-                db.insert_ignore(conn, touchpoints, ["source", "touchpoint_id"])
-                .returning(touchpoints.c.customer_id), rows).scalars().all()
+            inserted = _insert_touchpoints(conn, rows)
             new = len(inserted)
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
     unchanged = []

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from cx_connector.connector import Connector
 from cx_connector.db import json_dumps
+from cx_connector.db import raw_many as _raw_many  # hot-path helpers (see cx_connector.db)
+from cx_connector.db import raw_rows as _rows
+from cx_connector.db import stored_time as _time
 from cx_connector.fields import FIELDS, canonical, canonical_values
 from cx_connector.models import identities, outbox, written_values
 
@@ -116,30 +119,6 @@ def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any,
     return fields, {f: previous.get(f) for f in fields}
 
 
-def _raw_many(conn: Connection, sql: str, rows: list[tuple]) -> None:
-    """``executemany`` on the transaction's DBAPI cursor; ``?`` placeholders, ``?j`` for JSON.
-
-    The full scoring pass queues a write for most records, and SQLAlchemy's per-row
-    parameter processing would cost more than the rest of :func:`enqueue_many`.
-    """
-    if conn.dialect.name == "sqlite":
-        sql = sql.replace("?j", "?")
-    else:
-        sql = sql.replace("?j", "%s::jsonb").replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.executemany(sql, rows)
-    finally:
-        cur.close()
-
-
-def _time(conn: Connection, when: datetime) -> Any:
-    """A time as the column stores it (SQLite: naive UTC text, as UTCDateTime writes it)."""
-    if conn.dialect.name == "sqlite":
-        return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return when
-
-
 def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any], Any]) -> dict[str, Any]:
     """:func:`canonical_values` with a memo: scores repeat (0-100, a few options), and the
     canonical form costs a Decimal round trip per value."""
@@ -155,18 +134,6 @@ def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any
         except TypeError:  # unhashable: no memo
             out[name] = canonical(name, value)
     return out
-
-
-def _rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
-    """A query on the transaction's DBAPI cursor (``?`` placeholders)."""
-    if conn.dialect.name != "sqlite":
-        sql = sql.replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    finally:
-        cur.close()
 
 
 def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],

@@ -41,23 +41,26 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, exists, func, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from cx_connector import audit, db, leases, logs
 from cx_connector.config import Writeback
 from cx_connector.connector import Connector, Merge, RecordWrite, WriteResult
+from cx_connector.db import raw_many, raw_rows, stored_time
 from cx_connector.errors import (
     PlatformAPIError,
     PlatformAuthError,
+    PlatformFieldsMissing,
     PlatformRateLimited,
     PlatformRecordGone,
     PlatformUnavailable,
@@ -72,6 +75,10 @@ log = logging.getLogger(__name__)
 ACTOR = "scheduler"
 #: consecutive 429s on one request before its writes are parked for the next run
 MAX_RATE_LIMITED = 8
+#: the marker commits the results of up to this many requests per transaction, waiting
+#: up to MARK_LINGER (real) seconds for more after the first: fewer, larger transactions
+MARK_GROUPS = 64
+MARK_LINGER = 0.02
 #: writes are due but none could be claimed (another worker has the record in flight, or
 #: scoring is storing a new value into it): look again after this long...
 BUSY_POLL = 0.25
@@ -96,6 +103,9 @@ class Claimed:
     attempts: int
     parts: int = 1
     results: list[tuple[dict[str, Any], WriteResult]] = field(default_factory=list)
+    #: ``fields`` and ``previous`` as the database gave them at the claim: unchanged at
+    #: marking time, they need no decoding again
+    stored: tuple[Any, Any] | None = None
 
 
 @dataclass
@@ -262,6 +272,27 @@ def record_writes(items: list[Item]) -> list[RecordWrite]:
 
 
 class PlatformRun:
+    """One platform's share of a sync run, as a pipeline that keeps the platform's budget busy.
+
+    Three stages run side by side, so that our own bookkeeping never sits between two
+    requests the budget would already allow:
+
+    - the run's own thread claims due writes (a few hundred per transaction) and packs
+      them into full requests, at most :attr:`ahead` requests ahead of the senders;
+    - ``write_concurrency`` sender threads send them, each request waiting for its slot
+      of the platform's :class:`~cx_connector.throttle.Limiter`;
+    - one marker thread commits the results: whatever answers are waiting go in one
+      transaction (done + written values + one audit entry per write), so marking keeps
+      up however fast answers arrive.
+
+    Claim → send → mark holds for every write: it is ``in_flight`` (claimed by this
+    worker) from its claim until its result is committed, so a crash at any point
+    leaves it for :func:`recover_expired`, and no other worker claims it meanwhile.
+    A partly filled request is only sent once nothing is left to claim and no answer is
+    outstanding (an answer may make writes due again), which keeps the number of
+    requests at the minimum.
+    """
+
     def __init__(self, engine: Engine, connector: Connector, opts: Writeback, *, clock: Clock,
                  rng: random.Random, worker: str) -> None:
         self.engine = engine
@@ -274,10 +305,21 @@ class PlatformRun:
         self.limiter = Limiter(connector.rate_budget(), clock)
         self.stats = Stats(self.source)
         self.stop: _Stop | None = None
-        self._waits: dict[tuple[int, float], float] = {}
         self._lock = threading.Lock()
+        self.workers = max(1, connector.write_concurrency)
         size = connector.write_batch_size()
-        self.claim_rows = max(100, size * max(1, connector.write_concurrency) * 4)
+        #: requests packed ahead of the senders (claimed, not yet sent): enough that a sender
+        #: never waits for a claim, few enough that little sits claimed and unsent
+        self.ahead = self.workers + 1
+        #: rows per claim; the first claim takes one request's worth, so the first request
+        #: leaves at once
+        self.claim_rows = max(100, size * (self.workers + 1))
+        self._first_claim = size
+        self._cond = threading.Condition()
+        self._queued = 0  # requests waiting for a sender
+        self._outstanding = 0  # requests handed to the senders whose results are not committed yet
+        self._marks: queue.SimpleQueue[list[tuple[Item, WriteResult]] | None] = queue.SimpleQueue()
+        self._mark_error: BaseException | None = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -285,33 +327,54 @@ class PlatformRun:
         deadline = self.clock.monotonic() + self.opts.max_run_time.total_seconds()
         recover_expired(self.engine, self.source, self.opts.claim_timeout, now=self.clock.now())
         packer = Packer(self.connector)
-        busy = 0.0  # how long due writes have been held by someone else
-        while self.stop is None:
-            rows = [] if self.clock.monotonic() >= deadline else self.claim()
-            if rows:
-                busy = 0.0
-                packer.add(rows)
-                self.send_all(packer.full())
-                continue
-            if packer.queue:
-                self.send_all(packer.flush())
-                continue
-            if self.clock.monotonic() >= deadline:
-                break
-            wait = self.next_due_in()
-            if wait is None or wait > self.opts.max_wait.total_seconds() or \
-                    self.clock.monotonic() + wait >= deadline:
-                break
-            if wait <= 0:  # due, yet not claimable: not ours to send now
-                if busy >= BUSY_GIVE_UP:
+        marker = threading.Thread(target=logs.carry_context(self._marker),
+                                  name=f"sync-{self.source}-mark", daemon=True)
+        marker.start()
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"sync-{self.source}")
+        held = 0.0  # how long due writes have been held by someone else
+        try:
+            while self.stop is None:
+                self._wait_for_room()
+                past = self.clock.monotonic() >= deadline
+                rows = [] if past or self.stop is not None else self.claim()
+                if rows:
+                    held = 0.0
+                    packer.add(rows)
+                    self._submit(pool, packer.full())
+                    continue
+                with self._cond:
+                    outstanding = self._outstanding
+                if outstanding:  # an answer may make writes due again: wait for it before a partial request
+                    self._wait_below(outstanding)
+                    continue
+                if packer.queue:
+                    self._submit(pool, packer.flush())
+                    continue
+                if past:
                     break
-                busy += BUSY_POLL
-                wait = BUSY_POLL
-            self.clock.sleep(wait)
-        if packer.queue:  # stopped: whatever is still queued was never sent
-            stop = self.stop or _Stop("the run ended before it was sent")
-            self.mark([(i, _release(stop)) for i in packer.queue])
-            packer.queue = []
+                wait = self.next_due_in()
+                if wait is None or wait > self.opts.max_wait.total_seconds() or \
+                        self.clock.monotonic() + wait >= deadline:
+                    break
+                if wait <= 0:  # due, yet not claimable: not ours to send now
+                    if held >= BUSY_GIVE_UP:
+                        break
+                    held += BUSY_POLL
+                    wait = BUSY_POLL
+                self.clock.sleep(wait)
+        except BaseException:  # Ctrl-C, the database gone: requests not yet sent stay unsent
+            self._set_stop(_Stop("the run was interrupted"))
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            if packer.queue:  # stopped: whatever is still queued was never sent
+                stop = self.stop or _Stop("the run ended before it was sent")
+                self._to_marker([(i, _release(stop)) for i in packer.queue])
+                packer.queue = []
+            self._marks.put(None)
+            marker.join()
+        if self._mark_error is not None:
+            raise self._mark_error
         if self.stop is not None:
             self.stats.errors.append(self.stop.reason)
         self.stats.requests = self.limiter.requests
@@ -319,39 +382,97 @@ class PlatformRun:
         self.stats.waited_seconds = self.limiter.waited
         return self.stats
 
+    def _wait_below(self, n: int) -> None:
+        """Until fewer than ``n`` requests await their results' commit."""
+        with self._cond:
+            while self._outstanding >= n:
+                self._cond.wait()
+
+    def _wait_for_room(self) -> None:
+        """Until the senders need more requests (and the marker is not far behind)."""
+        with self._cond:
+            while self._queued >= self.ahead or self._outstanding >= self.ahead + self.workers + MARK_GROUPS:
+                self._cond.wait()
+
+    def _submit(self, pool: ThreadPoolExecutor, batches: list[list[Item]]) -> None:
+        for batch in batches:
+            with self._cond:
+                self._outstanding += 1
+                self._queued += 1
+            pool.submit(logs.carry_context(self._send_and_hand_over), batch)
+
+    def _send_and_hand_over(self, batch: list[Item]) -> None:
+        with self._cond:
+            self._queued -= 1
+            self._cond.notify_all()
+        try:
+            sent = self.send(batch)
+        except BaseException as exc:  # never lose a claimed write: it is retried, then dead
+            log.exception("write-back to %s failed", self.source)
+            sent = [(i, WriteResult.retry(f"internal error: {type(exc).__name__}: {exc}")) for i in batch]
+        self._marks.put(sent)
+
+    def _to_marker(self, sent: list[tuple[Item, WriteResult]]) -> None:
+        with self._cond:
+            self._outstanding += 1
+        self._marks.put(sent)
+
+    def _marker(self) -> None:
+        """Commit results as they come, everything waiting in one transaction."""
+        done = False
+        while not done:
+            first = self._marks.get()
+            if first is None:
+                return
+            groups = [first]
+            until = time.monotonic() + MARK_LINGER
+            while len(groups) < MARK_GROUPS:
+                with self._cond:
+                    expected = self._outstanding > len(groups)
+                if not expected:  # nothing else is on its way: commit now
+                    break
+                try:
+                    more = self._marks.get(timeout=max(0.0, until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                groups.append(more)
+            try:
+                self.mark(groups)
+            except BaseException as exc:  # the writes stay in_flight: recovered after claim_timeout
+                log.exception("write-back to %s: could not record results", self.source)
+                if self._mark_error is None:
+                    self._mark_error = exc
+                self._set_stop(_Stop(f"{self.source}: could not record results: {exc}"))
+            finally:
+                with self._cond:
+                    self._outstanding -= len(groups)
+                    self._cond.notify_all()
+
     def claim(self) -> list[Claimed]:
-        rows = claim(self.engine, self.source, self.worker, limit=self.claim_rows, now=self.clock.now())
+        limit, self._first_claim = self._first_claim or self.claim_rows, 0
+        rows = claim(self.engine, self.source, self.worker, limit=limit, now=self.clock.now())
         gone = gone_ids(self.engine, self.source, {r.external_id for r in rows})
         if gone:
-            with db.write(self.engine) as conn:
-                self._finish_many(conn, [(row, WriteResult.gone(
-                    "the record was deleted or merged on the platform"), {})
-                    for row in rows if row.external_id in gone])
+            self._to_marker([(Item(row, dict(row.fields), 0), WriteResult.gone(
+                "the record was deleted or merged on the platform")) for row in rows
+                if row.external_id in gone])
             rows = [r for r in rows if r.external_id not in gone]
         self.stats.writes += len(rows)
         return rows
 
     def next_due_in(self) -> float | None:
         with db.read(self.engine) as conn:
-            due = conn.execute(select(func.min(outbox.c.next_attempt_at)).where(
-                outbox.c.source == self.source, outbox.c.status == "pending")).scalar()
+            due = conn.execute(select(outbox.c.next_attempt_at).where(
+                outbox.c.source == self.source, outbox.c.status == "pending")
+                .order_by(outbox.c.next_attempt_at).limit(1)).scalar()
         if due is None:
             return None
         return max(0.0, (due - self.clock.now()).total_seconds())
 
     # -- sending -------------------------------------------------------------------------
-
-    def send_all(self, batches: list[list[Item]]) -> None:
-        if not batches:
-            return
-        workers = max(1, self.connector.write_concurrency)
-        if workers == 1 or len(batches) == 1:
-            for batch in batches:
-                self.mark(self.send(batch))
-            return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sync-{self.source}") as pool:
-            for done in pool.map(logs.carry_context(self.send), batches):
-                self.mark(done)
 
     def send(self, batch: list[Item]) -> list[tuple[Item, WriteResult]]:
         """Send one request (splitting it when it is refused as a whole)."""
@@ -373,9 +494,10 @@ class PlatformRun:
                     return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
                 self.limiter.pause(wait)
                 continue
-            except PlatformAuthError as exc:
+            except (PlatformAuthError, PlatformFieldsMissing) as exc:
                 self._set_stop(_Stop(exc.message))
-                self._failed("auth", len(batch))
+                self._failed("fields_missing" if isinstance(exc, PlatformFieldsMissing) else "auth",
+                             len(batch))
                 return [(i, _release(self.stop)) for i in batch]  # type: ignore[arg-type]
             except (PlatformValidationError, PlatformRecordGone) as exc:
                 if len(batch) > 1:
@@ -420,82 +542,106 @@ class PlatformRun:
         """Exponential backoff with full jitter: uniform(0, min(max, base * 2^(n-1)))."""
         base = self.opts.backoff_base.total_seconds()
         cap = self.opts.backoff_max.total_seconds()
-        return self.rng.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+        with self._lock:
+            return self.rng.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
 
     # -- marking ---------------------------------------------------------------------------
 
-    def mark(self, sent: list[tuple[Item, WriteResult]]) -> None:
-        finished: list[Claimed] = []
-        for item, result in sent:
-            row = item.row
-            row.results.append((item.fields, result))
-            if len(row.results) >= row.parts:
-                finished.append(row)
-        if not finished:
-            return
-        self._waits: dict[tuple[int, float], float] = {}  # one backoff per request: retried together
-        with db.write(self.engine) as conn:
-            self._finish_many(conn, [
-                (row, _combine([r for _, r in row.results]),
-                 {f: v for part, r in row.results if r.landed for f, v in part.items()})
-                for row in finished])
+    def mark(self, groups: list[list[tuple[Item, WriteResult]]]) -> None:
+        """Commit the results of one or more requests (each group: one request's answers)."""
+        finished: list[tuple[Claimed, WriteResult, dict[str, Any], int]] = []
+        for n, sent in enumerate(groups):
+            for item, result in sent:
+                row = item.row
+                row.results.append((item.fields, result))
+                if len(row.results) >= row.parts:
+                    finished.append((row, _combine([r for _, r in row.results]),
+                                     {f: v for part, r in row.results if r.landed for f, v in part.items()},
+                                     n))
+        if finished:
+            with db.write(self.engine) as conn:
+                _Marking(self, conn).finish(finished)
 
-    def _finish_many(self, conn: Connection,
-                     items: list[tuple[Claimed, WriteResult, dict[str, Any]]]) -> None:
-        """Mark a request's writes in one transaction, with one statement per kind of change."""
-        if not items:
-            return
-        ids = [row.id for row, _, _ in items]
-        self._cur = {r.id: r for r in conn.execute(
-            select(outbox.c.id, outbox.c.status, outbox.c.claimed_by, outbox.c.fields, outbox.c.previous,
-                   outbox.c.attempts, outbox.c.next_attempt_at, outbox.c.last_error, outbox.c.done_at)
-            .where(outbox.c.id.in_(ids)).with_for_update())}
-        self._written: list[dict[str, Any]] = []
-        self._updates: list[dict[str, Any]] = []
-        self._audits: list[dict[str, Any]] = []
-        self._folds: list[tuple[str, str]] = []
-        for row, result, landed in items:
-            self._finish(conn, row, result, landed)
-        if self._written:
-            conn.execute(db.upsert(conn, written_values, ["source", "external_id", "field"],
-                                   ["value", "written_at"]), self._written)
-        if self._updates:
-            conn.execute(update(outbox).where(outbox.c.id == bindparam("b_id"))
-                         .values({k: bindparam(f"b_{k}") for k in _UPDATED}), self._updates)
-        if self._audits:
-            conn.execute(audit_log.insert(), self._audits)
-        for source, external_id in self._folds:
-            fold_pending(conn, source, external_id, self.clock.now())
+    def repoint(self, conn: Connection, row: Claimed, into: str, now: datetime) -> str:
+        from cx_connector import identity
 
-    def _finish(self, conn: Connection, row: Claimed, result: WriteResult,
-                landed: dict[str, Any]) -> None:
-        now = self.clock.now()
-        cur = self._cur.get(row.id)
-        if cur is None or cur.status != "in_flight" or cur.claimed_by != self.worker:
+        identity.apply_merge(conn, Merge(row.source, (row.external_id,), into), now=now, actor=ACTOR)
+        self.stats.merged += 1
+        return into
+
+
+class _Marking:
+    """One transaction's worth of results: what changes, gathered, then written with one
+    statement per kind of change (raw ``executemany``: the per-row parameter processing
+    of SQLAlchemy would cost more than the rest of marking)."""
+
+    def __init__(self, run: PlatformRun, conn: Connection) -> None:
+        self.run = run
+        self.conn = conn
+        self.now = run.clock.now()
+        self.written: list[tuple] = []
+        self.updates: list[dict[str, Any]] = []
+        self.audits: list[tuple] = []
+        self.folds: list[tuple[str, str]] = []
+        self.waits: dict[tuple[int, int, float], float] = {}  # one backoff per request
+        self.values: dict[tuple[type, Any], str] = {}
+
+    def json_value(self, value: Any) -> str:
+        """A score value as JSON text (scores repeat: 0-100, a few options)."""
+        try:
+            key = (type(value), value)
+            return self.values[key]
+        except KeyError:
+            text = self.values[key] = db.json_dumps(value)
+            return text
+        except TypeError:  # unhashable
+            return db.json_dumps(value)
+
+    def finish(self, items: list[tuple[Claimed, WriteResult, dict[str, Any], int]]) -> None:
+        conn = self.conn
+        current = _current(conn, [row for row, _, _, _ in items])
+        for row, result, landed, request in items:
+            self.one(row, result, landed, request, current.get(row.id))
+        at = stored_time(conn, self.now)
+        if self.written:
+            raw_many(conn, "INSERT INTO written_values (source, external_id, field, value, written_at) "
+                           "VALUES (?, ?, ?, ?j, ?) ON CONFLICT (source, external_id, field) DO UPDATE "
+                           "SET value = excluded.value, written_at = excluded.written_at",
+                     [(*w, at) for w in self.written])
+        _update_outbox(conn, self.updates)
+        if self.audits:
+            raw_many(conn, "INSERT INTO audit_log (at, actor, action, customer_id, source, external_id, "
+                           "details) VALUES (?, ?, ?, ?, ?, ?, ?j)", [(at, *a) for a in self.audits])
+        for source, external_id in self.folds:
+            fold_pending(conn, source, external_id, self.now)
+
+    def one(self, row: Claimed, result: WriteResult, landed: dict[str, Any], request: int,
+            cur: _Current | None) -> None:
+        run, now, stats = self.run, self.now, self.run.stats
+        if cur is None or cur.status != "in_flight" or cur.claimed_by != run.worker:
             # our claim expired and another worker took the write over: it re-sends it
             # (idempotent); the written values are theirs to record
-            self._audits.append(dict(at=now, actor=ACTOR, action="score_write", customer_id=row.customer_id,
-                                     source=row.source, external_id=row.external_id, details={
-                                         "outbox_id": row.id, "result": result.status, "claim_lost": True,
-                                         "reason": "claim expired before the result came back"}))
+            self.audits.append((ACTOR, "score_write", row.customer_id, row.source, row.external_id,
+                                db.json_dumps({"outbox_id": row.id, "result": result.status,
+                                               "claim_lost": True,
+                                               "reason": "claim expired before the result came back"})))
             return
         target = row.external_id
         if result.status == "merged" and result.merged_into:
-            target = self._repoint(conn, row, result.merged_into, now)
+            target = run.repoint(self.conn, row, result.merged_into, now)
         if landed:
-            self._written += [{"source": row.source, "external_id": target, "field": f, "value": v,
-                               "written_at": now} for f, v in landed.items()]
+            self.written += [(row.source, target, f, self.json_value(v)) for f, v in landed.items()]
         # fields scoring changed while the write was in flight keep their new value
         remaining = {f: v for f, v in cur.fields.items() if landed.get(f, _MISSING) != v}
-        previous = {f: landed.get(f, (cur.previous or {}).get(f)) for f in remaining}
+        previous = {f: landed.get(f, cur.previous.get(f)) for f in remaining}
         attempts = cur.attempts
         status = result.status
-        values: dict[str, Any] = {"updated_at": now, "claimed_by": None, "claimed_at": None}
+        values: dict[str, Any] = {"id": row.id, "updated_at": now, "claimed_by": None, "claimed_at": None}
         if status in ("ok", "resend", "release") or (status == "merged" and result.landed):
             if status == "ok" or status == "merged":
                 attempts += 1
             if status == "ok":
-                self.stats.landed += 1
+                stats.landed += 1
             if not remaining:
                 values.update(status="done", done_at=now, last_error=None)
             else:
@@ -504,55 +650,103 @@ class PlatformRun:
                               last_error=result.reason or None)
         elif status == "retry":
             attempts += 1
-            if attempts >= self.opts.max_attempts:
+            if attempts >= run.opts.max_attempts:
                 values.update(status="dead", fields=remaining or cur.fields,
                               last_error=f"gave up after {attempts} attempts: {result.reason}")
-                self.stats.dead += 1
+                stats.dead += 1
             else:
-                key = (attempts, result.retry_after or 0.0)
-                if key not in self._waits:
-                    self._waits[key] = max(result.retry_after or 0.0, self.backoff(attempts))
-                wait = self._waits[key]
+                key = (request, attempts, result.retry_after or 0.0)
+                if key not in self.waits:
+                    self.waits[key] = max(result.retry_after or 0.0, run.backoff(attempts))
                 values.update(status="pending", fields=remaining or cur.fields,
                               previous=previous if remaining else cur.previous,
-                              next_attempt_at=now + timedelta(seconds=wait), last_error=result.reason)
-                self.stats.retried += 1
+                              next_attempt_at=now + timedelta(seconds=self.waits[key]),
+                              last_error=result.reason)
+                stats.retried += 1
         elif status == "failed":
             attempts += 1
             values.update(status="dead", last_error=result.reason or "refused by the platform")
-            self.stats.dead += 1
+            stats.dead += 1
         elif status == "gone":
-            conn.execute(update(identities).where(
+            self.conn.execute(update(identities).where(
                 identities.c.kind == "id", identities.c.source == row.source,
                 identities.c.value == row.external_id, identities.c.gone_at.is_(None)).values(gone_at=now))
             values.update(status="gone", last_error=result.reason or "record gone")
-            self.stats.gone += 1
+            stats.gone += 1
         elif status == "merged":  # not landed: the write moves to the surviving record
-            moved = _move_write(conn, row, target, cur.fields, cur.previous, now)
+            moved = _move_write(self.conn, row, target, cur.fields, cur.previous, now)
             values.update(status="superseded", last_error=f"record merged into {target}; "
                                                           f"write moved to #{moved}")
         values["attempts"] = attempts
-        full = {"status": cur.status, "fields": cur.fields, "previous": cur.previous,
-                "next_attempt_at": cur.next_attempt_at, "last_error": cur.last_error, "done_at": cur.done_at}
-        full.update(values)
-        self._updates.append({"b_id": row.id, **{f"b_{k}": full[k] for k in _UPDATED}})
+        self.updates.append(values)
         if values.get("status") == "pending":
-            self._folds.append((row.source, row.external_id))
+            self.folds.append((row.source, row.external_id))
         if status != "release":
-            self._audits.append(dict(actor=ACTOR, action="score_write", at=now, customer_id=row.customer_id,
-                                     source=row.source, external_id=row.external_id, details={
-                             "outbox_id": row.id, "attempt": attempts, "result": status,
-                             "outcome": values.get("status"), "reason": result.reason or None,
-                             "changes": {f: {"old": (row.previous or {}).get(f), "new": v}
-                                         for f, v in row.fields.items()},
-                             **({"written_to": target} if target != row.external_id else {})}))
+            self.audits.append((ACTOR, "score_write", row.customer_id, row.source, row.external_id,
+                                db.json_dumps({
+                                    "outbox_id": row.id, "attempt": attempts, "result": status,
+                                    "outcome": values.get("status"), "reason": result.reason or None,
+                                    "changes": {f: {"old": (row.previous or {}).get(f), "new": v}
+                                                for f, v in row.fields.items()},
+                                    **({"written_to": target} if target != row.external_id else {})})))
 
-    def _repoint(self, conn: Connection, row: Claimed, into: str, now: datetime) -> str:
-        from cx_connector import identity
 
-        identity.apply_merge(conn, Merge(row.source, (row.external_id,), into), now=now, actor=ACTOR)
-        self.stats.merged += 1
-        return into
+@dataclass(frozen=True)
+class _Current:
+    status: str
+    claimed_by: str | None
+    attempts: int
+    fields: dict[str, Any]
+    previous: dict[str, Any]
+
+
+def _json(value: Any) -> Any:
+    """A JSON object column as the DBAPI hands it back; ``{}`` for NULL."""
+    return {} if value is None else db.loaded_json(value)
+
+
+def _current(conn: Connection, rows: list[Claimed]) -> dict[int, _Current]:
+    """The claimed writes as they are now, locked for the transaction (PostgreSQL; SQLite's
+    write transaction already holds the database)."""
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
+    claimed = {r.id: r for r in rows}
+    ids = list(claimed)
+    out: dict[int, _Current] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for rid, status, claimed_by, attempts, fields, previous in raw_rows(conn, (
+                "SELECT id, status, claimed_by, attempts, fields, previous FROM outbox "
+                f"WHERE id IN ({', '.join('?' * len(chunk))}){lock}"), chunk):
+            row = claimed[rid]
+            if row.stored == (fields, previous):  # as claimed: scoring did not touch it since
+                out[rid] = _Current(status, claimed_by, attempts, row.fields, row.previous)
+            else:
+                out[rid] = _Current(status, claimed_by, attempts, _json(fields), _json(previous))
+    return out
+
+
+_JSON_COLUMNS = frozenset({"fields", "previous"})
+_TIME_COLUMNS = frozenset({"updated_at", "claimed_at", "next_attempt_at", "done_at"})
+
+
+def _update_outbox(conn: Connection, updates: list[dict[str, Any]]) -> None:
+    """Apply ``{"id": ..., column: value}`` updates, one ``executemany`` per set of columns."""
+    groups: dict[tuple[str, ...], list[tuple]] = {}
+    times: dict[datetime, Any] = {}  # most rows share the marking's "now"
+    for u in updates:
+        cols = tuple(sorted(k for k in u if k != "id"))
+        params = []
+        for c in cols:
+            v = u[c]
+            if v is not None and c in _JSON_COLUMNS:
+                v = db.json_dumps(v)
+            elif v is not None and c in _TIME_COLUMNS:
+                v = times.get(v) or times.setdefault(v, stored_time(conn, v))
+            params.append(v)
+        groups.setdefault(cols, []).append((*params, u["id"]))
+    for cols, params in groups.items():
+        sets = ", ".join(f"{c} = ?j" if c in _JSON_COLUMNS else f"{c} = ?" for c in cols)
+        raw_many(conn, f"UPDATE outbox SET {sets} WHERE id = ?", params)
 
 
 #: reason class of a record the platform did not take (a per-record result of a batch)
@@ -563,8 +757,6 @@ def _release(stop: _Stop) -> WriteResult:
     return WriteResult("release", stop.reason, retry_after=stop.retry_in)
 
 
-_UPDATED = ("status", "fields", "previous", "attempts", "next_attempt_at", "last_error", "done_at",
-            "updated_at", "claimed_by", "claimed_at")
 _PRIORITY = ("gone", "merged", "failed", "retry", "release", "resend", "ok")
 
 
@@ -577,26 +769,33 @@ def _combine(results: list[WriteResult]) -> WriteResult:
 
 
 def claim(engine: Engine, source: str, worker: str, *, limit: int, now: datetime) -> list[Claimed]:
-    """Claim up to ``limit`` due writes of ``source`` for ``worker`` (committed)."""
-    other = aliased(outbox)
-    in_flight = exists().where(other.c.source == outbox.c.source,
-                               other.c.external_id == outbox.c.external_id,
-                               other.c.status == "in_flight")
-    q = (select(outbox.c.id, outbox.c.customer_id, outbox.c.external_id, outbox.c.fields,
-                outbox.c.previous, outbox.c.attempts)
-         .where(outbox.c.source == source, outbox.c.status == "pending",
-                outbox.c.next_attempt_at <= now, ~in_flight)
-         .order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True, of=outbox))
+    """Claim up to ``limit`` due writes of ``source`` for ``worker`` (committed), oldest due
+    first; a record that has a write in flight is skipped (its values go in order).
+
+    One statement (``UPDATE ... RETURNING``) on the DBAPI cursor: claiming runs
+    alongside the sending, and SQLAlchemy's per-row processing would slow the senders.
+    On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets workers claim side by side, never the
+    same write. ``status || ''`` keeps SQLite (without statistics) on the
+    ``(source, external_id)`` index to find a record's write in flight, instead of
+    reading every in-flight write through the status index for each candidate; the
+    order ``(next_attempt_at, id)`` walks the ``(status, next_attempt_at)`` index and
+    stops after ``limit`` rows, however large the outbox.
+    """
     with db.write(engine) as conn:
-        rows = conn.execute(q).all()
-        if not rows:
-            return []
-        ids = [r.id for r in rows]
-        for i in range(0, len(ids), 500):
-            conn.execute(update(outbox).where(outbox.c.id.in_(ids[i:i + 500]))
-                         .values(status="in_flight", claimed_at=now, claimed_by=worker, updated_at=now))
-    return [Claimed(r.id, r.customer_id, source, r.external_id, dict(r.fields or {}),
-                    dict(r.previous or {}), r.attempts) for r in rows]
+        lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED"
+        at = stored_time(conn, now)
+        rows = raw_rows(conn, (
+            "UPDATE outbox SET status = 'in_flight', claimed_at = ?, claimed_by = ?, updated_at = ? "
+            "WHERE id IN (SELECT id FROM outbox WHERE source = ? AND status = 'pending' "
+            "AND next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox other "
+            "WHERE other.source = outbox.source AND other.external_id = outbox.external_id "
+            f"AND other.status || '' = 'in_flight') ORDER BY next_attempt_at, id LIMIT ?{lock}) "
+            "RETURNING id, customer_id, external_id, fields, previous, attempts"),
+            [at, worker, at, source, at, int(limit)])
+    rows.sort()
+    return [Claimed(rid, cid, source, ext, dict(_json(fields)), dict(_json(previous)), attempts,
+                    stored=(fields, previous))
+            for rid, cid, ext, fields, previous, attempts in rows]
 
 
 def gone_ids(engine: Engine, source: str, external_ids: set[str]) -> set[str]:

@@ -8,22 +8,36 @@ A 429 still happens (other apps share HubSpot's budget, Shopify may lower limits
 for a while): :meth:`Limiter.pause` then holds every request of that platform until
 ``Retry-After`` has passed.
 
+Counting is conservative so that normal operation never trips a 429: the platform
+counts a request when it *arrives*, somewhere between our sending it and its answer
+coming back. A request made inside :meth:`Limiter.slot` therefore occupies the
+rolling window from the moment it is sent until one window length after its answer
+came back; then, whatever the network did to the arrival times, the platform never
+sees more than ``limit`` requests in any window. (Counted from sending time only,
+two requests whose latencies differ by more than a small margin could land closer
+together at the platform than we spaced them.)
+
 Time goes through a :class:`Clock`, so tests and the benchmark's accounting never
 depend on real sleeping.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
-from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from cx_connector.connector import RateBudget, Throttle
 
-#: a request is counted a little longer than the window, so that network latency
-#: (the platform counts arrival, we count sending) never pushes us over the limit
+#: a request sent with :meth:`Limiter.wait` (no answer time known) is counted a little
+#: longer than the window, so that network latency (the platform counts arrival, we count
+#: sending) rarely pushes us over the limit; :meth:`Limiter.slot` needs no margin
 WINDOW_MARGIN = 0.01
+#: real seconds a request waits, at most, for an answer in flight before looking again
+_INFLIGHT_RECHECK = 0.5
 
 
 class Clock:
@@ -47,36 +61,62 @@ class Clock:
 
 
 class FakeClock(Clock):
-    """A clock that only moves when something sleeps (tests, simulations)."""
+    """A clock that only moves when something sleeps (tests, simulations).
+
+    Several threads may share it: a sleep lasts from the time the sleeping thread last
+    read (or slept until), so two threads that each wait 10 s from the same moment end
+    up 10 s later, not 20.
+    """
 
     def __init__(self, now: datetime) -> None:
         self.start = now
         self.elapsed = 0.0
         self.sleeps: list[float] = []
         self._lock = threading.Lock()
+        self._seen: dict[int, float] = {}
 
     def monotonic(self) -> float:
-        return self.elapsed
+        with self._lock:
+            self._seen[threading.get_ident()] = self.elapsed
+            return self.elapsed
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             with self._lock:
+                me = threading.get_ident()
                 self.sleeps.append(seconds)
-                self.elapsed += seconds
+                until = self._seen.get(me, self.elapsed) + seconds
+                self.elapsed = max(self.elapsed, until)
+                self._seen[me] = self.elapsed
 
     def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.elapsed)
+        return self.start + timedelta(seconds=self.monotonic())
+
+
+class _Blocked(float):
+    """A delay that only an answer still in flight can end."""
+
+
+_BLOCKED = _Blocked(-1.0)
 
 
 class Limiter(Throttle):
-    """Enforces one platform's :class:`RateBudget`; thread-safe."""
+    """Enforces one platform's :class:`RateBudget`; thread-safe (several requests of a
+    platform may be in flight at once)."""
 
     def __init__(self, budget: RateBudget, clock: Clock) -> None:
         self.budget = budget
         self.clock = clock
-        self._lock = threading.Lock()
-        self._sent: deque[tuple[float, float]] = deque()  # window: (time, cost)
-        self._in_window = 0.0
+        self._cond = threading.Condition()
+        # window: requests that have been answered, as (leaves the window at, cost), sorted
+        self._leaving: list[tuple[float, float]] = []
+        self._leaving_total = 0.0
+        # requests sent through slot() and not answered yet: sequence number -> cost
+        self._open: dict[int, float] = {}
+        self._overlapped: set[int] = set()  # open requests that shared the wire with another
+        self._seq = 0
+        self._observed_seq = 0
+        self._local = threading.local()
         self._capacity = float(budget.limit)
         self._refill = float(budget.refill_per_second)
         self._tokens = float(budget.limit)  # bucket: starts full
@@ -90,23 +130,37 @@ class Limiter(Throttle):
     # -- Throttle --------------------------------------------------------------------
 
     def wait(self, cost: float | None = None) -> None:
-        cost = self.budget.cost if cost is None else float(cost)
-        first = True
-        while True:
-            with self._lock:
-                delay = self._delay(cost)
-                if delay <= 0:
-                    self._spend(cost)
-                    self.requests += 1
-                    return
-                self.waited += delay
-                self.waits += first
-            first = False
-            self.clock.sleep(delay)
+        self._acquire(self._cost(cost), hold=False)
+
+    @contextmanager
+    def slot(self, cost: float | None = None) -> Iterator[None]:
+        seq = self._acquire(self._cost(cost), hold=True)
+        outer = getattr(self._local, "seq", None)
+        self._local.seq = seq
+        try:
+            yield
+        finally:
+            self._local.seq = outer
+            with self._cond:
+                spent = self._open.pop(seq, 0.0)
+                self._overlapped.discard(seq)
+                if self.budget.kind != "bucket":
+                    self._leave(self.clock.monotonic() + self.budget.per_seconds, spent)
+                self._cond.notify_all()
 
     def observe(self, *, available: float | None = None, capacity: float | None = None,
                 refill_per_second: float | None = None) -> None:
-        with self._lock:
+        """Follow the platform's own figures (Shopify's ``throttleStatus``).
+
+        ``available`` was true when the platform answered *this* request. When it was
+        the only request in flight from its sending to now, the figure is taken as it
+        is. Otherwise the platform may have counted requests in another order than we
+        sent them, so the figure (less what was sent after this request and is still
+        in flight) can only lower our estimate, never raise it; our own estimate is
+        conservative anyway (we count a request when sending it, the platform when it
+        arrives). An answer older than one already followed is ignored.
+        """
+        with self._cond:
             if self.budget.kind != "bucket":
                 return
             self._refresh()
@@ -114,8 +168,20 @@ class Limiter(Throttle):
                 self._capacity = float(capacity)
             if refill_per_second:
                 self._refill = float(refill_per_second)
-            if available is not None:
-                self._tokens = min(float(available), self._capacity)
+            if available is None:
+                return
+            seq = getattr(self._local, "seq", None)
+            if seq is not None:
+                if seq < self._observed_seq:
+                    return
+                self._observed_seq = seq
+            value = min(float(available), self._capacity)
+            alone = seq not in self._overlapped and all(s == seq for s in self._open)
+            if not alone:
+                later = sum(c for s, c in self._open.items() if seq is None or s > seq)
+                value = min(self._tokens, value - later)
+            self._tokens = value
+            self._cond.notify_all()
 
     def sleep(self, seconds: float) -> None:
         self.clock.sleep(seconds)
@@ -124,7 +190,7 @@ class Limiter(Throttle):
 
     def pause(self, seconds: float) -> None:
         """Hold every request for ``seconds`` (a 429's ``Retry-After``)."""
-        with self._lock:
+        with self._cond:
             self._paused_until = max(self._paused_until, self.clock.monotonic() + seconds)
             if self.budget.kind == "bucket":
                 self._tokens = 0.0
@@ -154,6 +220,35 @@ class Limiter(Throttle):
 
     # -- internals -----------------------------------------------------------------------
 
+    def _cost(self, cost: float | None) -> float:
+        return self.budget.cost if cost is None else float(cost)
+
+    def _acquire(self, cost: float, *, hold: bool) -> int:
+        first = True  # a request that waits at all counts once in ``waits``
+        while True:
+            with self._cond:
+                delay = self._delay(cost)
+                if delay is _BLOCKED:
+                    self.waits += first
+                    first = False
+                    started = time.monotonic()
+                    self._cond.wait(_INFLIGHT_RECHECK)
+                    self.waited += time.monotonic() - started
+                    continue
+                if delay <= 0:
+                    self._seq += 1
+                    self._spend(cost, self._seq, hold=hold)
+                    self.requests += 1
+                    return self._seq
+                self.waited += delay
+                self.waits += first
+                first = False
+            self.clock.sleep(delay)
+
+    def _leave(self, at: float, cost: float) -> None:
+        bisect.insort(self._leaving, (at, cost))
+        self._leaving_total += cost
+
     def _refresh(self) -> None:
         now = self.clock.monotonic()
         if self.budget.kind == "bucket":
@@ -161,9 +256,14 @@ class Limiter(Throttle):
                 self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._refill)
                 self._stamp = now
         else:
-            horizon = now - self.budget.per_seconds * (1 + WINDOW_MARGIN)
-            while self._sent and self._sent[0][0] <= horizon:
-                self._in_window -= self._sent.popleft()[1]
+            gone = 0
+            while gone < len(self._leaving) and self._leaving[gone][0] <= now:
+                self._leaving_total -= self._leaving[gone][1]
+                gone += 1
+            if gone:
+                del self._leaving[:gone]
+            if not self._leaving:
+                self._leaving_total = 0.0  # no float drift
 
     def _delay(self, cost: float) -> float:
         now = self.clock.monotonic()
@@ -173,20 +273,26 @@ class Limiter(Throttle):
         if self.budget.kind == "bucket":
             need = min(cost, self._capacity) - self._tokens
             return need / self._refill if need > 0 and self._refill > 0 else 0.0
-        if self._in_window + cost <= self.budget.limit or not self._sent:
+        in_flight = sum(self._open.values())
+        used = self._leaving_total + in_flight
+        if used + cost <= self.budget.limit or (not self._leaving and not self._open):
             return 0.0
-        # wait until enough of the oldest requests have left the window
-        excess = self._in_window + cost - self.budget.limit
+        # wait until enough answered requests have left the window
+        excess = used + cost - self.budget.limit
         freed = 0.0
-        for at, c in self._sent:
+        for at, c in self._leaving:
             freed += c
             if freed >= excess:
-                return max(1e-6, at + self.budget.per_seconds * (1 + WINDOW_MARGIN) - now)
-        return self.budget.per_seconds
+                return max(1e-6, at - now)
+        return _BLOCKED  # the rest of the window is held by requests still in flight
 
-    def _spend(self, cost: float) -> None:
+    def _spend(self, cost: float, seq: int, *, hold: bool) -> None:
+        if hold:
+            if self._open:
+                self._overlapped.update(self._open)
+                self._overlapped.add(seq)
+            self._open[seq] = cost
         if self.budget.kind == "bucket":
             self._tokens -= cost
-        else:
-            self._sent.append((self.clock.monotonic(), cost))
-            self._in_window += cost
+        elif not hold:
+            self._leave(self.clock.monotonic() + self.budget.per_seconds * (1 + WINDOW_MARGIN), cost)

@@ -113,3 +113,23 @@ def test_demo_step_shows_what_would_be_written_to_each_platform(rt, capsys):
 def test_demo_step_without_scores_says_so(rt, capsys):
     demo.echo_writeback(demo.writeback_preview(rt))
     assert "nothing to write" in capsys.readouterr().out
+
+
+@responses.activate
+def test_setup_reports_a_conflicting_type_exits_1_and_changes_nothing(cli, hub):
+    from connectors.hubspot.fields import property_definition
+    existing = [property_definition(f) for f in SCORE_FIELDS]
+    existing[2] = {**existing[2], "type": "string", "fieldType": "text"}
+    responses.add(responses.GET, f"{HUB}/crm/v3/properties/contacts/groups/cx_connector", json={})
+    responses.add(responses.GET, f"{HUB}/crm/v3/properties/contacts", json={"results": existing})
+    r = cli("setup")
+    assert r.exit_code == 1
+    assert f"hubspot: conflict     property {SCORE_FIELDS[2].name}" in r.output
+    assert "exists with type 'string'" in r.output
+    assert all(c.request.method == "GET" for c in responses.calls)
+    r = cli("setup", "--json")
+    assert r.exit_code == 1
+    out = json.loads(r.output)["platforms"][0]
+    assert out["changed"] is False
+    conflicts = [i["name"] for i in out["items"] if i["status"] == "conflict"]
+    assert conflicts == [f"property {SCORE_FIELDS[2].name}"]

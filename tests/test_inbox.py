@@ -236,3 +236,39 @@ def test_nul_and_lone_surrogates_never_break_storage(post_signed, engine):
     assert tid == "nul:1" and name == "Ann" and attrs == {"note": "xy", "list": [""]}
     bad = post_signed("generic", '{"touchpoint_id":"x","kind":"nope\\u0000"}')
     assert bad.status_code == 200 and bad.get_json()["status"] == "failed"
+
+
+def test_a_locked_database_is_503_and_stores_nothing(client, rt):
+    """The webhook's statements run on the DBAPI cursor (the hot path): a database that
+    cannot be written still answers 503 (the platform retries), never 500 or 200."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    if rt.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's lock; PostgreSQL's outage is the test above")
+    rt.engine.dispose()
+    event.listen(rt.engine, "connect", lambda dbapi_conn, _: dbapi_conn.execute("PRAGMA busy_timeout=50"))
+    blocker = sqlite3.connect(rt.engine.url.database, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        body = json.dumps(tp()).encode()
+        r = client.post("/webhooks/generic", data=body,
+                        headers={"X-CX-Signature": independent_signature(body)})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert r.get_json()["error"]
+    r = client.post("/webhooks/generic", data=body, headers={"X-CX-Signature": independent_signature(body)})
+    assert r.status_code == 200 and r.get_json()["status"] == "processed"
+
+
+def test_raw_statements_fail_as_sqlalchemy_errors(engine):
+    from sqlalchemy import exc as sa_exc
+
+    from cx_connector import db
+
+    with pytest.raises(sa_exc.DBAPIError) as caught, db.write(engine) as conn:
+        db.raw_rows(conn, "SELECT * FROM no_such_table WHERE id = ?", (1,))
+    assert "no_such_table" in str(caught.value.orig)

@@ -97,6 +97,26 @@ def test_a_line_logged_after_a_request_does_not_carry_its_request_id(client, cap
     assert "request_id" not in entry
 
 
+def test_a_webhook_is_one_line_with_the_request_and_what_became_of_the_delivery(post_signed, capsys):
+    logs.configure("INFO", "json", [])
+    try:
+        r = post_signed("generic", {"touchpoint_id": "log:1", "occurred_at": "2026-05-01T10:00:00Z",
+                                    "customer": {"source_id": "c1"}, "kind": "order_placed"},
+                        headers={"X-Request-Id": "req-webhook-1"})
+        assert r.status_code == 200
+    finally:
+        logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                           if h.get_name() != "cx-connector"]
+    lines = [e for e in _json_lines(capsys.readouterr().err) if e.get("request_id") == "req-webhook-1"]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert line["message"] == "webhook received" and line["logger"] == "cx_connector.http"
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/webhooks/generic", 200)
+    assert line["source"] == "generic" and line["delivery"] == "processed"
+    assert line["touchpoints"] == 1 and line["delivery_id"] == r.get_json()["delivery_id"]
+    assert line["ms"] >= 0
+
+
 def test_the_clock_process_logs_json_lines_with_the_job_of_each_line(tmp_path, database_url, post_signed):
     assert post_signed("generic", {"touchpoint_id": "clock:1", "occurred_at": "2026-05-01T10:00:00Z",
                                    "customer": {"source_id": "c1", "email": "c1@example.com"},

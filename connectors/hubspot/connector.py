@@ -170,6 +170,9 @@ class HubSpotConnector(Connector):
     # -- write-back (connectors/hubspot/writer.py and setup.py) --
     writes_back = True
     write_batch_max = writer.MAX_INPUTS
+    #: a batch update takes HubSpot a good part of a second: one at a time would use a
+    #: fraction of the 10-second budget
+    write_concurrency = 4
 
     @cached_property
     def _api(self) -> Session:

@@ -11,15 +11,23 @@ from typing import Any
 from connectors.hubspot import fields
 from cx_connector.connector import PlannedRequest, SetupItem, SetupReport, Throttle
 from cx_connector.errors import PlatformRecordGone
-from cx_connector.http import Session
+from cx_connector.http import Session, patiently
 
 GROUPS = "/crm/v3/properties/contacts/groups"
 PROPERTIES = "/crm/v3/properties/contacts"
 
 
+def _call(session: Session, throttle: Throttle, method: str, path: str, **kw: Any) -> Any:
+    """One request in the budget; a 429 (the budget is shared with the account's other
+    apps) is waited out and asked again rather than failing the command."""
+    def once() -> Any:
+        with throttle.slot():
+            return session.call(method, path, **kw)
+    return patiently(throttle, once)
+
+
 def _existing_properties(session: Session, throttle: Throttle) -> dict[str, dict[str, Any]]:
-    throttle.wait()
-    data = session.call("GET", PROPERTIES, params={"archived": "false"}).json()
+    data = _call(session, throttle, "GET", PROPERTIES, params={"archived": "false"}).json()
     return {p["name"]: p for p in data.get("results", [])}
 
 
@@ -38,17 +46,15 @@ def compare(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
 
 def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
     items: list[SetupItem] = []
-    throttle.wait()
     try:
-        session.call("GET", f"{GROUPS}/{fields.GROUP['name']}")
+        _call(session, throttle, "GET", f"{GROUPS}/{fields.GROUP['name']}")
         items.append(SetupItem(f"group {fields.GROUP['name']}", "exists"))
     except PlatformRecordGone:
         req = PlannedRequest("POST", GROUPS, fields.GROUP)
         if dry_run:
             items.append(SetupItem(f"group {fields.GROUP['name']}", "would_create", request=req))
         else:
-            throttle.wait()
-            session.call(req.method, req.path, json=req.body)
+            _call(session, throttle, req.method, req.path, json=req.body)
             items.append(SetupItem(f"group {fields.GROUP['name']}", "created", request=req))
     existing = _existing_properties(session, throttle)
     for wanted in fields.definitions():
@@ -63,7 +69,6 @@ def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
         if dry_run:
             items.append(SetupItem(name, "would_create", request=req))
             continue
-        throttle.wait()
-        session.call(req.method, req.path, json=req.body)
+        _call(session, throttle, req.method, req.path, json=req.body)
         items.append(SetupItem(name, "created", f"{wanted['type']}/{wanted['fieldType']}", request=req))
     return SetupReport("hubspot", tuple(items))

@@ -6,7 +6,9 @@ written) or 207 multi-status whose ``errors[]`` name the failing ids in
 ``context.ids``; each is mapped back to its record. A contact merged into another
 is updated through its old id and comes back under the surviving id, which is
 how merges are detected here. One invalid value can refuse the whole batch with
-400: the core then splits the batch to isolate it.
+400: the core then splits the batch to isolate it, unless HubSpot says a property
+does not exist (``PROPERTY_DOESNT_EXIST``): then no record is at fault, and the run
+stops with "run cx-connector setup" instead of splitting 100 records into 199 requests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from connectors.hubspot import fields
 from cx_connector.connector import PlannedRequest, RecordWrite, Throttle, WriteResult
-from cx_connector.errors import PlatformRateLimited
+from cx_connector.errors import PlatformFieldsMissing, PlatformRateLimited, PlatformValidationError
 from cx_connector.http import Session
 
 PATH = "/crm/v3/objects/contacts/batch/update"
@@ -25,6 +27,8 @@ MAX_INPUTS = 100
 DAILY_LIMIT_WAIT = 3600.0
 GONE_CATEGORIES = {"OBJECT_NOT_FOUND", "NOT_FOUND", "OBJECT_ARCHIVED"}
 RETRY_CATEGORIES = {"RATE_LIMITS", "RATE_LIMIT", "TIMEOUT", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE"}
+#: in a 400 that refuses the whole batch because a property is unknown to the account
+MISSING_PROPERTY = "PROPERTY_DOESNT_EXIST"
 
 
 def session(base_url: str, access_token: str) -> Session:
@@ -49,14 +53,21 @@ def _error_ids(error: dict[str, Any]) -> list[str]:
 
 
 def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> dict[str, WriteResult]:
-    throttle.wait()
     try:
-        resp = session.call("POST", PATH, json=body(writes))
+        with throttle.slot():
+            resp = session.call("POST", PATH, json=body(writes))
     except PlatformRateLimited as exc:
         if exc.retry_after is None and "DAILY" in (exc.body or ""):
             raise PlatformRateLimited(f"hubspot: the daily API limit is used up; waiting "
                                       f"{DAILY_LIMIT_WAIT:.0f}s", retry_after=DAILY_LIMIT_WAIT,
                                       platform="hubspot", status=429, body=exc.body) from None
+        raise
+    except PlatformValidationError as exc:
+        if MISSING_PROPERTY in (exc.body or ""):
+            raise PlatformFieldsMissing(
+                "hubspot: a cx_ contact property does not exist in this HubSpot account: run "
+                "`cx-connector setup` (HubSpot said: " + (exc.body or "")[:200] + ")",
+                platform="hubspot", status=exc.status, body=exc.body) from None
         raise
     try:
         data = resp.json()

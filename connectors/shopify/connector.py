@@ -91,6 +91,9 @@ class ShopifyConnector(Connector):
     writes_back = True
     write_batch_max = writer.MAX_METAFIELDS
     write_splits_records = True
+    #: the bucket, not the number of open requests, is the limit: a few in flight keep it
+    #: busy while each call takes its round trip
+    write_concurrency = 4
 
     @cached_property
     def _api(self) -> Session:

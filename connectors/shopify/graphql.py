@@ -31,14 +31,14 @@ def path(api_version: str) -> str:
 def call(session: Session, throttle: Throttle, api_version: str, query: str,
          variables: dict[str, Any], *, cost: float = MUTATION_COST) -> dict[str, Any]:
     """POST one GraphQL document; return ``data``. Raises for throttling and top-level errors."""
-    throttle.wait(cost)
-    body = session.call("POST", path(api_version), json={"query": query, "variables": variables}).json()
-    extensions = body.get("extensions") or {}
-    status = (extensions.get("cost") or {}).get("throttleStatus") or {}
-    if status:
-        throttle.observe(available=status.get("currentlyAvailable"),
-                         capacity=status.get("maximumAvailable"),
-                         refill_per_second=status.get("restoreRate"))
+    with throttle.slot(cost):  # observe() inside: the figures belong to this request
+        body = session.call("POST", path(api_version), json={"query": query, "variables": variables}).json()
+        extensions = body.get("extensions") or {}
+        status = (extensions.get("cost") or {}).get("throttleStatus") or {}
+        if status:
+            throttle.observe(available=status.get("currentlyAvailable"),
+                             capacity=status.get("maximumAvailable"),
+                             refill_per_second=status.get("restoreRate"))
     errors = body.get("errors") or []
     if errors:
         codes = {str((e.get("extensions") or {}).get("code") or "") for e in errors if isinstance(e, dict)}

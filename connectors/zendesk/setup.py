@@ -8,9 +8,17 @@ from typing import Any
 
 from connectors.zendesk import fields
 from cx_connector.connector import PlannedRequest, SetupItem, SetupReport, Throttle
-from cx_connector.http import Session
+from cx_connector.http import Session, patiently
 
 PATH = "/api/v2/user_fields.json"
+
+
+def _call(session: Session, throttle: Throttle, method: str, path: str, **kw: Any) -> Any:
+    """One request in the budget; a 429 is waited out (Retry-After) and asked again."""
+    def once() -> Any:
+        with throttle.slot():
+            return session.call(method, path, **kw)
+    return patiently(throttle, once)
 
 
 def existing(session: Session, throttle: Throttle) -> dict[str, dict[str, Any]]:
@@ -18,8 +26,7 @@ def existing(session: Session, throttle: Throttle) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     url: str | None = PATH
     while url:
-        throttle.wait()
-        data = session.call("GET", url).json()
+        data = _call(session, throttle, "GET", url).json()
         for f in data.get("user_fields") or []:
             out[str(f.get("key"))] = f
         url = data.get("next_page")
@@ -54,7 +61,6 @@ def run(session: Session, throttle: Throttle, *, dry_run: bool) -> SetupReport:
         if dry_run:
             items.append(SetupItem(name, "would_create", request=req))
             continue
-        throttle.wait()
-        session.call(req.method, req.path, json=req.body)
+        _call(session, throttle, req.method, req.path, json=req.body)
         items.append(SetupItem(name, "created", wanted["type"], request=req))
     return SetupReport("zendesk", tuple(items))

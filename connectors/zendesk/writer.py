@@ -7,7 +7,9 @@ until it is ``completed`` (or ``failed``/``killed``); its ``results[]`` say per
 user id whether the update worked
 (https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/).
 Every poll is a request against the per-minute budget, so the first comes after
-:data:`FIRST_POLL` seconds and the interval doubles from there.
+:data:`FIRST_POLL` seconds and the interval doubles from there. A poll refused with
+429 (or lost to an outage) is asked again after ``Retry-After`` / a backoff: sending
+the update again would cost a request and a job more.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from connectors.zendesk import fields
 from cx_connector.connector import PlannedRequest, RecordWrite, Throttle, WriteResult
 from cx_connector.errors import PlatformRecordGone
-from cx_connector.http import Session
+from cx_connector.http import Session, patiently
 
 PATH = "/api/v2/users/update_many.json"
 JOB_PATH = "/api/v2/job_statuses/{id}.json"
@@ -52,7 +54,7 @@ def describe(writes: list[RecordWrite]) -> list[PlannedRequest]:
 
 def _result(item: dict[str, Any]) -> WriteResult:
     status = str(item.get("status") or "").lower()
-    error = str(item.get("error") or "")
+    error = str(item.get("error") or item.get("errors") or "")
     if item.get("success") is True or (status in OK_STATUSES and not error):
         return WriteResult.ok()
     reason = f"zendesk: {error or status or 'failed'}: {item.get('details') or ''}".rstrip(": ")
@@ -62,8 +64,8 @@ def _result(item: dict[str, Any]) -> WriteResult:
 
 
 def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> dict[str, WriteResult]:
-    throttle.wait()
-    job = session.call("PUT", PATH, json=body(writes)).json().get("job_status") or {}
+    with throttle.slot():
+        job = session.call("PUT", PATH, json=body(writes)).json().get("job_status") or {}
     wanted = [w.external_id for w in writes]
     delay, waited = FIRST_POLL, 0.0
     while str(job.get("status")) not in DONE:
@@ -73,9 +75,14 @@ def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> di
         throttle.sleep(delay)
         waited += delay
         delay = min(delay * 2, MAX_POLL)
-        throttle.wait()
+        path = JOB_PATH.format(id=job["id"])
+
+        def poll(path: str = path) -> dict[str, Any]:
+            with throttle.slot():
+                return session.call("GET", path).json().get("job_status") or {}
+
         try:
-            job = session.call("GET", JOB_PATH.format(id=job["id"])).json().get("job_status") or {}
+            job = patiently(throttle, poll, transient=True)
         except PlatformRecordGone:
             return {w: WriteResult.retry(f"zendesk: job status {job['id']} expired before it finished")
                     for w in wanted}
@@ -84,7 +91,11 @@ def write(session: Session, throttle: Throttle, writes: list[RecordWrite]) -> di
         return {w: WriteResult.retry(reason.rstrip(": ")) for w in wanted}
     results: dict[str, WriteResult] = {}
     for item in job.get("results") or []:
+        if not isinstance(item, dict):
+            continue
         rid = str(item.get("id"))
+        if rid not in wanted and isinstance(item.get("index"), int) and 0 <= item["index"] < len(wanted):
+            rid = wanted[item["index"]]  # a failed user may be named by its place in the request
         if rid in wanted:
             results[rid] = _result(item)
     return results

@@ -72,7 +72,8 @@ DEFINITIONS: dict[str, Definition] = {d.name: d for d in (
                ("source", "outcome")),
     Definition("cx_writeback_errors", "counter",
                "Writes that did not land, per attempt, by reason class: unavailable (5xx, timeout), "
-               "api_error (other refusals of a request), auth (token refused), rate_limited (run "
+               "api_error (other refusals of a request), auth (token refused), fields_missing (a "
+               "score field does not exist on the platform: run setup), rate_limited (run "
                "stopped by a long Retry-After), invalid (record refused), gone, record_retry "
                "(platform asked to retry the record), internal (a bug).", ("source", "reason")),
     Definition("cx_rate_limited", "counter",

@@ -71,3 +71,19 @@ def test_dry_run_only_reads_and_returns_the_exact_requests(hubspot):
     assert len(planned) == 14 and planned[1].path == "/crm/v3/properties/contacts"
     assert planned[1].body == fields.property_definition(SCORE_FIELDS[0])
     assert planned[1].render().startswith("POST /crm/v3/properties/contacts\n{")
+
+
+@responses.activate
+def test_a_429_during_setup_is_waited_out_and_setup_carries_on(hubspot):
+    responses.add(responses.GET, GROUP, json={"name": "cx_connector"})
+    responses.add(responses.GET, PROPS, json={"results": []})
+    responses.add(responses.POST, PROPS, status=429, headers={"Retry-After": "2"},
+                  json={"status": "error", "policyName": "TEN_SECONDLY_ROLLING"})
+    responses.add(responses.POST, PROPS, status=201, json={})
+    clock = FakeClock(NOW)
+    report = hubspot.setup(dry_run=False, throttle=Limiter(hubspot.rate_budget(), clock))
+    assert [i.status for i in report.items].count("created") == len(SCORE_FIELDS)
+    posts = [c for c in responses.calls if c.request.method == "POST"]
+    assert len(posts) == len(SCORE_FIELDS) + 1  # the refused one asked again, once
+    assert json.loads(posts[0].request.body) == json.loads(posts[1].request.body)
+    assert clock.sleeps == [pytest.approx(2.0)]

@@ -60,3 +60,29 @@ def test_dry_run_only_lists():
     report = setup(dry_run=True)
     assert len(responses.calls) == 1
     assert report.items[0].request.body["variables"]["definition"]["key"] == "score"
+
+
+@responses.activate
+def test_an_enumeration_whose_choices_lack_an_option_is_a_conflict():
+    nodes = [{"key": d["key"], "namespace": "cx", "type": {"name": d["type"]},
+              "validations": d.get("validations", [])} for d in fields.definitions()]
+    health = next(n for n in nodes if n["key"] == "health")
+    health["validations"] = [{"name": "choices", "value": '["green", "red"]'}]  # no "yellow"
+    responses.add(responses.POST, URL, json=listing(nodes))
+    report = setup()
+    assert [i.name for i in report.conflicts] == ["metafield definition cx.health"]
+    assert "lack yellow" in report.conflicts[0].detail
+    assert len(responses.calls) == 1 and not report.changed  # reported, never changed
+
+
+@responses.activate
+def test_throttled_while_listing_waits_and_carries_on():
+    throttled = {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                 "extensions": {"cost": {"requestedQueryCost": 30, "throttleStatus": {
+                     "maximumAvailable": 1000.0, "currentlyAvailable": 0.0, "restoreRate": 100.0}}}}
+    responses.add(responses.POST, URL, json=throttled)
+    nodes = [{"key": d["key"], "namespace": "cx", "type": {"name": d["type"]},
+              "validations": d.get("validations", [])} for d in fields.definitions()]
+    responses.add(responses.POST, URL, json=listing(nodes))
+    report = setup()
+    assert len(responses.calls) == 2 and not report.conflicts and not report.changed

@@ -90,3 +90,31 @@ def test_sync_to_zendesk_counts_job_polls_as_requests(rt):
 def test_budget_is_per_minute(zendesk):
     b = zendesk.rate_budget()
     assert (b.kind, b.limit, b.per_seconds) == ("window", 200, 60.0)
+
+
+@responses.activate
+def test_a_refused_or_failed_poll_asks_the_job_again_never_the_update(zendesk):
+    clock = FakeClock(NOW)
+    responses.add(responses.PUT, PUT, json=job("queued"))
+    responses.add(responses.GET, JOB, status=429, headers={"Retry-After": "7"}, body="Too Many Requests")
+    responses.add(responses.GET, JOB, status=503)
+    responses.add(responses.GET, JOB,
+                  json=job("completed", [{"id": 1, "status": "Updated", "success": True}]))
+    out = zendesk.write_batch([RecordWrite("1", {"cx_score": 1})], Limiter(zendesk.rate_budget(), clock))
+    assert out["1"].status == "ok"
+    assert [c.request.method for c in responses.calls] == ["PUT", "GET", "GET", "GET"]
+    assert 7.0 in [pytest.approx(s) for s in clock.sleeps]  # Retry-After honoured
+
+
+@responses.activate
+def test_results_are_matched_by_index_when_a_failed_user_has_no_id(zendesk):
+    responses.add(responses.PUT, PUT, json=job("queued"))
+    responses.add(responses.GET, JOB, json=job("completed", [
+        {"id": 11, "action": "update", "success": True, "status": "Updated", "errors": ""},
+        {"index": 1, "action": "update", "success": False, "status": "Failed",
+         "errors": "InvalidValue", "details": "cx_score: is not a number"}]))
+    out = zendesk.write_batch([RecordWrite("11", {"cx_score": 1}), RecordWrite("12", {"cx_score": 2})],
+                              Limiter(zendesk.rate_budget(), FakeClock(NOW)))
+    assert out["11"].status == "ok"
+    assert out["12"].status == "failed" and "InvalidValue" in out["12"].reason
+    assert "is not a number" in out["12"].reason
