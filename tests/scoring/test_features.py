@@ -112,3 +112,26 @@ def test_reading_a_few_customers_gives_what_the_full_pass_gives(rt):
                  "last_engaged", "stage", "touchpoints"):
         assert np.array_equal(getattr(full, name)[keep], getattr(part, name), equal_nan=True), name
     assert len(part.ticket_idx) == 1 and len(part.rating_idx) == 2
+
+
+def test_a_deal_and_an_order_with_the_same_id_are_two_purchases(rt):
+    """Order and deal references live in different namespaces of one source."""
+    add(rt, tp("deal_won", "hal", ago(40), value=100, deal_id="7"),
+        order("hal", ago(20), 10, "7", "coffee"),
+        tp("order_cancelled", "hal", ago(19), order_id="8"))          # another order: not the deal
+    f, at = load(rt, "hal")
+    assert f.purchase_days[at["hal"]] == 2
+    assert f.orders_dropped[at["hal"]] == 0
+
+
+def test_one_scan_gives_stage_engagement_and_events_of_every_kind(rt):
+    """Kinds that are not scoring events still count as touchpoints, engagement and stage;
+    system updates do not count as engagement; an unknown stage is ignored."""
+    add(rt, tp("deal_created", "ivy", ago(9)), tp("lifecycle_changed", "ivy", ago(2)),
+        tp("ticket_solved", "ivy", ago(1), ticket_id="z"), tp("order_fulfilled", "ivy", ago(0, 1)))
+    f, at = load(rt, "ivy")
+    i = at["ivy"]
+    assert f.touchpoints[i] == 4
+    assert f.last_engaged[i] == pytest.approx(features.epoch_days(ago(9)))
+    assert features.STAGES[f.stage[i]] == "retention"
+    assert len(f.ticket_idx) == 1 and len(f.outcome_idx) == 1
