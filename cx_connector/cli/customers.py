@@ -158,9 +158,10 @@ def explain(state: State, who: str, as_json: bool) -> None:
             raise click.ClickException(f"no customer matches {who!r}")
         row = conn.execute(select(scores.c.scored_at, scores.c.score_values, scores.c.explanation)
                            .where(scores.c.customer_id == cid)).first()
-    if row is None:
-        raise click.ClickException(f"customer {cid} has not been scored yet: run `cx-connector score`")
-    values, explanation = dict(row.score_values), dict(row.explanation or {})
+        if row is None:
+            raise click.ClickException(f"customer {cid} has not been scored yet: run `cx-connector score`")
+        explanation = words.stored(conn, dict(row.explanation or {}))
+    values = dict(row.score_values)
     text = words.render(explanation, values)
     if as_json:
         emit_json({"customer_id": cid, "scored_at": row.scored_at,

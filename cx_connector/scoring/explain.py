@@ -1,11 +1,15 @@
 """Explanations: every score with the inputs and weights that made it, as JSON and in words.
 
 A scoring run stores, per customer, the *inputs* (:func:`build`) in
-``scores.explanation``: the numbers each score was computed from, the method used
-(a model, or which fallback and why) and the model parameters and settings that
-weighted them. :func:`render` turns that into sentences for staff; it reads only
-the stored explanation, so a customer's scores can be explained exactly as they
-were made, whatever the configuration says today.
+``scores.explanation``: the numbers each score was computed from and the method used
+(a model, or which fallback and why). The model parameters and settings that
+weighted them are the same for every customer of a run: they are stored once, as a
+``score_contexts`` row (:func:`context`), which each explanation names by id
+(``"context": 12``). Context rows are never changed or deleted, so :func:`expand`
+(or :func:`stored`, which reads the row) gives back the whole explanation exactly as
+it was made, whatever the configuration says today; :func:`render` turns an
+expanded explanation into sentences for staff. Explanations of version 1 carry
+their own copy of the context and are already expanded.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection, select
 
 from cx_connector.fields import FIELDS
+from cx_connector.models import score_contexts
 from cx_connector.scoring.cross_sell import CrossSellModel, Recommendations
 from cx_connector.scoring.cx_score import CX, EVENTS
 from cx_connector.scoring.features import Features
@@ -24,7 +30,7 @@ from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
 
-VERSION = 1
+VERSION = 2
 
 #: words for each CX event (singular, plural)
 EVENT_WORDS: dict[str, tuple[str, str]] = {
@@ -59,8 +65,8 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime | None,
-           s: ScoringSettings, as_of: datetime) -> dict[str, Any]:
+def context(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime | None,
+            s: ScoringSettings) -> dict[str, Any]:
     """The run-wide part of every explanation: model parameters and the settings used."""
     m: dict[str, Any] = {"fitted_at": _iso(fitted_at) if fitted_at else None}
     if pop.bgnbd is not None:
@@ -91,7 +97,27 @@ def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime
                "resolution_slow_hours": s.cx.resolution_slow_hours,
                "contacts_per_issue_max": s.cx.contacts_per_issue_max},
     }
-    return {"version": VERSION, "as_of": _iso(as_of), "model": m, "settings": settings}
+    return {"model": m, "settings": settings}
+
+
+def expand(explanation: dict[str, Any], context: dict[str, Any] | None) -> dict[str, Any]:
+    """An explanation with the context it names put back in (``model``, ``settings``)."""
+    if context is None or "model" in explanation:
+        return explanation
+    head = {k: explanation[k] for k in ("version", "as_of", "context") if k in explanation}
+    return {**head, **context, **{k: v for k, v in explanation.items() if k not in head}}
+
+
+def stored(conn: Connection, explanation: dict[str, Any]) -> dict[str, Any]:
+    """A stored explanation, expanded with the ``score_contexts`` row it names (the
+    one way to read ``scores.explanation`` for people)."""
+    ref = (explanation or {}).get("context")
+    if ref is None or "model" in explanation:
+        return explanation
+    row = conn.execute(select(score_contexts.c.context).where(score_contexts.c.id == ref)).scalar()
+    if row is None:  # context rows are never deleted: this is a bug, not a state
+        raise LookupError(f"score context {ref} is missing: the explanation cannot be shown")
+    return expand(explanation, dict(row))
 
 
 def _floats(a: np.ndarray, digits: int) -> list[str]:
@@ -121,12 +147,14 @@ def days_text(days: np.ndarray) -> list[str | None]:
 
 
 def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellModel | None, cx: CX,
-          common: dict[str, Any], rows: range | None = None) -> list[str]:
-    """The whole explanations of ``rows`` (positions in ``f.ids``; everyone by default) as
-    JSON text: :func:`shared` (serialised once) followed by each customer's inputs."""
+          as_of: datetime, context_id: int | None, rows: range | None = None) -> list[str]:
+    """The explanations of ``rows`` (positions in ``f.ids``; everyone by default) as JSON
+    text: version, time, the id of the run's context (see :func:`context`; None when
+    nothing is stored) and each customer's inputs."""
     rows = rows if rows is not None else range(f.n)
     sl = slice(rows.start, rows.stop)
-    head = json.dumps(common, separators=(",", ":"))[:-1]
+    head = (f'{{"version":{VERSION},"as_of":"{_iso(as_of)}",'
+            f'"context":{"null" if context_id is None else int(context_id)}')
     method = ret.method[sl].tolist()
     purchase_days = _ints(f.purchase_days[sl])
     first = _text(days_text(f.first_day[sl]))
@@ -373,8 +401,11 @@ def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:
 
 
 def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
-    """Sentences per score field, from a stored explanation and the stored values."""
+    """Sentences per score field, from an expanded explanation (:func:`expand`,
+    :func:`stored`) and the stored values."""
     e = explanation or {}
+    if e.get("context") is not None and "settings" not in e:
+        raise ValueError("render needs the expanded explanation: explain.stored(conn, explanation)")
     nps = e.get("nps")
     csat = e.get("csat")
     journey = e.get("journey")

@@ -188,7 +188,9 @@ class Result:
     retention: retention.Retention
     recommendations: cross_sell.Recommendations
     cx: cx_score.CX
-    shared: dict[str, Any]
+    #: the run's context (model parameters, settings: see explain.context) and when it was scored
+    context: dict[str, Any]
+    scored_at: datetime
 
     @property
     def ids(self) -> np.ndarray:
@@ -211,13 +213,15 @@ class Result:
             tokens.append([memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in column])
         return [template % row for row in zip(*tokens, strict=True)]
 
-    def explanations(self, rows: range) -> list[str]:
-        """The explanations of ``rows`` as JSON text (what is stored)."""
+    def explanations(self, rows: range, context_id: int | None = None) -> list[str]:
+        """The explanations of ``rows`` as JSON text (what is stored: they name the
+        ``score_contexts`` row ``context_id``)."""
         return explain.build(self.f, self.retention, self.recommendations, self.models.cross_sell,
-                             self.cx, self.shared, rows)
+                             self.cx, self.scored_at, context_id, rows)
 
     def explanation(self, i: int) -> dict[str, Any]:
-        return json.loads(self.explanations(range(i, i + 1))[0])
+        """Customer ``i``'s whole explanation (context included)."""
+        return explain.expand(json.loads(self.explanations(range(i, i + 1))[0]), self.context)
 
     def distribution(self) -> dict[str, dict[str, int]]:
         """How many customers got each health / churn risk / NPS category / journey stage."""
@@ -265,9 +269,9 @@ def compute(f: features.Features, models: Models, s: ScoringSettings, scored_at:
         "cx_journey_stage": stages.tolist(),
         "cx_scored_at": [stamp] * f.n,
     }
-    common = explain.shared(models.population, models.cross_sell, models.fitted_at, s, scored_at)
+    context = explain.context(models.population, models.cross_sell, models.fitted_at, s)
     return Result(f=f, models=models, columns=columns, retention=ret, recommendations=rec, cx=cx,
-                  shared=common)
+                  context=context, scored_at=scored_at)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -394,15 +398,16 @@ def write(rt: Runtime, result: Result, selected: dict[int, Selected], *, now: da
     """Store one run's results (see the module docstring); returns counts for the report."""
     ids = result.ids.tolist()
     changed_total = queued_total = skipped = 0
-    if full:
-        with db.write(rt.engine) as conn:
+    with db.write(rt.engine) as conn:
+        if full:
             store_models(conn, result.models, now)
+        context_id = store.context_id(conn, result.context, now)
     for start in range(0, len(ids), WRITE_CHUNK):
         rows = range(start, min(start + WRITE_CHUNK, len(ids)))
         chunk_ids = ids[rows.start:rows.stop]
         values = result.values(rows)
         texts = result.values_json(rows)
-        explanations = result.explanations(rows)
+        explanations = result.explanations(rows, context_id)
         with db.write(rt.engine) as conn:
             # a customer merged away while we were scoring gets nothing (its scores were deleted)
             alive = store.alive(conn, chunk_ids)
