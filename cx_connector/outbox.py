@@ -73,13 +73,15 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
 
 #: customers per batch in :func:`enqueue_many` (bounded ``IN`` lists)
 BATCH = 500
+#: fields that are only written along with another change (see ScoreField.piggyback)
+_PIGGYBACK = frozenset(name for name, f in FIELDS.items() if f.piggyback)
 
 
 def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any) -> tuple[dict, dict] | None:
     """What :func:`enqueue` writes for one record: ``(fields, previous)``, or None for nothing."""
     if not last and pending is None:  # a record never written to: every value that is set
         fields = {f: v for f, v in new.items() if v is not None}
-        if all(FIELDS[f].piggyback for f in fields):
+        if fields.keys() <= _PIGGYBACK:
             return None
         return fields, dict.fromkeys(fields)
     base = dict(last)
@@ -176,15 +178,19 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
     queued = 0
     memo: dict[tuple[str, type, Any], Any] = {}
     nulls: dict[tuple[str, ...], str] = {}
+    # only the identities of platforms that take writes are read
+    sources = sorted(name for name, c in connectors.items() if c.writes_back)
+    if not sources:
+        return 0
+    in_sources = ", ".join("?" * len(sources))
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
         records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
         listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
         for cid, source, value in _rows(conn, (
                 f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
-                "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
-            connector = connectors.get(source)
-            if connector is not None and connector.writes_back and connector.writable_record(value):
+                f"AND kind = 'id' AND source IN ({in_sources}) AND gone_at IS NULL ORDER BY id"), sources):
+            if connectors[source].writable_record(value):
                 records[cid].append((source, value))
         keys = [k for recs in records.values() for k in recs]
         if not keys:
@@ -212,15 +218,19 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
         inserts: list[tuple] = []
         updates: list[tuple] = []
         for cid, values in chunk:
-            new = ({k: v for k, v in values.items() if k in FIELDS} if canonical_input
-                   else _canonical_cached(values, memo))
+            if canonical_input:
+                new = values if values.keys() <= FIELDS.keys() else {
+                    k: v for k, v in values.items() if k in FIELDS}
+            else:
+                new = _canonical_cached(values, memo)
             for key in records[cid]:
                 row = pending.get(key)
                 result = _changes(new, last[key], row)
                 if result is None:
                     continue
                 fields, previous = result
-                if all(v is None for v in previous.values()):  # the usual first write: cached
+                olds = list(previous.values())
+                if olds.count(None) == len(olds):  # the usual first write: cached
                     names = tuple(previous)
                     previous_json = nulls.get(names) or nulls.setdefault(names, json_dumps(previous))
                 else:

@@ -122,13 +122,16 @@ def stored(conn: Connection, explanation: dict[str, Any]) -> dict[str, Any]:
 
 def _floats(a: np.ndarray, digits: int) -> list[str]:
     """JSON tokens of floats, rounded (NaN: null). Built as text because a full pass
-    explains 100,000 customers and ``json.dumps`` of nested dicts would dominate it."""
-    out = np.round(a, digits).tolist()
-    return ["null" if v != v else repr(v) for v in out]
+    explains 100,000 customers and ``json.dumps`` of nested dicts would dominate it;
+    each distinct value is formatted once (rounded values repeat a lot)."""
+    values, inverse = np.unique(np.round(a, digits) + 0.0, return_inverse=True)  # + 0.0: no -0.0
+    words = np.array(["null" if v != v else repr(v) for v in values.tolist()], dtype=object)
+    return words[inverse.reshape(-1)].tolist()
 
 
 def _ints(a: np.ndarray) -> list[str]:
-    return [str(v) for v in a.astype(np.int64).tolist()]
+    values, inverse = np.unique(a.astype(np.int64), return_inverse=True)
+    return np.array([str(v) for v in values.tolist()], dtype=object)[inverse.reshape(-1)].tolist()
 
 
 def _text(values: list[str | None]) -> list[str]:
@@ -143,6 +146,38 @@ def days_text(days: np.ndarray) -> list[str | None]:
     out = stamps.tolist()
     for i in np.flatnonzero(bad).tolist():
         out[i] = None
+    return out
+
+
+def _cx_sections(cx: CX, sl: slice, n: int) -> list[str | None]:
+    """Each customer's ``"cx"`` section: per layer with events, its score and how many
+    events of each kind (EVENTS are grouped by layer, in pyramid order); None without
+    events. Built per (customer, layer) group, not per event."""
+    counts = cx.counts[sl]
+    r_idx, k_idx = np.nonzero(counts)  # row-major: by customer, then event (so by layer)
+    out: list[str | None] = [None] * n
+    if not len(r_idx):
+        return out
+    layer_of = np.array([LAYERS.index(e[1]) for e in EVENTS])
+    names = [json.dumps(e[0]) for e in EVENTS]
+    memo: dict[tuple[int, float], str] = {}
+    tokens = [memo[key] if key in memo else memo.setdefault(
+        key, f"{names[key[0]]}:{int(key[1]) if key[1] == int(key[1]) else repr(key[1])}")
+        for key in zip(k_idx.tolist(), counts[r_idx, k_idx].tolist(), strict=True)]
+    group = r_idx * len(LAYERS) + layer_of[k_idx]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    ends = np.r_[starts[1:], len(group)].tolist()
+    g_row, g_layer = r_idx[starts], layer_of[k_idx[starts]]
+    scores = cx.layer_score[sl][g_row, g_layer]
+    score_text = _floats(scores, 1)
+    layer_names = [json.dumps(layer) for layer in LAYERS]
+    parts = [f'{layer_names[la]}:{{"score":{sc},"events":{{{",".join(tokens[s:e])}}}}}'
+             for la, sc, s, e in zip(g_layer.tolist(), score_text, starts.tolist(), ends, strict=True)]
+    first = np.r_[True, g_row[1:] != g_row[:-1]]
+    c_starts = np.flatnonzero(first)
+    c_ends = np.r_[c_starts[1:], len(g_row)].tolist()
+    for r, s, e in zip(g_row[c_starts].tolist(), c_starts.tolist(), c_ends, strict=True):
+        out[r] = '"cx":{' + ",".join(parts[s:e]) + "}"
     return out
 
 
@@ -181,20 +216,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
     rec_lift = _floats(rec.lift[sl], 3)
     bought = _ints(rec.bought[sl])
     labels = _text(list(model.labels)) if model is not None else []
-    layer_score = [_floats(cx.layer_score[sl, li], 1) for li in range(len(LAYERS))]
-    # each customer's events, per layer (EVENTS are grouped by layer, in pyramid order)
-    counts = cx.counts[sl]
-    r_idx, k_idx = np.nonzero(counts)
-    ev_count = counts[r_idx, k_idx].tolist()
-    events: list[list[list[str]]] = [[] for _ in range(len(rows))]
-    names = [json.dumps(e[0]) for e in EVENTS]
-    layer_of = [LAYERS.index(e[1]) for e in EVENTS]
-    for r, k, v in zip(r_idx.tolist(), k_idx.tolist(), ev_count, strict=True):
-        per = events[r]
-        while len(per) <= layer_of[k]:
-            per.append([])
-        per[layer_of[k]].append(f"{names[k]}:{int(v) if v == int(v) else repr(v)}")
-    layer_names = [json.dumps(layer) for layer in LAYERS]
+    cx_text = _cx_sections(cx, sl, len(rows))
     nps_at = _text(days_text(np.floor(cx.nps_at[sl])))
     csat_total = cx.csat_total[sl].astype(np.int64).tolist()
     csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
@@ -231,10 +253,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
             else:
                 sections.append(f'"cross_sell":{{"bought":{bought[i]},"item":{labels[rec_item[i]]},'
                                 f'"method":"popular","base_rate":{rec_strength[i]}}}')
-        if events[i]:
-            layers = [f'{layer_names[li]}:{{"score":{layer_score[li][i]},"events":{{{",".join(ev)}}}}}'
-                      for li, ev in enumerate(events[i]) if ev]
-            sections.append(f'"cx":{{{",".join(layers)}}}')
+        if cx_text[i] is not None:
+            sections.append(cx_text[i])
         if nps_at[i] != "null":
             sections.append(f'"nps":{{"answered":{nps_at[i]}}}')
         if csat_total[i]:
