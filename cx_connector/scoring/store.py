@@ -87,23 +87,24 @@ def insert_snapshots(conn: Connection, scored_at: datetime, rows: Sequence[tuple
            [(cid, at, values) for cid, values in rows])
 
 
-def set_scored_at(conn: Connection, rows: Sequence[tuple[int, datetime]]) -> None:
-    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect.
+def set_scored_at(conn: Connection, rows: Sequence[tuple[int, Any]]) -> None:
+    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect, as the
+    database returned it (written back unchanged).
 
     Customers sharing a watermark (marked changed by one import or webhook batch)
     are updated by one statement.
     """
     w = _Writer(conn)
-    groups: dict[datetime, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     for cid, at in rows:
         groups.setdefault(at, []).append(cid)
     singles = []
     for at, ids in groups.items():
         if len(ids) == 1:
-            singles.append((w.time(at), ids[0]))
+            singles.append((at, ids[0]))
             continue
         listed = ", ".join(str(int(i)) for i in ids)  # integers, from our own tables
-        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [w.time(at)])
+        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [at])
     w.many("UPDATE customers SET scored_at = ? WHERE id = ?", singles)
 
 
