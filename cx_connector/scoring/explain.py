@@ -369,6 +369,9 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
         text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2g} times as often as "
                 f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
                 f"{c['because']} buyers bought {c['item']}).")
+    elif c.get("method") == "popular" and not c.get("bought"):
+        text = (f"Nothing bought yet, so the most popular item: {c['item']}, bought by "
+                f"{_pct(c['base_rate'])} of customers.")
     elif c.get("method") == "popular":
         text = (f"No strong association from what they bought ({c['bought']} {what}), so the most popular "
                 f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")

@@ -72,7 +72,8 @@ def _purchases(conn: Connection, start: datetime, end: datetime) -> list[tuple[i
     """(customer, time, net value) of the purchases placed in the range, counted as scoring
     counts them: cancelled or fully refunded orders left out, partial refunds deducted."""
     order_ref = t.source.concat(":").concat(t.attributes["order_id"].as_string())
-    deal_ref = t.source.concat(":").concat(t.attributes["deal_id"].as_string())
+    # deal references apart from order ones, as in scoring: order 7 and deal 7 are two purchases
+    deal_ref = t.source.concat(":deal:").concat(t.attributes["deal_id"].as_string())
     cancelled: set[str] = set()
     refunds: dict[str, float] = {}
     for kind, ref, value in conn.execute(select(t.kind, order_ref, t.value).where(

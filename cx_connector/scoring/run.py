@@ -21,8 +21,10 @@ before it read the touchpoints: a touchpoint committed while the run worked move
 ``changed_at`` past it, so that customer stays due for the next run.
 
 ``as_of`` (``cx-connector score --as-of DATE``) scores as of the end of that day
-(touchpoints after it are ignored, models are fitted on the data up to it) and
-stores nothing: historical scores must never reach a CRM or overwrite today's.
+(touchpoints after it are ignored, models are fitted on the data up to it; today:
+as of now) and stores nothing: historical scores must never reach a CRM or
+overwrite today's. Only customers with a touchpoint by then are scored; a day in
+the future is refused (:class:`ValueError`), as there is nothing to score it on.
 """
 
 from __future__ import annotations
@@ -288,15 +290,24 @@ class Selection:
     dirty: list[bool]
 
 
-def _select_customers(conn: Connection, mode: str) -> Selection:
+def _select_customers(conn: Connection, mode: str, as_of: datetime | None = None) -> Selection:
     """Read through the DBAPI cursor: a full pass selects every customer, and row
-    objects with time-zone conversion would cost a second per 100,000."""
+    objects with time-zone conversion would cost a second per 100,000. ``as_of``:
+    only customers with a touchpoint by then (a report of the past)."""
     dirty = "changed_at IS NOT NULL AND (scored_at IS NULL OR changed_at > scored_at)"
+    where = ["merged_into_id IS NULL"]
+    if mode == "incremental":
+        where.append(dirty)
+    params: dict[str, Any] = {}
+    if as_of is not None:
+        placeholder, params["as_of"] = features.Dialect(conn).param(as_of)
+        where.append("EXISTS (SELECT 1 FROM touchpoints t WHERE t.customer_id = customers.id "
+                     f"AND t.occurred_at <= {placeholder})")
     sql = (f"SELECT id, changed_at, CASE WHEN {dirty} THEN 1 ELSE 0 END FROM customers "
-           f"WHERE merged_into_id IS NULL {f'AND {dirty}' if mode == 'incremental' else ''} ORDER BY id")
+           f"WHERE {' AND '.join(where)} ORDER BY id")
     cur = conn.connection.dbapi_connection.cursor()
     try:
-        cur.execute(sql)
+        cur.execute(sql, params)
         rows = cur.fetchall()
     finally:
         cur.close()
@@ -338,7 +349,11 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
     s = rt.config.scoring
     t0 = time.perf_counter()
     now = rt.now()
-    when = end_of_day(as_of) if as_of else now
+    if as_of is not None and as_of > now.astimezone(UTC).date():
+        raise ValueError(f"--as-of {as_of.isoformat()} is in the future (today is "
+                         f"{now.astimezone(UTC).date().isoformat()} UTC): scores can only be computed "
+                         "from what has happened")
+    when = min(end_of_day(as_of), now) if as_of else now
     timings: dict[str, float] = {}
     with db.read(rt.engine) as conn:
         models = None if as_of else load_models(conn)
@@ -347,7 +362,7 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
         else:
             mode, why = mode_for(models, s, now, rt.config.schedule.full_score_at, full,
                                  last_backfill(conn))
-        selected = _select_customers(conn, mode)
+        selected = _select_customers(conn, mode, when if as_of else None)
         report: dict[str, Any] = {"mode": "as_of" if as_of else mode, "why": why, "as_of": when,
                                   "customers_scored": len(selected.ids)}
         if not selected.ids:

@@ -130,4 +130,4 @@ def context_id(conn: Connection, context: dict[str, Any], now: datetime) -> int:
     if found is not None:
         return int(found)
     return int(conn.execute(score_contexts.insert().values(
-        digest=digest, created_at=now, context=json.loads(text)).returning(score_contexts.c.id)).scalar_one())
+        digest=digest, created_at=now, context=context).returning(score_contexts.c.id)).scalar_one())

@@ -306,3 +306,13 @@ def test_explanations_stored_before_contexts_existed_still_render(rt):
     assert explain.render(old, values(rt, "ann")) == explain.render(e, values(rt, "ann"))
     with pytest.raises(ValueError, match="expanded"):   # a context id alone cannot be shown
         explain.render({"version": 2, "context": e["context"], "retention": e["retention"]}, {})
+
+
+def test_as_of_today_is_now_and_the_future_is_refused(rt):
+    add(rt, order("ann", ago(20), 10, "1"), tp("email_engaged", "bob", ago(3)))
+    report = run.run(rt, as_of=NOW.date())
+    assert report["as_of"] == NOW and report["customers_scored"] == 2
+    assert run.run(rt, as_of=ago(10).date())["customers_scored"] == 1     # bob had no touchpoint yet
+    with pytest.raises(ValueError, match="in the future"):
+        run.run(rt, as_of=(NOW + timedelta(days=1)).date())
+    assert count(rt.engine, "scores") == 0
