@@ -337,10 +337,12 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer codes of the (text) values in order of first appearance; None: -1."""
-    seen: dict[Any, int] = {None: -1}
-    codes = np.fromiter((seen.setdefault(v, len(seen) - 1) for v in values.tolist()), dtype=np.int64,
-                        count=len(values))
-    return codes, len(seen) - 1
+    listed = values.tolist()
+    # dict.fromkeys keeps the first appearance order, and both passes run in C
+    index = {v: i for i, v in enumerate(k for k in dict.fromkeys(listed) if k is not None)}
+    n = len(index)
+    index[None] = -1
+    return np.fromiter(map(index.__getitem__, listed), dtype=np.int64, count=len(listed)), n
 
 
 def _first_seen(keys: np.ndarray) -> np.ndarray:
