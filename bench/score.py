@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--database-url", default=None, help="default: a new SQLite file in a temp directory")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary SQLite shop (path on stderr)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--now", help=argparse.SUPPRESS)
     ap.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
@@ -162,7 +164,21 @@ def main() -> None:
         return
 
     tmp = tempfile.mkdtemp(prefix="cx-bench-")
-    url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+    try:
+        results = measure(args, args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # the shop is 400 MB, and 700 MB once scored
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(markdown(results))
+
+
+def measure(args: argparse.Namespace, url: str) -> dict:
+    """Generate and load the shop at ``url``, then run each phase in its own process."""
     engine = db.make_engine(url)
     db.upgrade(engine)
     t0 = time.perf_counter()
@@ -181,7 +197,7 @@ def main() -> None:
     incremental = child(["--phase", "score", "--database-url", url, "--now", later.isoformat()])
     next_day = child(["--phase", "score", "--database-url", url,
                       "--now", (now + timedelta(days=1)).isoformat(), "--full"])
-    results = {
+    return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
                     "load_average": os.getloadavg()},
@@ -189,10 +205,6 @@ def main() -> None:
         "generate_s": generated, "load_s": loaded, **base, "full": full, "incremental": incremental,
         "next_day_full": next_day,
     }
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    print(markdown(results))
 
 
 def markdown(r: dict) -> str:
