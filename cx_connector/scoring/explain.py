@@ -139,14 +139,15 @@ def _text(values: list[str | None]) -> list[str]:
     return [memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in values]
 
 
-def days_text(days: np.ndarray) -> list[str | None]:
-    """``YYYY-MM-DD`` of day numbers (None for NaN or negative 'none' markers)."""
+def _dates(days: np.ndarray) -> list[str]:
+    """JSON tokens of day numbers: ``"YYYY-MM-DD"``, or null for NaN or negative 'none'
+    markers; each distinct day is formatted once."""
     bad = np.isnan(days) if days.dtype.kind == "f" else days < 0
-    stamps = np.datetime_as_string(np.where(bad, 0, days).astype("int64").astype("datetime64[D]"))
-    out = stamps.tolist()
-    for i in np.flatnonzero(bad).tolist():
-        out[i] = None
-    return out
+    values, inverse = np.unique(np.where(bad, -1, days).astype(np.int64), return_inverse=True)
+    stamps = np.datetime_as_string(np.maximum(values, 0).astype("datetime64[D]")).tolist()
+    words = np.array([f'"{s}"' if v >= 0 else "null" for v, s in zip(values.tolist(), stamps, strict=True)],
+                     dtype=object)
+    return words[inverse.reshape(-1)].tolist()
 
 
 def _cx_sections(cx: CX, sl: slice, n: int) -> list[str | None]:
@@ -192,8 +193,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
             f'"context":{"null" if context_id is None else int(context_id)}')
     method = ret.method[sl].tolist()
     purchase_days = _ints(f.purchase_days[sl])
-    first = _text(days_text(f.first_day[sl]))
-    last = _text(days_text(f.last_day[sl]))
+    first = _dates(f.first_day[sl])
+    last = _dates(f.last_day[sl])
     weeks_span = _floats((f.last_day[sl] - f.first_day[sl]) / 7.0, 2)
     weeks_since = _floats((f.today - f.first_day[sl]) / 7.0, 2)
     days_since = _floats(ret.days_since[sl], 1)
@@ -217,7 +218,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
     bought = _ints(rec.bought[sl])
     labels = _text(list(model.labels)) if model is not None else []
     cx_text = _cx_sections(cx, sl, len(rows))
-    nps_at = _text(days_text(np.floor(cx.nps_at[sl])))
+    nps_at = _dates(np.floor(cx.nps_at[sl]))
     csat_total = cx.csat_total[sl].astype(np.int64).tolist()
     csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
     stage = f.stage[sl].tolist()
