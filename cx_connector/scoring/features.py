@@ -36,8 +36,9 @@ What counts (also in the README, "How scores are made"):
 
 from __future__ import annotations
 
-import itertools
+import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,7 +48,10 @@ import numpy as np
 from sqlalchemy import Connection, select
 
 from cx_connector.models import products
+from cx_connector.scoring import scan
 from cx_connector.touchpoint import STAGES
+
+log = logging.getLogger(__name__)
 
 PURCHASE_KINDS = ("order_placed", "deal_won")
 ORDER_OUTCOME_KINDS = ("order_fulfilled", "order_cancelled", "refund_issued")
@@ -59,8 +63,6 @@ NOT_ENGAGEMENT = ("profile_updated", "lifecycle_changed", "deal_stage_changed", 
                   "order_fulfilled")
 #: customers per ``IN (...)`` list in incremental queries
 CHUNK = 500
-#: rows fetched (and converted) at a time
-FETCH = 50_000
 _CODE = {k: i for i, k in enumerate(EVENT_KINDS)}
 
 
@@ -79,20 +81,8 @@ class Dialect:
         self.sqlite = conn.dialect.name == "sqlite"
 
     def time(self, col: str = "occurred_at") -> str:
-        """A timestamp as :meth:`days` can read it fast (SQLite: the stored text)."""
+        """A timestamp as :func:`scan.days_of` reads it fast (SQLite: the stored text)."""
         return col if self.sqlite else f"(extract(epoch from {col}))::float8"
-
-    def days_of(self, values: np.ndarray) -> np.ndarray:
-        """Days since 1970-01-01 (float) of an object array of values selected with :meth:`time`."""
-        if not len(values):
-            return np.zeros(0)
-        if self.sqlite:
-            stamps = values.astype("datetime64[us]")
-            missing = np.isnat(stamps)
-            out = np.where(missing, 0, stamps.astype(np.int64)) / 86_400e6
-            out[missing] = np.nan
-            return out
-        return values.astype(float) / 86400.0
 
     def attr(self, key: str, col: str = "attributes") -> str:
         """A key of a JSON column as text (ids may be JSON numbers or strings)."""
@@ -185,6 +175,9 @@ class Features:
     item_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     item_keys: list[str] = field(default_factory=list)
     item_labels: list[str] = field(default_factory=list)
+    #: the scan's helper process, when one read half of the table: seconds, peak_mib
+    #: (or failed: why)
+    read_helper: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -199,26 +192,19 @@ def epoch_days(when: datetime) -> float:
     return when.timestamp() / 86400.0
 
 
-#: the touchpoint row of a scan: customer id and code (see :func:`_scan`), time, value
-#: (a rating's score), rating scale, reference, line items, source
-_COLUMNS = 7
-#: bits of the code in the first column (customer_id * 2**_CODE_BITS + code)
-_CODE_BITS = 9
-
-
-def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None, by: str) -> dict[str, Any]:
+def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None, by: str,
+          stats: dict[str, Any]) -> dict[str, Any]:
     """Every touchpoint of ``ids`` (everyone: None) up to ``as_of``, in one pass over the table.
 
     Each row's kind, journey stage and comment author are packed by the database into
     one integer with the customer id (``code = (kind * 8 + stage) * 2 + author``, in the
-    low :data:`_CODE_BITS` bits), a rating's score takes the value's column, and order
-    and ticket references and line items are only extracted from the JSON where they
-    matter: every column fetched is a Python object made per row, which is most of
-    the cost of a million rows. Rows are fetched in batches of :data:`FETCH` and turned
-    into numpy columns batch by batch (one object array per batch, filled by
-    ``np.fromiter``, which is four times cheaper than ``np.array`` on tuples), so a
-    million rows never sit in memory as Python tuples. Returns the columns; object
-    columns (reference, items, source) only for event rows.
+    low :data:`scan.CODE_BITS` bits), a rating's score takes the value's column, and
+    order and ticket references and line items are only extracted from the JSON where
+    they matter: every column fetched is a Python object made per row, which is most
+    of the cost of a million rows (see :func:`scan.fetch_columns`). A full pass over a
+    large SQLite table reads half of it in a helper process (:func:`_helper_range`);
+    ``stats`` gets the helper's figures. Returns the columns; object columns
+    (reference, items, source) only for event rows.
     """
     kinds = (*EVENT_KINDS, *_QUIET_KINDS)
     kind_case = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(kinds))
@@ -231,7 +217,7 @@ def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None,
     # (a fulfilment needs no order reference: it counts as a good experience either way)
     author = f"CASE WHEN kind = 'ticket_commented' AND {d.attr('author')} = 'customer' THEN 1 ELSE 0 END"
     sql = f"""
-        SELECT customer_id * {1 << _CODE_BITS}
+        SELECT customer_id * {1 << scan.CODE_BITS}
                  + ((CASE kind {kind_case} ELSE {_OTHER} END) * 8 + (CASE stage {stage_case} ELSE 7 END)) * 2
                  + {author},
                {d.time()},
@@ -244,40 +230,50 @@ def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None,
         WHERE customer_id IS NOT NULL AND occurred_at <= :as_of {{ids}}"""
     placeholder, value = d.param(as_of)
     sql = sql.replace(":as_of", placeholder)
+    params = {"as_of": value}
+    options = {"sqlite": d.sqlite, "event_kinds": len(EVENT_KINDS)}
+    helper_range = _helper_range(conn, d) if ids is None else None
+    if helper_range is not None:  # the newer half in a helper process, the older one here
+        path, mid = helper_range
+        helper = scan.Helper(path, sql.replace("{ids}", f"AND id > {mid}"), params, len(EVENT_KINDS))
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            mine = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id <= {mid}")], params, **options)
+            try:
+                theirs = helper.result()
+                stats.update(helper.stats)
+            except scan.HelperFailed as exc:
+                log.warning("scoring scan helper failed; reading its half here",
+                            extra={"error": str(exc)})
+                stats["failed"] = str(exc)
+                theirs = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id > {mid}")], params, **options)
+        finally:
+            cur.close()
+        return scan.concat([mine, theirs])
     statements = [sql.replace("{ids}", "")] if ids is None else [
         sql.replace("{ids}", f"AND customer_id IN ({', '.join(str(int(c)) for c in ids[i:i + CHUNK])})")
         for i in range(0, len(ids), CHUNK)]  # integers, from our own table
-    parts: dict[str, list] = {k: [] for k in ("cust", "code", "days", "value", "scale", "ref", "items",
-                                              "source")}
     cur = conn.connection.dbapi_connection.cursor()
     try:
-        for statement in statements:
-            cur.execute(statement, {"as_of": value})
-            while batch := cur.fetchmany(FETCH):
-                rows = np.fromiter(itertools.chain.from_iterable(batch), dtype=object,
-                                   count=len(batch) * _COLUMNS).reshape(len(batch), _COLUMNS)
-                del batch
-                packed = rows[:, 0].astype(np.int64)
-                code = packed & ((1 << _CODE_BITS) - 1)
-                parts["cust"].append(packed >> _CODE_BITS)
-                parts["code"].append(code)
-                parts["days"].append(d.days_of(rows[:, 1]))
-                numbers = rows[:, 2:4].astype(float)
-                parts["value"].append(numbers[:, 0])
-                parts["scale"].append(numbers[:, 1])
-                event = (code >> 4) < len(EVENT_KINDS)
-                for k, column in (("ref", 4), ("items", 5), ("source", 6)):
-                    parts[k].append(rows[event, column])
+        return scan.fetch_columns(cur, statements, params, **options)
     finally:
         cur.close()
-    out: dict[str, Any] = {}
-    for k, chunks in parts.items():
-        if chunks:
-            out[k] = np.concatenate(chunks)
-        else:
-            out[k] = np.zeros(0, dtype=object if k in ("ref", "items", "source")
-                              else np.int64 if k in ("cust", "code") else float)
-    return out
+
+
+#: a full pass reads half of a SQLite table of at least this many touchpoints (by id
+#: range) in a helper process (see :mod:`cx_connector.scoring.scan`); 0: never
+PARALLEL_SCAN_ROWS = 200_000
+
+
+def _helper_range(conn: Connection, d: Dialect) -> tuple[str, int] | None:
+    """``(database file, first id of the helper's half)`` when the helper is worth it."""
+    path = conn.engine.url.database
+    if not d.sqlite or not PARALLEL_SCAN_ROWS or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    lo, hi = conn.exec_driver_sql("SELECT min(id), max(id) FROM touchpoints").one()
+    if lo is None or hi - lo + 1 < PARALLEL_SCAN_ROWS:
+        return None
+    return os.path.abspath(path), (lo + hi) // 2
 
 
 #: kinds that are not events of any score but matter for engagement (scan codes after
@@ -312,7 +308,7 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     now_days = epoch_days(as_of)
     f = Features(ids=ids, as_of=as_of, now_days=now_days, today=math.floor(now_days))
     n = len(ids)
-    rows = _scan(conn, d, as_of, None if full else ids, by)
+    rows = _scan(conn, d, as_of, None if full else ids, by, f.read_helper)
     pos, ok = _locate(ids, rows["cust"])
     code, days = rows["code"], rows["days"]
     kind, stage, author = code >> 4, (code >> 1) & 7, (code & 1).astype(bool)

@@ -373,6 +373,8 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
             return report
         f = features.load(conn, selected.ids, when, full=mode == "full", by=s.cross_sell.by)
     timings["read_s"] = time.perf_counter() - t0
+    if f.read_helper:  # half of the table was read by a helper process (see scoring.scan)
+        report["read_helper"] = f.read_helper
     t1 = time.perf_counter()
     if mode == "full":
         # the last fit starts the new one, which then converges in a few steps
