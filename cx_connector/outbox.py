@@ -14,7 +14,7 @@ The sending side (claim, batch, send, mark done / retry / dead) is in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -155,17 +155,22 @@ def _rows(conn: Connection, sql: str, params: list[Any]) -> list[tuple]:
 
 def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                  items: Iterable[tuple[int, Mapping[str, Any]]], *, now: datetime,
-                 canonical_input: bool = False) -> int:
+                 canonical_input: bool = False, encoded: Sequence[str] | None = None) -> int:
     """:func:`enqueue` for many customers at once: the same pending writes, in a few
     queries per :data:`BATCH` customers instead of a few per customer (the daily
     full scoring pass queues changes for up to every customer).
 
     ``items``: ``(customer_id, values)``, each customer at most once.
     ``canonical_input``: the values are already canonical (as scoring makes them:
-    ``canonical(name, v) == v``), so they are not converted again. Returns the
+    ``canonical(name, v) == v``), so they are not converted again.
+    ``encoded`` (with ``canonical_input``): for each item, :func:`json_dumps` of its
+    values without the ``None`` ones, which is what the first write of a record
+    holds; scoring builds them column by column, cheaper than per dict. Returns the
     number of records that got (or had updated) a pending write.
     """
     items = list(items)
+    if encoded is not None and (not canonical_input or len(encoded) != len(items)):
+        raise ValueError("enqueue_many: encoded needs canonical_input and one text per item")
     if len({cid for cid, _ in items}) != len(items):
         raise ValueError("enqueue_many: a customer appears more than once; merge its values first")
     sqlite = conn.dialect.name == "sqlite"
@@ -217,7 +222,7 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 pending[(source, ext)] = _Pending(row_id, stored(fields), stored(previous))
         inserts: list[tuple] = []
         updates: list[tuple] = []
-        for cid, values in chunk:
+        for k, (cid, values) in enumerate(chunk, start):
             if canonical_input:
                 new = values if values.keys() <= FIELDS.keys() else {
                     k: v for k, v in values.items() if k in FIELDS}
@@ -237,6 +242,8 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                     previous_json = json_dumps(previous)
                 if row is not None:
                     updates.append((json_dumps(fields), previous_json, cid, row.id))
+                elif encoded is not None and not last[key]:  # a first write: every value that is set
+                    inserts.append((cid, key[0], key[1], encoded[k], previous_json))
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1

@@ -206,14 +206,24 @@ class Result:
     def values_json(self, rows: range) -> list[str]:
         """:meth:`values` as JSON text, built column by column (``json.dumps`` of 100,000
         small dicts costs more than scoring them)."""
-        names = [fld.name for fld in SCORE_FIELDS]
-        template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
-        tokens = []
-        for name in names:
-            memo: dict[Any, str] = {}
-            column = self.columns[name][rows.start:rows.stop]
-            tokens.append([memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in column])
-        return [template % row for row in zip(*tokens, strict=True)]
+        return self.texts(rows)[0]
+
+    def texts(self, rows: range) -> tuple[list[str], list[str]]:
+        """:meth:`values` as JSON text (:func:`db.json_dumps`), with and without the
+        ``None`` values (the first write of a platform record holds the latter),
+        built column by column: each distinct value of a field is serialised once."""
+        pairs = []
+        for fld in SCORE_FIELDS:
+            memo: dict[tuple[type, Any], str] = {}
+            key = db.json_dumps(fld.name)
+            column = self.columns[fld.name][rows.start:rows.stop]
+            pairs.append([memo[(type(v), v)] if (type(v), v) in memo
+                          else memo.setdefault((type(v), v), f"{key}:{db.json_dumps(v)}") for v in column])
+        null_pairs = {f"{db.json_dumps(fld.name)}:null" for fld in SCORE_FIELDS}
+        rows_ = list(zip(*pairs, strict=True))
+        full = ["{" + ",".join(row) + "}" for row in rows_]
+        set_only = ["{" + ",".join(p for p in row if p not in null_pairs) + "}" for row in rows_]
+        return full, set_only
 
     def explanations(self, rows: range, context_id: int | None = None) -> list[str]:
         """The explanations of ``rows`` as JSON text (what is stored: they name the
@@ -437,13 +447,13 @@ def write(rt: Runtime, result: Result, selected: Selection, *, now: datetime,
         rows = range(start, min(start + WRITE_CHUNK, len(ids)))
         chunk_ids = ids[rows.start:rows.stop]
         values = result.values(rows)
-        texts = result.values_json(rows)
+        texts, set_texts = result.texts(rows)
         explanations = result.explanations(rows, context_id)
         with db.write(rt.engine) as conn:
             # a customer merged away while we were scoring gets nothing (its scores were deleted)
             alive = store.alive(conn, chunk_ids)
             before = store.previous_values(conn, chunk_ids)
-            upserts, snaps, queue, marks = [], [], [], []
+            upserts, snaps, queue, encoded, marks = [], [], [], [], []
             for k, cid in enumerate(chunk_ids):
                 if cid not in alive:
                     skipped += 1
@@ -456,12 +466,14 @@ def write(rt: Runtime, result: Result, selected: Selection, *, now: datetime,
                 dirty = selected.dirty[rows.start + k]
                 if changed or dirty:
                     queue.append((cid, values[k]))
+                    encoded.append(set_texts[k])
                 if dirty:  # the others' watermark is still right
                     marks.append((cid, selected.changed_at[rows.start + k]))
             store.upsert_scores(conn, now, upserts)
             store.insert_snapshots(conn, now, snaps)
             if queue:
-                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True)
+                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True,
+                                                    encoded=encoded)
             store.set_scored_at(conn, marks)
             changed_total += len(snaps)
     return {"changed": changed_total, "outbox_queued": queued_total, "merged_meanwhile": skipped,

@@ -235,8 +235,9 @@ def test_stored_values_are_canonical(rt):
             assert canonical(name, value) == value and type(canonical(name, value)) is type(value), name
 
 
-def test_stored_json_is_exactly_the_values_and_explanations(rt, monkeypatch):
+def test_stored_json_is_exactly_the_values_and_explanations(crm, monkeypatch):
     import json as json_
+    rt = crm
     add(rt, order("ann", ago(20), 19.999, "1", "coffee"), tp("nps_response", "ann", ago(1), rating=(7, 9)),
         tp("email_engaged", "bob", ago(33)))
     captured = {}
@@ -251,6 +252,14 @@ def test_stored_json_is_exactly_the_values_and_explanations(rt, monkeypatch):
     result = captured["result"]
     rows = range(result.f.n)
     assert [json_.loads(t) for t in result.values_json(rows)] == result.values(rows)
+    full, set_only = result.texts(rows)
+    assert full == [db.json_dumps(v) for v in result.values(rows)]          # as json_dumps writes them
+    assert set_only == [db.json_dumps({k: x for k, x in v.items() if x is not None})
+                        for v in result.values(rows)]
+    # the outbox got exactly those texts for the records' first writes
+    with db.read(rt.engine) as conn:
+        written = dict(conn.execute(select(outbox.c.customer_id, outbox.c.fields)).all())
+    assert written == {c: json_.loads(t) for c, t in zip(result.ids.tolist(), set_only, strict=True)}
     from cx_connector.models import scores
     from cx_connector.scoring import explain
     assert [explain.expand(json_.loads(t), result.context) for t in result.explanations(rows, 7)] == [
