@@ -9,7 +9,9 @@ aggregated in numpy from the same rows, as are purchases, order outcomes, ticket
 and ratings; references are turned into integer codes once, so cancellations,
 refunds, duplicates and tickets are matched with array operations, not per row.
 Nothing is queried per customer. An incremental run asks the same query for a list
-of customers, through the ``(customer_id, occurred_at)`` index.
+of customers, through the ``(customer_id, occurred_at)`` index. On a large SQLite
+table, a helper process reads the newer half of it at the same time (see
+:mod:`cx_connector.scoring.scan`).
 
 On SQLite a full pass names the table ``NOT INDEXED``: the planner would otherwise
 walk an index and fetch table rows in index order, which on a table stored in
