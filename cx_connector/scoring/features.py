@@ -245,7 +245,7 @@ def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None,
                 theirs = helper.result()
                 stats.update(helper.stats)
             except scan.HelperFailed as exc:
-                log.warning("scoring scan helper failed; reading its half here",
+                log.warning("scoring scan helper failed (%s); reading its half here", exc,
                             extra={"error": str(exc)})
                 stats["failed"] = str(exc)
                 theirs = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id > {mid}")], params, **options)

@@ -2,8 +2,8 @@
 
 :func:`fetch_columns` turns the rows of the scoring scan (see
 :func:`cx_connector.scoring.features.load`) into numpy columns. A full pass over a
-large SQLite table reads half of it in a helper process (:class:`Helper`,
-``python -m cx_connector.scoring.scan``) while this process reads the other half:
+large SQLite table reads half of it in a helper process (:class:`Helper`, this
+module's :func:`main`) while this process reads the other half:
 fetching a million rows is mostly Python work on one core (one object per column
 per row), and the machine has two. The helper imports only numpy and sqlite3, so it
 starts in a fraction of a second; it gets its request (database file, statement,
@@ -155,8 +155,13 @@ class Helper:
     long it took and its peak memory.
     """
 
-    #: the command that runs the helper (tests replace it)
-    command: tuple[str, ...] = (sys.executable, "-m", "cx_connector.scoring.scan")
+    #: the command that runs the helper (tests replace it): this interpreter, isolated
+    #: (``-I``: neither the working directory nor PYTHON* variables can put other code
+    #: first), importing this very copy of the package
+    command: tuple[str, ...] = (
+        sys.executable, "-I", "-c",
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+        "from cx_connector.scoring.scan import main; main()")
 
     def __init__(self, path: str, statement: str, params: dict[str, Any], event_kinds: int) -> None:
         self.stats: dict[str, float] = {}

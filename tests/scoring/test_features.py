@@ -203,3 +203,18 @@ def test_helper_answers_round_trip():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=v.dtype != object), k
     with pytest.raises(ValueError):
         scan.decode(scan.encode(columns) + b"x")
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_the_helper_runs_this_copy_of_the_code_whatever_the_working_directory(rt, monkeypatch, tmp_path):
+    """A checkout of another version in the working directory must not be imported."""
+    who = _story(rt)
+    one, _ = load(rt, *who)
+    (tmp_path / "cx_connector").mkdir()
+    (tmp_path / "cx_connector" / "__init__.py").write_text("raise ImportError('the wrong copy')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    two, _ = load(rt, *who)
+    assert "failed" not in two.read_helper and "seconds" in two.read_helper
+    _same(one, two)
