@@ -240,7 +240,11 @@ def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None,
         helper = scan.Helper(path, sql.replace("{ids}", f"AND id > {mid}"), params, len(EVENT_KINDS))
         cur = conn.connection.dbapi_connection.cursor()
         try:
-            mine = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id <= {mid}")], params, **options)
+            try:
+                mine = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id <= {mid}")], params, **options)
+            except BaseException:  # our half failed (or Ctrl-C): the helper's half is not wanted
+                helper.stop()
+                raise
             try:
                 theirs = helper.result()
                 stats.update(helper.stats)

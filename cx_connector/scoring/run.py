@@ -14,10 +14,10 @@ daily pass exists because scores decay with time even when nothing happens.
 What a run stores, once: the ``score_contexts`` row its explanations name (model
 parameters and settings, see :mod:`cx_connector.scoring.explain`); per customer, in
 transactions of :data:`WRITE_CHUNK` customers (so webhooks are never blocked for long):
-the latest values and their explanation (``scores``), a ``score_snapshots`` row when a value other than ``cx_scored_at``
-changed, the changed values in the outbox (:func:`cx_connector.outbox.enqueue_many`,
-for customers whose values changed or who were marked changed), and
-``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
+the latest values and their explanation (``scores``), a ``score_snapshots`` row when a
+value other than ``cx_scored_at`` changed, the changed values in the outbox
+(:func:`cx_connector.outbox.enqueue_many`, for customers whose values changed or who
+were marked changed), and ``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
 before it read the touchpoints: a touchpoint committed while the run worked moves
 ``changed_at`` past it, so that customer stays due for the next run.
 

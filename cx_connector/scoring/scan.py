@@ -178,6 +178,13 @@ class Helper:
         except OSError as exc:  # cannot start a process here: the caller reads the range itself
             self.proc, self.error = None, f"could not start: {exc}"
 
+    def stop(self) -> None:
+        """Kill the helper if it is still running (the caller gave up on it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.communicate()
+
     def result(self) -> dict[str, np.ndarray]:
         if self.proc is None:
             raise HelperFailed(self.error)

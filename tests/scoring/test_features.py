@@ -218,3 +218,25 @@ def test_the_helper_runs_this_copy_of_the_code_whatever_the_working_directory(rt
     two, _ = load(rt, *who)
     assert "failed" not in two.read_helper and "seconds" in two.read_helper
     _same(one, two)
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_the_helper_is_stopped_when_our_half_fails(rt, monkeypatch):
+    from cx_connector.scoring import scan
+    who = _story(rt)
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    started = []
+    real_init = scan.Helper.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        started.append(self)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(scan.Helper, "__init__", keep)
+    monkeypatch.setattr(scan, "fetch_columns", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        load(rt, *who)
+    assert started and started[0].proc.poll() is not None      # not left running
