@@ -163,7 +163,7 @@ def explained(conn: Connection, customer_id: int) -> dict[str, Any] | None:
                        .where(scores.c.customer_id == customer_id)).first()
     if row is None:
         return None
-    values, inputs = dict(row.score_values), dict(row.explanation or {})
+    values, inputs = dict(row.score_values), explain.stored(conn, dict(row.explanation or {}))
     words = explain.render(inputs, values)
     return {"customer_id": customer_id, "scored_at": row.scored_at,
             "scores": {name: {"value": values.get(name), "explanation": words[name]} for name in FIELDS},

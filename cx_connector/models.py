@@ -260,6 +260,27 @@ class ScoreSnapshot(Base):
     score_values: Mapped[dict] = mapped_column(Json, default=dict)
 
 
+class ScoreContext(Base):
+    """What every explanation of a scoring run shares: the population models' parameters
+    and the settings the scores were computed with.
+
+    Explanations (``scores.explanation``) name their context by id instead of carrying
+    a copy (half of each explanation, a hundred megabytes per full pass of 100,000
+    customers). Rows are written once, deduplicated by ``digest`` (SHA-256 of the
+    canonical JSON), and never changed or deleted: an explanation stays explainable
+    after the configuration changes. They are small (one per full pass and per
+    settings change). Read explanations through
+    :func:`cx_connector.scoring.explain.expand`.
+    """
+
+    __tablename__ = "score_contexts"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    context: Mapped[dict] = mapped_column(Json, default=dict)
+
+
 class PopulationModel(Base):
     """Fitted population-level models (BG/NBD, Gamma-Gamma, co-occurrence), reused between full passes."""
 
@@ -489,6 +510,7 @@ touchpoints = TouchpointRow.__table__
 products = CatalogueEntry.__table__
 scores = Score.__table__
 score_snapshots = ScoreSnapshot.__table__
+score_contexts = ScoreContext.__table__
 population_models = PopulationModel.__table__
 kpi_snapshots = KpiSnapshot.__table__
 outbox = OutboxWrite.__table__

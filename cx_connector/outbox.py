@@ -14,7 +14,7 @@ The sending side (claim, batch, send, mark done / retry / dead) is in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,6 +84,8 @@ def enqueue(conn: Connection, connectors: Mapping[str, Connector], customer_id: 
 
 #: customers per batch in :func:`enqueue_many` (bounded ``IN`` lists)
 BATCH = 500
+#: fields that are only written along with another change (see ScoreField.piggyback)
+_PIGGYBACK = frozenset(name for name, f in FIELDS.items() if f.piggyback)
 
 
 def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any,
@@ -98,7 +100,7 @@ def _changes(new: dict[str, Any], last: dict[str, Any], pending: Any,
     flying = flying or {}
     if not last and pending is None and not flying:  # never written to: every value that is set
         fields = {f: v for f, v in new.items() if v is not None}
-        if all(FIELDS[f].piggyback for f in fields):
+        if fields.keys() <= _PIGGYBACK:
             return None
         return fields, dict.fromkeys(fields)
     base = {**last, **flying}
@@ -138,17 +140,22 @@ def _canonical_cached(values: Mapping[str, Any], memo: dict[tuple[str, type, Any
 
 def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                  items: Iterable[tuple[int, Mapping[str, Any]]], *, now: datetime,
-                 canonical_input: bool = False) -> int:
+                 canonical_input: bool = False, encoded: Sequence[str] | None = None) -> int:
     """:func:`enqueue` for many customers at once: the same pending writes, in a few
     queries per :data:`BATCH` customers instead of a few per customer (the daily
     full scoring pass queues changes for up to every customer).
 
     ``items``: ``(customer_id, values)``, each customer at most once.
     ``canonical_input``: the values are already canonical (as scoring makes them:
-    ``canonical(name, v) == v``), so they are not converted again. Returns the
+    ``canonical(name, v) == v``), so they are not converted again.
+    ``encoded`` (with ``canonical_input``): for each item, :func:`json_dumps` of its
+    values without the ``None`` ones, which is what the first write of a record
+    holds; scoring builds them column by column, cheaper than per dict. Returns the
     number of records that got (or had updated) a pending write.
     """
     items = list(items)
+    if encoded is not None and (not canonical_input or len(encoded) != len(items)):
+        raise ValueError("enqueue_many: encoded needs canonical_input and one text per item")
     if len({cid for cid, _ in items}) != len(items):
         raise ValueError("enqueue_many: a customer appears more than once; merge its values first")
     sqlite = conn.dialect.name == "sqlite"
@@ -161,15 +168,19 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
     queued = 0
     memo: dict[tuple[str, type, Any], Any] = {}
     nulls: dict[tuple[str, ...], str] = {}
+    # only the identities of platforms that take writes are read
+    sources = sorted(name for name, c in connectors.items() if c.writes_back)
+    if not sources:
+        return 0
+    in_sources = ", ".join("?" * len(sources))
     for start in range(0, len(items), BATCH):
         chunk = items[start:start + BATCH]
         records: dict[int, list[tuple[str, str]]] = {cid: [] for cid, _ in chunk}
         listed = ", ".join(str(int(cid)) for cid in records)  # integers: customer ids
         for cid, source, value in _rows(conn, (
                 f"SELECT customer_id, source, value FROM identities WHERE customer_id IN ({listed}) "
-                "AND kind = 'id' AND gone_at IS NULL ORDER BY id"), []):
-            connector = connectors.get(source)
-            if connector is not None and connector.writes_back and connector.writable_record(value):
+                f"AND kind = 'id' AND source IN ({in_sources}) AND gone_at IS NULL ORDER BY id"), sources):
+            if connectors[source].writable_record(value):
                 records[cid].append((source, value))
         keys = [k for recs in records.values() for k in recs]
         if not keys:
@@ -209,22 +220,28 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                     flying.setdefault((source, ext), {}).update(stored(fields) or {})
         inserts: list[tuple] = []
         updates: list[tuple] = []
-        for cid, values in chunk:
-            new = ({k: v for k, v in values.items() if k in FIELDS} if canonical_input
-                   else _canonical_cached(values, memo))
+        for k, (cid, values) in enumerate(chunk, start):
+            if canonical_input:
+                new = values if values.keys() <= FIELDS.keys() else {
+                    k: v for k, v in values.items() if k in FIELDS}
+            else:
+                new = _canonical_cached(values, memo)
             for key in records[cid]:
                 row = pending.get(key)
                 result = _changes(new, last[key], row, flying.get(key))
                 if result is None:
                     continue
                 fields, previous = result
-                if all(v is None for v in previous.values()):  # the usual first write: cached
+                olds = list(previous.values())
+                if olds.count(None) == len(olds):  # the usual first write: cached
                     names = tuple(previous)
                     previous_json = nulls.get(names) or nulls.setdefault(names, json_dumps(previous))
                 else:
                     previous_json = json_dumps(previous)
                 if row is not None:
                     updates.append((json_dumps(fields), previous_json, cid, row.id))
+                elif encoded is not None and not last[key]:  # a first write: every value that is set
+                    inserts.append((cid, key[0], key[1], encoded[k], previous_json))
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1

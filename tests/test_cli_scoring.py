@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cx_connector import leases
 from cx_connector.cli import main
+from cx_connector.cli.scoring import KPI_ROWS
 from cx_connector.fields import FIELDS
 from cx_connector.scoring import run
 from tests.scoring.shop import add, order, tp
@@ -61,6 +62,27 @@ def test_score_as_of_prints_a_customer_and_stores_nothing(cli, history, engine):
     assert "report-only run" in r.output and "customer 1:" in r.output
     assert "Bought on 1 day" in r.output        # the second order came after that day
     assert count(engine, "scores") == 0
+
+
+@pytest.mark.parametrize(("day", "says"), [
+    ("2026-13-01", "'2026-13-01' does not match the format '%Y-%m-%d'"),
+    ("yesterday", "'yesterday' does not match the format"),
+    ("", "'' does not match the format"),
+    ((datetime.now(UTC) + timedelta(days=2)).date().isoformat(), "is in the future (today is "),
+])
+def test_score_as_of_refuses_bad_and_future_dates(cli, history, engine, day, says):
+    from tests.conftest import count
+    r = cli("score", "--as-of", day)
+    assert r.exit_code == 2 and says in r.output, r.output
+    assert "Invalid value for '--as-of'" in r.output
+    assert count(engine, "scores") == 0 and count(engine, "job_runs") == 0
+
+
+def test_score_as_of_today_and_before_anyone_existed(cli, history):
+    today = datetime.now(UTC).date().isoformat()
+    assert json.loads(cli("score", "--as-of", today, "--json").output)["customers_scored"] == 2
+    early = json.loads(cli("score", "--as-of", ago(100).date().isoformat(), "--json").output)
+    assert early["customers_scored"] == 0        # nobody had a touchpoint then: nobody is scored
 
 
 def test_score_is_skipped_while_another_process_scores(cli, history, engine):
@@ -118,7 +140,12 @@ def test_demo_scores_the_samples_and_prints_kpis():
     assert "alice@example.com" in out and "CX 100 (green)" in out
     assert re.search(r"recency fallback \(only \d+ customers have purchases", out)
     assert "Company KPIs (rolling 90 days):" in out
-    assert re.search(r"^  nps: -?\d+\.\d$", out, re.M)  # the value depends on the bundled samples
+    # the value depends on the bundled samples
+    assert re.search(r"^  NPS \(promoters - detractors, %\): -?\d+\.\d$", out, re.M)
+    for _, label in KPI_ROWS:  # every KPI, as `cx-connector kpis` shows them
+        assert f"\n  {label}: " in out, label
+    assert "customers per stage: awareness " in out
+    assert "run the demo with --database-url to keep its data" in out
     data = json.loads(CliRunner().invoke(main, ["demo", "--json"], catch_exceptions=False).output)
     scored = {c["email"]: c["scores"] for c in data["scoring"]["customers"]}
     assert scored["bob@example.com"]["cx_nps_category"] == "detractor"

@@ -141,3 +141,10 @@ def test_enqueue_many_with_canonical_input_trusts_the_values(engine):
         return outbox.enqueue_many(conn, CONNECTORS, [(cid, values)], now=NOW)
 
     assert _outbox_after(engine, trusted) == _outbox_after(engine, converted)
+
+
+def test_encoded_texts_need_canonical_input_and_one_per_item(engine):
+    import pytest
+
+    with db.write(engine) as conn, pytest.raises(ValueError, match="encoded needs canonical_input"):
+        outbox.enqueue_many(conn, {}, [(1, {"cx_score": 1})], now=NOW, encoded=["{}"])

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from cx_connector import db, logs, registry
 from cx_connector.cli.base import emit_json, table
+from cx_connector.cli.scoring import KPI_ROWS
 from cx_connector.config import config_from_mapping
 from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
@@ -190,13 +191,16 @@ def demo(database_url: str | None, as_json: bool) -> None:
                                            f"recency fallback ({bg['reason']})"))
     for c in scoring["customers"]:
         click.echo("  " + _customer_line(c))
-    click.echo("  (why: cx-connector customers explain ID_OR_EMAIL)")
+    if database_url:
+        click.echo("  (why: cx-connector customers explain ID_OR_EMAIL, with this database_url "
+                   "in the config)")
+    else:
+        click.echo("  (why: run the demo with --database-url to keep its data, then "
+                   "cx-connector customers explain ID_OR_EMAIL)")
     k = scoring["kpis"] or {}
     click.echo(f"\nCompany KPIs (rolling {k.get('window_days')} days):")
-    for key in ("nps", "csat", "retention_rate", "churn_rate", "repeat_purchase_rate", "cross_sell_rate",
-                "revenue", "tickets_per_customer", "median_resolution_hours", "checkout_conversion",
-                "avg_cx_score"):
-        click.echo(f"  {key}: {'n/a' if k.get(key) is None else k.get(key)}")
+    for key, label in KPI_ROWS:
+        click.echo(f"  {label}: {'n/a' if k.get(key) is None else k.get(key)}")
     click.echo("  customers per stage: " + ", ".join(
         f"{stage} {n}" for stage, n in (k.get("customers_per_stage") or {}).items()))
     echo_writeback(report["writeback"])

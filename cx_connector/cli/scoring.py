@@ -7,7 +7,7 @@ process never overlap (the second is skipped and says so).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 
 import click
@@ -90,6 +90,10 @@ def score(state: State, full: bool, as_of: Any, who: tuple[str, ...], as_json: b
                 raise click.ClickException(f"no customer matches {ref!r}")
             ids.append(cid)
     day: date | None = as_of.date() if as_of else None
+    today = rt.now().astimezone(UTC).date()
+    if day is not None and day > today:
+        raise click.BadParameter(f"{day.isoformat()} is in the future (today is {today.isoformat()} UTC); "
+                                 "scores can only be computed from what has happened", param_hint="'--as-of'")
     record = _run(rt, "score", lambda r: run.run(r, full=full, as_of=day, show=ids), run.LEASE)
     report = record["details"]
     if as_json:

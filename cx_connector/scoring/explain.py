@@ -1,11 +1,15 @@
 """Explanations: every score with the inputs and weights that made it, as JSON and in words.
 
 A scoring run stores, per customer, the *inputs* (:func:`build`) in
-``scores.explanation``: the numbers each score was computed from, the method used
-(a model, or which fallback and why) and the model parameters and settings that
-weighted them. :func:`render` turns that into sentences for staff; it reads only
-the stored explanation, so a customer's scores can be explained exactly as they
-were made, whatever the configuration says today.
+``scores.explanation``: the numbers each score was computed from and the method used
+(a model, or which fallback and why). The model parameters and settings that
+weighted them are the same for every customer of a run: they are stored once, as a
+``score_contexts`` row (:func:`context`), which each explanation names by id
+(``"context": 12``). Context rows are never changed or deleted, so :func:`expand`
+(or :func:`stored`, which reads the row) gives back the whole explanation exactly as
+it was made, whatever the configuration says today; :func:`render` turns an
+expanded explanation into sentences for staff. Explanations of version 1 carry
+their own copy of the context and are already expanded.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection, select
 
 from cx_connector.fields import FIELDS
+from cx_connector.models import score_contexts
 from cx_connector.scoring.cross_sell import CrossSellModel, Recommendations
 from cx_connector.scoring.cx_score import CX, EVENTS
 from cx_connector.scoring.features import Features
@@ -24,7 +30,7 @@ from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
 
-VERSION = 1
+VERSION = 2
 
 #: words for each CX event (singular, plural)
 EVENT_WORDS: dict[str, tuple[str, str]] = {
@@ -59,8 +65,8 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime | None,
-           s: ScoringSettings, as_of: datetime) -> dict[str, Any]:
+def context(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime | None,
+            s: ScoringSettings) -> dict[str, Any]:
     """The run-wide part of every explanation: model parameters and the settings used."""
     m: dict[str, Any] = {"fitted_at": _iso(fitted_at) if fitted_at else None}
     if pop.bgnbd is not None:
@@ -91,18 +97,41 @@ def shared(pop: PopulationFit, model: CrossSellModel | None, fitted_at: datetime
                "resolution_slow_hours": s.cx.resolution_slow_hours,
                "contacts_per_issue_max": s.cx.contacts_per_issue_max},
     }
-    return {"version": VERSION, "as_of": _iso(as_of), "model": m, "settings": settings}
+    return {"model": m, "settings": settings}
+
+
+def expand(explanation: dict[str, Any], context: dict[str, Any] | None) -> dict[str, Any]:
+    """An explanation with the context it names put back in (``model``, ``settings``)."""
+    if context is None or "model" in explanation:
+        return explanation
+    head = {k: explanation[k] for k in ("version", "as_of", "context") if k in explanation}
+    return {**head, **context, **{k: v for k, v in explanation.items() if k not in head}}
+
+
+def stored(conn: Connection, explanation: dict[str, Any]) -> dict[str, Any]:
+    """A stored explanation, expanded with the ``score_contexts`` row it names (the
+    one way to read ``scores.explanation`` for people)."""
+    ref = (explanation or {}).get("context")
+    if ref is None or "model" in explanation:
+        return explanation
+    row = conn.execute(select(score_contexts.c.context).where(score_contexts.c.id == ref)).scalar()
+    if row is None:  # context rows are never deleted: this is a bug, not a state
+        raise LookupError(f"score context {ref} is missing: the explanation cannot be shown")
+    return expand(explanation, dict(row))
 
 
 def _floats(a: np.ndarray, digits: int) -> list[str]:
     """JSON tokens of floats, rounded (NaN: null). Built as text because a full pass
-    explains 100,000 customers and ``json.dumps`` of nested dicts would dominate it."""
-    out = np.round(a, digits).tolist()
-    return ["null" if v != v else repr(v) for v in out]
+    explains 100,000 customers and ``json.dumps`` of nested dicts would dominate it;
+    each distinct value is formatted once (rounded values repeat a lot)."""
+    values, inverse = np.unique(np.round(a, digits) + 0.0, return_inverse=True)  # + 0.0: no -0.0
+    words = np.array(["null" if v != v else repr(v) for v in values.tolist()], dtype=object)
+    return words[inverse.reshape(-1)].tolist()
 
 
 def _ints(a: np.ndarray) -> list[str]:
-    return [str(v) for v in a.astype(np.int64).tolist()]
+    values, inverse = np.unique(a.astype(np.int64), return_inverse=True)
+    return np.array([str(v) for v in values.tolist()], dtype=object)[inverse.reshape(-1)].tolist()
 
 
 def _text(values: list[str | None]) -> list[str]:
@@ -110,27 +139,62 @@ def _text(values: list[str | None]) -> list[str]:
     return [memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in values]
 
 
-def days_text(days: np.ndarray) -> list[str | None]:
-    """``YYYY-MM-DD`` of day numbers (None for NaN or negative 'none' markers)."""
+def _dates(days: np.ndarray) -> list[str]:
+    """JSON tokens of day numbers: ``"YYYY-MM-DD"``, or null for NaN or negative 'none'
+    markers; each distinct day is formatted once."""
     bad = np.isnan(days) if days.dtype.kind == "f" else days < 0
-    stamps = np.datetime_as_string(np.where(bad, 0, days).astype("int64").astype("datetime64[D]"))
-    out = stamps.tolist()
-    for i in np.flatnonzero(bad).tolist():
-        out[i] = None
+    values, inverse = np.unique(np.where(bad, -1, days).astype(np.int64), return_inverse=True)
+    stamps = np.datetime_as_string(np.maximum(values, 0).astype("datetime64[D]")).tolist()
+    words = np.array([f'"{s}"' if v >= 0 else "null" for v, s in zip(values.tolist(), stamps, strict=True)],
+                     dtype=object)
+    return words[inverse.reshape(-1)].tolist()
+
+
+def _cx_sections(cx: CX, sl: slice, n: int) -> list[str | None]:
+    """Each customer's ``"cx"`` section: per layer with events, its score and how many
+    events of each kind (EVENTS are grouped by layer, in pyramid order); None without
+    events. Built per (customer, layer) group, not per event."""
+    counts = cx.counts[sl]
+    r_idx, k_idx = np.nonzero(counts)  # row-major: by customer, then event (so by layer)
+    out: list[str | None] = [None] * n
+    if not len(r_idx):
+        return out
+    layer_of = np.array([LAYERS.index(e[1]) for e in EVENTS])
+    names = [json.dumps(e[0]) for e in EVENTS]
+    memo: dict[tuple[int, float], str] = {}
+    tokens = [memo[key] if key in memo else memo.setdefault(
+        key, f"{names[key[0]]}:{int(key[1]) if key[1] == int(key[1]) else repr(key[1])}")
+        for key in zip(k_idx.tolist(), counts[r_idx, k_idx].tolist(), strict=True)]
+    group = r_idx * len(LAYERS) + layer_of[k_idx]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    ends = np.r_[starts[1:], len(group)].tolist()
+    g_row, g_layer = r_idx[starts], layer_of[k_idx[starts]]
+    scores = cx.layer_score[sl][g_row, g_layer]
+    score_text = _floats(scores, 1)
+    layer_names = [json.dumps(layer) for layer in LAYERS]
+    parts = [f'{layer_names[la]}:{{"score":{sc},"events":{{{",".join(tokens[s:e])}}}}}'
+             for la, sc, s, e in zip(g_layer.tolist(), score_text, starts.tolist(), ends, strict=True)]
+    first = np.r_[True, g_row[1:] != g_row[:-1]]
+    c_starts = np.flatnonzero(first)
+    c_ends = np.r_[c_starts[1:], len(g_row)].tolist()
+    for r, s, e in zip(g_row[c_starts].tolist(), c_starts.tolist(), c_ends, strict=True):
+        out[r] = '"cx":{' + ",".join(parts[s:e]) + "}"
     return out
 
 
 def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellModel | None, cx: CX,
-          common: dict[str, Any], rows: range | None = None) -> list[str]:
-    """The whole explanations of ``rows`` (positions in ``f.ids``; everyone by default) as
-    JSON text: :func:`shared` (serialised once) followed by each customer's inputs."""
+          as_of: datetime, context_id: int | None, rows: range | None = None) -> list[str]:
+    """The explanations of ``rows`` (positions in ``f.ids``; everyone by default) as JSON
+    text: version, time, the id of the run's context (see :func:`context`; None when
+    nothing is stored) and each customer's inputs."""
     rows = rows if rows is not None else range(f.n)
     sl = slice(rows.start, rows.stop)
-    head = json.dumps(common, separators=(",", ":"))[:-1]
+    head = (f'{{"version":{VERSION},"as_of":"{_iso(as_of)}",'
+            f'"context":{"null" if context_id is None else int(context_id)}')
     method = ret.method[sl].tolist()
     purchase_days = _ints(f.purchase_days[sl])
-    first = _text(days_text(f.first_day[sl]))
-    last = _text(days_text(f.last_day[sl]))
+    first = _dates(f.first_day[sl])
+    last = _dates(f.last_day[sl])
     weeks_span = _floats((f.last_day[sl] - f.first_day[sl]) / 7.0, 2)
     weeks_since = _floats((f.today - f.first_day[sl]) / 7.0, 2)
     days_since = _floats(ret.days_since[sl], 1)
@@ -153,21 +217,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
     rec_lift = _floats(rec.lift[sl], 3)
     bought = _ints(rec.bought[sl])
     labels = _text(list(model.labels)) if model is not None else []
-    layer_score = [_floats(cx.layer_score[sl, li], 1) for li in range(len(LAYERS))]
-    # each customer's events, per layer (EVENTS are grouped by layer, in pyramid order)
-    counts = cx.counts[sl]
-    r_idx, k_idx = np.nonzero(counts)
-    ev_count = counts[r_idx, k_idx].tolist()
-    events: list[list[list[str]]] = [[] for _ in range(len(rows))]
-    names = [json.dumps(e[0]) for e in EVENTS]
-    layer_of = [LAYERS.index(e[1]) for e in EVENTS]
-    for r, k, v in zip(r_idx.tolist(), k_idx.tolist(), ev_count, strict=True):
-        per = events[r]
-        while len(per) <= layer_of[k]:
-            per.append([])
-        per[layer_of[k]].append(f"{names[k]}:{int(v) if v == int(v) else repr(v)}")
-    layer_names = [json.dumps(layer) for layer in LAYERS]
-    nps_at = _text(days_text(np.floor(cx.nps_at[sl])))
+    cx_text = _cx_sections(cx, sl, len(rows))
+    nps_at = _dates(np.floor(cx.nps_at[sl]))
     csat_total = cx.csat_total[sl].astype(np.int64).tolist()
     csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
     stage = f.stage[sl].tolist()
@@ -203,10 +254,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
             else:
                 sections.append(f'"cross_sell":{{"bought":{bought[i]},"item":{labels[rec_item[i]]},'
                                 f'"method":"popular","base_rate":{rec_strength[i]}}}')
-        if events[i]:
-            layers = [f'{layer_names[li]}:{{"score":{layer_score[li][i]},"events":{{{",".join(ev)}}}}}'
-                      for li, ev in enumerate(events[i]) if ev]
-            sections.append(f'"cx":{{{",".join(layers)}}}')
+        if cx_text[i] is not None:
+            sections.append(cx_text[i])
         if nps_at[i] != "null":
             sections.append(f'"nps":{{"answered":{nps_at[i]}}}')
         if csat_total[i]:
@@ -321,6 +370,9 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
         text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2g} times as often as "
                 f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
                 f"{c['because']} buyers bought {c['item']}).")
+    elif c.get("method") == "popular" and not c.get("bought"):
+        text = (f"Nothing bought yet, so the most popular item: {c['item']}, bought by "
+                f"{_pct(c['base_rate'])} of customers.")
     elif c.get("method") == "popular":
         text = (f"No strong association from what they bought ({c['bought']} {what}), so the most popular "
                 f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")
@@ -373,8 +425,11 @@ def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:
 
 
 def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
-    """Sentences per score field, from a stored explanation and the stored values."""
+    """Sentences per score field, from an expanded explanation (:func:`expand`,
+    :func:`stored`) and the stored values."""
     e = explanation or {}
+    if e.get("context") is not None and "settings" not in e:
+        raise ValueError("render needs the expanded explanation: explain.stored(conn, explanation)")
     nps = e.get("nps")
     csat = e.get("csat")
     journey = e.get("journey")

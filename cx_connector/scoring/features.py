@@ -1,17 +1,24 @@
 """Reading touchpoints into per-customer arrays: the only place scoring touches ``touchpoints``.
 
-A full pass reads the table twice, each time in one sequential scan returning only
-what the models need: (1) one GROUP BY for journey stage and last engagement,
-(2) the touchpoints of purchases (with their line items), order outcomes, tickets
-and ratings. Nothing is queried per customer. An incremental run asks the same
-queries for a list of customers, through the ``(customer_id, occurred_at)`` index.
+A full pass reads the table once, in one sequential scan that returns, per
+touchpoint, only what the scores need: the customer, one small integer packing the
+kind, the journey stage and whether a ticket comment is the customer's, the time,
+the value and rating, and (only where they matter) the order or ticket reference and
+the line items. Touchpoint counts, last engagement and furthest stage are
+aggregated in numpy from the same rows, as are purchases, order outcomes, tickets
+and ratings; references are turned into integer codes once, so cancellations,
+refunds, duplicates and tickets are matched with array operations, not per row.
+Nothing is queried per customer. An incremental run asks the same query for a list
+of customers, through the ``(customer_id, occurred_at)`` index. On a large SQLite
+table, a helper process reads the newer half of it at the same time (see
+:mod:`cx_connector.scoring.scan`).
 
 On SQLite a full pass names the table ``NOT INDEXED``: the planner would otherwise
-walk the ``kind`` or ``customer_id`` index and fetch table rows in index order,
-which on a table stored in arrival (time) order is several times slower than one
-sequential scan (see BENCHMARKS.md). Rows are fetched through the DBAPI cursor of
-the current transaction, without SQLAlchemy row objects, because the full pass
-fetches a million of them.
+walk an index and fetch table rows in index order, which on a table stored in
+arrival (time) order is several times slower than one sequential scan (see
+BENCHMARKS.md). Rows are fetched through the DBAPI cursor of the current
+transaction, without SQLAlchemy row objects, because the full pass fetches a
+million of them.
 
 Everything is returned as numpy arrays aligned with ``Features.ids`` (customer ids,
 ascending); ``*_idx`` columns are positions in that array. Times are days since the
@@ -31,7 +38,9 @@ What counts (also in the README, "How scores are made"):
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +50,10 @@ import numpy as np
 from sqlalchemy import Connection, select
 
 from cx_connector.models import products
+from cx_connector.scoring import scan
 from cx_connector.touchpoint import STAGES
+
+log = logging.getLogger(__name__)
 
 PURCHASE_KINDS = ("order_placed", "deal_won")
 ORDER_OUTCOME_KINDS = ("order_fulfilled", "order_cancelled", "refund_issued")
@@ -53,8 +65,6 @@ NOT_ENGAGEMENT = ("profile_updated", "lifecycle_changed", "deal_stage_changed", 
                   "order_fulfilled")
 #: customers per ``IN (...)`` list in incremental queries
 CHUNK = 500
-#: rows fetched (and converted) at a time
-FETCH = 50_000
 _CODE = {k: i for i, k in enumerate(EVENT_KINDS)}
 
 
@@ -73,20 +83,8 @@ class Dialect:
         self.sqlite = conn.dialect.name == "sqlite"
 
     def time(self, col: str = "occurred_at") -> str:
-        """A timestamp as :meth:`days` can read it fast (SQLite: the stored text)."""
+        """A timestamp as :func:`scan.days_of` reads it fast (SQLite: the stored text)."""
         return col if self.sqlite else f"(extract(epoch from {col}))::float8"
-
-    def days(self, values: list) -> np.ndarray:
-        """Days since 1970-01-01 (float) of values selected with :meth:`time`."""
-        if not values:
-            return np.zeros(0)
-        if self.sqlite:
-            stamps = np.array(values, dtype="datetime64[us]")
-            missing = np.isnat(stamps)
-            out = np.where(missing, 0, stamps.astype(np.int64)) / 86_400e6
-            out[missing] = np.nan
-            return out
-        return np.array(values, dtype=float) / 86400.0
 
     def attr(self, key: str, col: str = "attributes") -> str:
         """A key of a JSON column as text (ids may be JSON numbers or strings)."""
@@ -179,6 +177,9 @@ class Features:
     item_code: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     item_keys: list[str] = field(default_factory=list)
     item_labels: list[str] = field(default_factory=list)
+    #: the scan's helper process, when one read half of the table: seconds, peak_mib
+    #: (or failed: why)
+    read_helper: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -193,51 +194,103 @@ def epoch_days(when: datetime) -> float:
     return when.timestamp() / 86400.0
 
 
-def _fetch(conn: Connection, d: Dialect, sql: str, as_of: datetime, ids: np.ndarray | None,
-           types: str, column: str = "customer_id") -> list[Any]:
-    """Run one extraction query on the transaction's DBAPI cursor and return its columns.
+def _scan(conn: Connection, d: Dialect, as_of: datetime, ids: np.ndarray | None, by: str,
+          stats: dict[str, Any]) -> dict[str, Any]:
+    """Every touchpoint of ``ids`` (everyone: None) up to ``as_of``, in one pass over the table.
 
-    Over everyone, or chunk by chunk over ``ids`` (``{ids}`` in ``sql`` marks where
-    the filter goes; ``:as_of`` is the time bound). ``types`` has one letter per
-    column: ``i`` integers, ``f`` floats (NULL: NaN), ``t`` times (as days, see
-    :meth:`Dialect.days`), ``o`` Python objects. Rows are fetched in batches and
-    numeric columns converted batch by batch, so a million rows never sit in memory
-    as Python tuples.
+    Each row's kind, journey stage and comment author are packed by the database into
+    one integer with the customer id (``code = (kind * 8 + stage) * 2 + author``, in the
+    low :data:`scan.CODE_BITS` bits), a rating's score takes the value's column, and
+    order and ticket references and line items are only extracted from the JSON where
+    they matter: every column fetched is a Python object made per row, which is most
+    of the cost of a million rows (see :func:`scan.fetch_columns`). A full pass over a
+    large SQLite table reads half of it in a helper process (:func:`_helper_range`);
+    ``stats`` gets the helper's figures. Returns the columns; object columns
+    (reference, items, source) only for event rows.
     """
+    kinds = (*EVENT_KINDS, *_QUIET_KINDS)
+    kind_case = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(kinds))
+    stage_case = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES))
+    order_ref = f"source || ':' || {d.attr('order_id')}"
+    ref = (f"CASE WHEN kind IN ('order_placed', 'order_cancelled', 'refund_issued') THEN {order_ref} "
+           f"WHEN kind = 'deal_won' THEN source || ':deal:' || {d.attr('deal_id')} "
+           f"WHEN kind IN ({_sql_list(TICKET_KINDS)}) "
+           f"THEN coalesce(source || ':' || {d.attr('ticket_id')}, 'touchpoint:' || id) END")
+    # (a fulfilment needs no order reference: it counts as a good experience either way)
+    author = f"CASE WHEN kind = 'ticket_commented' AND {d.attr('author')} = 'customer' THEN 1 ELSE 0 END"
+    sql = f"""
+        SELECT customer_id * {1 << scan.CODE_BITS}
+                 + ((CASE kind {kind_case} ELSE {_OTHER} END) * 8 + (CASE stage {stage_case} ELSE 7 END)) * 2
+                 + {author},
+               {d.time()},
+               {d.number(f"CASE WHEN kind IN ({_sql_list(RATING_KINDS)}) THEN rating_score ELSE value END")},
+               {d.number('rating_scale_max')},
+               {ref},
+               CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN {d.items(by)} END,
+               CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN source END
+        FROM {d.scan(ids is None)}
+        WHERE customer_id IS NOT NULL AND occurred_at <= :as_of {{ids}}"""
     placeholder, value = d.param(as_of)
     sql = sql.replace(":as_of", placeholder)
-    parts: list[list[Any]] = [[] for _ in types]
+    params = {"as_of": value}
+    options = {"sqlite": d.sqlite, "event_kinds": len(EVENT_KINDS)}
+    helper_range = _helper_range(conn, d) if ids is None else None
+    if helper_range is not None:  # the newer half in a helper process, the older one here
+        path, mid = helper_range
+        helper = scan.Helper(path, sql.replace("{ids}", f"AND id > {mid}"), params, len(EVENT_KINDS))
+        cur = conn.connection.dbapi_connection.cursor()
+        try:
+            try:
+                mine = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id <= {mid}")], params, **options)
+            except BaseException:  # our half failed (or Ctrl-C): the helper's half is not wanted
+                helper.stop()
+                raise
+            try:
+                theirs = helper.result()
+                stats.update(helper.stats)
+            except scan.HelperFailed as exc:
+                log.warning("scoring scan helper failed (%s); reading its half here", exc,
+                            extra={"error": str(exc)})
+                stats["failed"] = str(exc)
+                theirs = scan.fetch_columns(cur, [sql.replace("{ids}", f"AND id > {mid}")], params, **options)
+        finally:
+            cur.close()
+        return scan.concat([mine, theirs])
     statements = [sql.replace("{ids}", "")] if ids is None else [
-        sql.replace("{ids}", f"AND {column} IN ({', '.join(str(int(c)) for c in ids[i:i + CHUNK])})")
+        sql.replace("{ids}", f"AND customer_id IN ({', '.join(str(int(c)) for c in ids[i:i + CHUNK])})")
         for i in range(0, len(ids), CHUNK)]  # integers, from our own table
     cur = conn.connection.dbapi_connection.cursor()
     try:
-        for statement in statements:
-            cur.execute(statement, {"as_of": value})
-            while batch := cur.fetchmany(FETCH):
-                for k, (kind, col) in enumerate(zip(types, zip(*batch, strict=True), strict=True)):
-                    if kind == "i":
-                        parts[k].append(np.array(col, dtype=np.int64))
-                    elif kind == "f":
-                        parts[k].append(np.array(col, dtype=float))
-                    elif kind == "t":
-                        parts[k].append(d.days(list(col)))
-                    else:
-                        parts[k].append(list(col))
+        return scan.fetch_columns(cur, statements, params, **options)
     finally:
         cur.close()
-    out: list[Any] = []
-    for kind, chunks in zip(types, parts, strict=True):
-        if kind == "o":
-            out.append([v for c in chunks for v in c])
-        elif chunks:
-            out.append(np.concatenate(chunks))
-        else:
-            out.append(np.zeros(0, dtype=np.int64 if kind == "i" else float))
-    return out
 
 
-def _locate(ids: np.ndarray, customer_ids: list) -> tuple[np.ndarray, np.ndarray]:
+#: a full pass reads half of a SQLite table of at least this many touchpoints (by id
+#: range) in a helper process (see :mod:`cx_connector.scoring.scan`); 0: never
+PARALLEL_SCAN_ROWS = 200_000
+
+
+def _helper_range(conn: Connection, d: Dialect) -> tuple[str, int] | None:
+    """``(database file, first id of the helper's half)`` when the helper is worth it."""
+    path = conn.engine.url.database
+    if not d.sqlite or not PARALLEL_SCAN_ROWS or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    lo, hi = conn.exec_driver_sql("SELECT min(id), max(id) FROM touchpoints").one()
+    if lo is None or hi - lo + 1 < PARALLEL_SCAN_ROWS:
+        return None
+    return os.path.abspath(path), (lo + hi) // 2
+
+
+#: kinds that are not events of any score but matter for engagement (scan codes after
+#: EVENT_KINDS); any other kind gets code _OTHER (engagement)
+_QUIET_KINDS = tuple(k for k in NOT_ENGAGEMENT if k not in EVENT_KINDS)
+_OTHER = len(EVENT_KINDS) + len(_QUIET_KINDS)
+#: scan codes of kinds that do not show the customer engaging
+_NOT_ENGAGEMENT_CODES = [i for i, k in enumerate((*EVENT_KINDS, *_QUIET_KINDS)) if k in NOT_ENGAGEMENT]
+
+
+def _locate(ids: np.ndarray, customer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``customer_ids`` in ``ids``, and which of them are there at all
     (a full pass also reads rows of customers it does not score, e.g. merged-away ones)."""
     c = np.asarray(customer_ids, dtype=np.int64)
@@ -251,7 +304,7 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
          by: str = "category") -> Features:
     """Every score's inputs for the customers ``ids``.
 
-    ``full`` reads the whole table in sequential scans (use it when ``ids`` is most
+    ``full`` reads the whole table in one sequential scan (use it when ``ids`` is most
     customers); otherwise only the touchpoints of ``ids`` are read, by index.
     Touchpoints after ``as_of`` are ignored. ``by``: cross-sell items are
     categories or products.
@@ -261,123 +314,104 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     now_days = epoch_days(as_of)
     f = Features(ids=ids, as_of=as_of, now_days=now_days, today=math.floor(now_days))
     n = len(ids)
-    subset = None if full else ids
+    rows = _scan(conn, d, as_of, None if full else ids, by, f.read_helper)
+    pos, ok = _locate(ids, rows["cust"])
+    code, days = rows["code"], rows["days"]
+    kind, stage, author = code >> 4, (code >> 1) & 7, (code & 1).astype(bool)
 
     # -- journey stage and engagement -------------------------------------------------
-    stage_case = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES))
-    stage_sql = f"""
-        SELECT customer_id, count(*),
-               max(CASE WHEN kind NOT IN ({_sql_list(NOT_ENGAGEMENT)}) THEN {d.time()} END),
-               max(CASE stage {stage_case} ELSE -1 END)
-        FROM {d.scan(full)}
-        WHERE customer_id IS NOT NULL AND occurred_at <= :as_of {{ids}}
-        GROUP BY customer_id"""
-    cust, cnt, eng, stg = _fetch(conn, d, stage_sql, as_of, subset, "iiti")
-    pos, ok = _locate(ids, cust)
-    f.touchpoints = np.zeros(n)
+    f.touchpoints = np.bincount(pos[ok], minlength=n).astype(float)
     f.last_engaged = np.full(n, np.nan)
+    engaged = ok & ~np.isin(kind, _NOT_ENGAGEMENT_CODES)
+    np.fmax.at(f.last_engaged, pos[engaged], days[engaged])
     f.stage = np.full(n, -1, dtype=np.int64)
-    f.touchpoints[pos[ok]] = cnt[ok]
-    f.last_engaged[pos[ok]] = eng[ok]
-    f.stage[pos[ok]] = stg[ok]
-    _events(conn, d, f, as_of, subset, by)
+    staged = ok & (stage < len(STAGES))
+    np.maximum.at(f.stage, pos[staged], stage[staged])
+
+    # -- purchases, order outcomes, tickets, ratings: the event rows -------------------
+    event = kind < len(EVENT_KINDS)
+    e_pos, e_ok, e_code, e_days = pos[event], ok[event], kind[event], days[event]
+    values = rows["value"][event]
+    scale = rows["scale"][event]
+    author = author[event]
+    refs, items, sources = rows["ref"], rows["items"], rows["source"]
+    del rows
+    ref_code, n_refs = _factorize(refs)
+    cancelled, refund, refunded_any = _outcomes(f, e_code, e_pos, e_ok, e_days, values, ref_code, n_refs)
+    undone = _purchases(f, e_code, e_pos, e_ok, e_days, values, ref_code, cancelled, refund, refunded_any)
+    _tickets(f, e_code, e_pos, e_ok, e_days, ref_code, author)
+    _ratings(f, e_code, e_pos, e_ok, e_days, values, scale)
+    _items(conn, f, e_code, e_pos, e_ok, ref_code, undone, items, sources, by)
     return f
 
 
-def _events(conn: Connection, d: Dialect, f: Features, as_of: datetime, subset: np.ndarray | None,
-            by: str) -> None:
-    """Purchases, order outcomes, tickets and ratings: one scan."""
-    ids = f.ids
-    kind_case = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(EVENT_KINDS))
-    order_ref = f"source || ':' || {d.attr('order_id')}"
-    # (a fulfilment needs no order reference: it counts as a good experience either way)
-    ref = (f"CASE WHEN kind IN ('order_placed', 'order_cancelled', 'refund_issued') THEN {order_ref} "
-           f"WHEN kind = 'deal_won' THEN source || ':' || {d.attr('deal_id')} "
-           f"WHEN kind IN ({_sql_list(TICKET_KINDS)}) "
-           f"THEN coalesce(source || ':' || {d.attr('ticket_id')}, 'touchpoint:' || id) END")
-    # few columns, each doing double duty, because converting them is most of the cost:
-    # kind code x 2 + "a customer wrote this comment"; the rating score or else the value
-    by_customer = f"CASE WHEN kind = 'ticket_commented' AND {d.attr('author')} = 'customer' THEN 1 ELSE 0 END"
-    rows = _fetch(conn, d, f"""
-        SELECT customer_id, (CASE kind {kind_case} END) * 2 + {by_customer}, {d.time()},
-               {d.number(f"CASE WHEN kind IN ({_sql_list(RATING_KINDS)}) THEN rating_score ELSE value END")},
-               {d.number('rating_scale_max')}, {ref},
-               CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN {d.items(by)} END,
-               CASE WHEN kind IN ({_sql_list(PURCHASE_KINDS)}) THEN source END
-        FROM {d.scan(subset is None)}
-        WHERE kind IN ({_sql_list(EVENT_KINDS)}) AND customer_id IS NOT NULL
-          AND occurred_at <= :as_of {{ids}}""", as_of, subset, "iitffooo")
-    cust, code2, days, values, scale, refs, items, sources = rows
-    del rows
-    code, author = code2 // 2, code2 % 2
-    score = values
-    pos, ok = _locate(ids, cust)
-    cancelled, refunds = _outcomes(f, code, pos, ok, days, values, refs)
-    undone = _purchases(f, code, pos, ok, days, values, refs, cancelled, refunds)
-    _tickets(f, code, pos, ok, days, refs, author.astype(bool))
-    _ratings(f, code, pos, ok, days, score, scale)
-    _items(conn, f, code, pos, ok, refs, items, sources, undone, by)
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer codes of the (text) values in order of first appearance; None: -1."""
+    listed = values.tolist()
+    # dict.fromkeys keeps the first appearance order, and both passes run in C
+    index = {v: i for i, v in enumerate(k for k in dict.fromkeys(listed) if k is not None)}
+    n = len(index)
+    index[None] = -1
+    return np.fromiter(map(index.__getitem__, listed), dtype=np.int64, count=len(listed)), n
+
+
+def _first_seen(keys: np.ndarray) -> np.ndarray:
+    """Codes of ``keys`` (integers) numbered in order of first appearance."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
 
 
 def _outcomes(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,
-              values: np.ndarray, refs: list) -> tuple[set, dict]:
-    """Order outcomes per customer; the cancelled orders and refund totals by order."""
+              values: np.ndarray, ref: np.ndarray, n_refs: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order outcomes per customer; which orders (reference codes) were cancelled, the sum
+    of their refunds, and whether any refund with a value names them."""
     sel = ok & np.isin(code, _codes(ORDER_OUTCOME_KINDS))
     f.outcome_idx = pos[sel]
     f.outcome_kind = code[sel] - _CODE[ORDER_OUTCOME_KINDS[0]]
     f.outcome_t = days[sel]
-    cancelled: set[str] = set()
-    refunds: dict[str, float] = {}
-    cancel, refund = _CODE["order_cancelled"], _CODE["refund_issued"]
-    for i in np.flatnonzero(np.isin(code, [cancel, refund])).tolist():
-        o = refs[i]
-        if o is None:
-            continue
-        if code[i] == cancel:
-            cancelled.add(o)
-        elif not math.isnan(values[i]):
-            refunds[o] = refunds.get(o, 0.0) - abs(values[i])
-    return cancelled, refunds
+    cancelled = np.zeros(n_refs, dtype=bool)
+    cancelled[ref[(code == _CODE["order_cancelled"]) & (ref >= 0)]] = True
+    refunds = (code == _CODE["refund_issued"]) & (ref >= 0) & ~np.isnan(values)
+    refund = np.zeros(n_refs)
+    np.add.at(refund, ref[refunds], -np.abs(values[refunds]))
+    refunded_any = np.zeros(n_refs, dtype=bool)
+    refunded_any[ref[refunds]] = True
+    return cancelled, refund, refunded_any
 
 
 def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,
-               values: np.ndarray, refs: list, cancelled: set, refunds: dict) -> set[str]:
-    """Purchase days per customer; returns the orders that were undone (cancelled or
-    refunded in full), whose line items do not count either."""
+               values: np.ndarray, ref: np.ndarray, cancelled: np.ndarray, refund: np.ndarray,
+               refunded_any: np.ndarray) -> np.ndarray:
+    """Purchase days per customer; returns which orders (reference codes) were undone
+    (cancelled or refunded in full): their line items do not count either."""
     n = f.n
-    undone = set(cancelled)
     rows = np.flatnonzero(np.isin(code, _codes(PURCHASE_KINDS)))
+    r = ref[rows]
     keep = ok[rows].copy()
-    values = values.copy()
-    dropped = np.zeros(n)
-    refunded = np.zeros(n)
-    seen: set[str] = set()
-    for j, i in enumerate(rows.tolist()):
-        ref = refs[i]
-        if ref is None:
-            continue
-        if ref in seen:  # the same order twice (say, imported and received): one purchase
-            keep[j] = False
-            continue
-        seen.add(ref)
-        if not keep[j]:
-            continue
-        if ref in cancelled:
-            keep[j] = False
-            dropped[pos[i]] += 1
-            continue
-        r = refunds.get(ref)
-        if r is not None and not math.isnan(values[i]):
-            net = values[i] + r
-            if values[i] > 0 and net <= 0.005:  # refunded in full: the purchase was undone
-                keep[j] = False
-                dropped[pos[i]] += 1
-                undone.add(ref)
-            else:
-                refunded[pos[i]] += 1
-                values[i] = net
+    known = r >= 0
+    # the same order twice (say, imported and received): one purchase, the first one read
+    first = np.zeros(len(rows), dtype=bool)
+    if known.any():
+        _, at = np.unique(r[known], return_index=True)
+        first[np.flatnonzero(known)[at]] = True
+    keep &= ~known | first
+    undone = cancelled.copy()
+    own = keep & known
+    gone = own & cancelled[np.maximum(r, 0)]
+    value = values[rows].copy()
+    net = value + refund[np.maximum(r, 0)]
+    part = own & ~gone & refunded_any[np.maximum(r, 0)] & ~np.isnan(value)
+    in_full = part & (value > 0) & (net <= 0.005)  # refunded in full: the purchase was undone
+    undone[r[in_full]] = True
+    partly = part & ~in_full
+    value[partly] = net[partly]
+    keep &= ~gone & ~in_full
+    f.orders_dropped = np.bincount(pos[rows[gone | in_full]], minlength=n).astype(float)
+    f.orders_part_refunded = np.bincount(pos[rows[partly]], minlength=n).astype(float)
     sel = rows[keep]
-    f.orders_dropped, f.orders_part_refunded = dropped, refunded
     f.purchase_days = np.zeros(n)
     f.first_day = np.full(n, -1, dtype=np.int64)
     f.last_day = np.full(n, -1, dtype=np.int64)
@@ -385,41 +419,38 @@ def _purchases(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, d
     f.repeat_spend, f.repeat_spend_days = np.zeros(n), np.zeros(n)
     if not len(sel):
         return undone
-    p_idx, p_day, p_val = pos[sel], np.floor(days[sel]).astype(np.int64), values[sel]
+    p_idx, p_day, p_val = pos[sel], np.floor(days[sel]).astype(np.int64), value[keep]
     order = np.lexsort((p_day, p_idx))
     p_idx, p_day, p_val = p_idx[order], p_day[order], p_val[order]
     new_day = np.ones(len(p_idx), dtype=bool)
     new_day[1:] = (p_idx[1:] != p_idx[:-1]) | (p_day[1:] != p_day[:-1])
     starts = np.flatnonzero(new_day)
     d_idx, d_day = p_idx[starts], p_day[starts]
-    known = ~np.isnan(p_val)
-    d_val = np.add.reduceat(np.where(known, p_val, 0.0), starts)
-    d_known = np.add.reduceat(known.astype(np.int64), starts) > 0
-    first = np.ones(len(d_idx), dtype=bool)
-    first[1:] = d_idx[1:] != d_idx[:-1]
+    has_value = ~np.isnan(p_val)
+    d_val = np.add.reduceat(np.where(has_value, p_val, 0.0), starts)
+    d_known = np.add.reduceat(has_value.astype(np.int64), starts) > 0
+    first_day = np.ones(len(d_idx), dtype=bool)
+    first_day[1:] = d_idx[1:] != d_idx[:-1]
     last = np.ones(len(d_idx), dtype=bool)
     last[:-1] = d_idx[1:] != d_idx[:-1]
     f.purchase_days = np.bincount(d_idx, minlength=n).astype(float)
-    f.first_day[d_idx[first]] = d_day[first]
+    f.first_day[d_idx[first_day]] = d_day[first_day]
     f.last_day[d_idx[last]] = d_day[last]
     f.spend = np.bincount(d_idx, weights=np.where(d_known, d_val, 0.0), minlength=n)
     f.spend_days = np.bincount(d_idx, weights=d_known.astype(float), minlength=n)
-    rep = ~first & d_known
+    rep = ~first_day & d_known
     f.repeat_spend = np.bincount(d_idx[rep], weights=d_val[rep], minlength=n)
     f.repeat_spend_days = np.bincount(d_idx[rep], minlength=n).astype(float)
     return undone
 
 
 def _tickets(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, days: np.ndarray,
-             refs: list, by_customer: np.ndarray) -> None:
+             ref: np.ndarray, by_customer: np.ndarray) -> None:
     """Group ticket touchpoints per customer and ticket (``source`` + ``ticket_id``; a
     touchpoint without a ticket id is a ticket of its own)."""
     rows = np.flatnonzero(ok & np.isin(code, _codes(TICKET_KINDS)))
-    keys: dict[tuple, int] = {}
-    owners = pos.tolist()
-    tk = np.array([keys.setdefault((owners[i], refs[i]), len(keys)) for i in rows.tolist()],
-                  dtype=np.int64)
-    m = len(keys)
+    tk = _first_seen(pos[rows] * (int(ref.max(initial=0)) + 2) + ref[rows] + 1) if len(rows) else rows
+    m = int(tk.max()) + 1 if len(tk) else 0
     c, t = code[rows], days[rows]
 
     def latest(kind_codes: list[int], fn: Any, fill: float) -> np.ndarray:
@@ -455,7 +486,7 @@ def _ratings(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, day
 
 
 def _items(conn: Connection, f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray,
-           refs: list, items: list, sources: list, undone: set, by: str) -> None:
+           ref: np.ndarray, undone: np.ndarray, items: np.ndarray, sources: np.ndarray, by: str) -> None:
     """Distinct (customer, item) pairs of purchases that were not undone (cancelled or
     refunded in full).
 
@@ -463,45 +494,60 @@ def _items(conn: Connection, f: Features, code: np.ndarray, pos: np.ndarray, ok:
     catalogue (``products`` table); line items without any category are left out.
     By product, the item is the product id (else the SKU) within its source.
     """
-    rows = np.flatnonzero(ok & np.isin(code, _codes(PURCHASE_KINDS))).tolist()
-    positions = pos.tolist()
+    rows = np.flatnonzero(ok & np.isin(code, _codes(PURCHASE_KINDS)))
+    r = ref[rows]
+    rows = rows[(r < 0) | ~undone[np.maximum(r, 0)]]
+    texts = items[rows].tolist()
+    has = [bool(t) for t in texts]
+    rows = rows[np.asarray(has, dtype=bool)] if len(rows) else rows
+    texts = [t for t, h in zip(texts, has, strict=True) if h]
+    counts = np.fromiter((t.count("\x1f") + 1 for t in texts), dtype=np.int64, count=len(texts))
+    joined = "\x1f".join(texts)
+    flat = joined.split("\x1f") if texts else []
+    owners = np.repeat(pos[rows], counts)
+    row_of = np.repeat(rows, counts)
     catalogue: dict[tuple[str, str], tuple[str | None, str | None]] | None = None
     codes: dict[str, int] = {}
     labels: list[str] = []
-    idx_out: list[int] = []
-    code_out: list[int] = []
-    for i in rows:
-        text_ = items[i]
-        if not text_ or (refs[i] is not None and refs[i] in undone):
-            continue
-        for item in text_.split("\x1f"):
-            if by == "category":
-                if item.startswith("\x1e"):  # no category on the line item: ask the catalogue
-                    if catalogue is None:
-                        catalogue = _catalogue(conn)
-                    item = catalogue.get((sources[i], item[1:]), (None, None))[0] or ""
-                if not item:
-                    continue
-                key = label = item
-            else:
-                ident, _, title = item.partition("\x1e")
-                if not ident:
-                    continue
-                key = f"{sources[i]}:{ident}"
-                if not title:
-                    if catalogue is None:
-                        catalogue = _catalogue(conn)
-                    title = catalogue.get((sources[i], ident), (None, None))[1] or ident
-                label = title
-            c = codes.get(key)
-            if c is None:
-                c = codes[key] = len(labels)
-                labels.append(label)
-            idx_out.append(positions[i])
-            code_out.append(c)
-    if idx_out:
+    memo: dict[tuple[Any, str], int] = {}
+
+    def item_code(source: Any, item: str) -> int:
+        nonlocal catalogue
+        if by == "category":
+            if item.startswith("\x1e"):  # no category on the line item: ask the catalogue
+                if catalogue is None:
+                    catalogue = _catalogue(conn)
+                item = catalogue.get((source, item[1:]), (None, None))[0] or ""
+            if not item:
+                return -1
+            key = label = item
+        else:
+            ident, _, title = item.partition("\x1e")
+            if not ident:
+                return -1
+            key = f"{source}:{ident}"
+            if not title:
+                if catalogue is None:
+                    catalogue = _catalogue(conn)
+                title = catalogue.get((source, ident), (None, None))[1] or ident
+            label = title
+        c = codes.get(key)
+        if c is None:
+            c = codes[key] = len(labels)
+            labels.append(label)
+        return c
+
+    # the source matters by product, and for line items that ask the catalogue
+    if by == "product" or "\x1e" in joined:
+        keys: list[Any] = list(zip(sources[row_of].tolist(), flat, strict=True))
+    else:
+        keys = [(None, item) for item in flat]
+    out = np.asarray([memo[k] if k in memo else memo.setdefault(k, item_code(*k)) for k in keys],
+                     dtype=np.int64)
+    valid = out >= 0
+    if valid.any():
         width = len(labels) + 1
-        pair = np.unique(np.asarray(idx_out, dtype=np.int64) * width + np.asarray(code_out, dtype=np.int64))
+        pair = np.unique(owners[valid] * width + out[valid])
         f.item_idx, f.item_code = pair // width, pair % width
     f.item_keys = list(codes)
     f.item_labels = labels

@@ -83,7 +83,8 @@ def _purchases(conn: Connection, start: datetime, end: datetime,
     counts them: cancelled or fully refunded orders left out, partial refunds deducted.
     ``customer_ids``: only these customers' purchases (at most a few hundred ids)."""
     order_ref = t.source.concat(":").concat(t.attributes["order_id"].as_string())
-    deal_ref = t.source.concat(":").concat(t.attributes["deal_id"].as_string())
+    # deal references apart from order ones, as in scoring: order 7 and deal 7 are two purchases
+    deal_ref = t.source.concat(":deal:").concat(t.attributes["deal_id"].as_string())
     whose = t.customer_id.in_(list(customer_ids)) if customer_ids is not None else true()
     cancelled: set[str] = set()
     refunds: dict[str, float] = {}

@@ -11,18 +11,21 @@ or after ``schedule.full_score_at`` (UTC) whose last full pass is older than tha
 time, which is also "whenever the last full pass is more than 24 hours old". The
 daily pass exists because scores decay with time even when nothing happens.
 
-What a run stores, per customer, in transactions of :data:`WRITE_CHUNK` customers
-(so webhooks are never blocked for long): the latest values and their explanation
-(``scores``), a ``score_snapshots`` row when a value other than ``cx_scored_at``
-changed, the changed values in the outbox (:func:`cx_connector.outbox.enqueue_many`,
-for customers whose values changed or who were marked changed), and
-``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
+What a run stores, once: the ``score_contexts`` row its explanations name (model
+parameters and settings, see :mod:`cx_connector.scoring.explain`); per customer, in
+transactions of :data:`WRITE_CHUNK` customers (so webhooks are never blocked for long):
+the latest values and their explanation (``scores``), a ``score_snapshots`` row when a
+value other than ``cx_scored_at`` changed, the changed values in the outbox
+(:func:`cx_connector.outbox.enqueue_many`, for customers whose values changed or who
+were marked changed), and ``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
 before it read the touchpoints: a touchpoint committed while the run worked moves
 ``changed_at`` past it, so that customer stays due for the next run.
 
 ``as_of`` (``cx-connector score --as-of DATE``) scores as of the end of that day
-(touchpoints after it are ignored, models are fitted on the data up to it) and
-stores nothing: historical scores must never reach a CRM or overwrite today's.
+(touchpoints after it are ignored, models are fitted on the data up to it; today:
+as of now) and stores nothing: historical scores must never reach a CRM or
+overwrite today's. Only customers with a touchpoint by then are scored; a day in
+the future is refused (:class:`ValueError`), as there is nothing to score it on.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sqlalchemy import Connection, select
 
 from cx_connector import db, outbox
 from cx_connector.fields import FIELDS, SCORE_FIELDS
-from cx_connector.models import customers, job_runs, population_models
+from cx_connector.models import job_runs, population_models
 from cx_connector.runtime import Runtime
 from cx_connector.scoring import cross_sell, cx_score, explain, features, retention, store
 from cx_connector.scoring.cross_sell import CrossSellModel
@@ -188,7 +191,9 @@ class Result:
     retention: retention.Retention
     recommendations: cross_sell.Recommendations
     cx: cx_score.CX
-    shared: dict[str, Any]
+    #: the run's context (model parameters, settings: see explain.context) and when it was scored
+    context: dict[str, Any]
+    scored_at: datetime
 
     @property
     def ids(self) -> np.ndarray:
@@ -202,22 +207,34 @@ class Result:
     def values_json(self, rows: range) -> list[str]:
         """:meth:`values` as JSON text, built column by column (``json.dumps`` of 100,000
         small dicts costs more than scoring them)."""
-        names = [fld.name for fld in SCORE_FIELDS]
-        template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
-        tokens = []
-        for name in names:
-            memo: dict[Any, str] = {}
-            column = self.columns[name][rows.start:rows.stop]
-            tokens.append([memo[v] if v in memo else memo.setdefault(v, json.dumps(v)) for v in column])
-        return [template % row for row in zip(*tokens, strict=True)]
+        return self.texts(rows)[0]
 
-    def explanations(self, rows: range) -> list[str]:
-        """The explanations of ``rows`` as JSON text (what is stored)."""
+    def texts(self, rows: range) -> tuple[list[str], list[str]]:
+        """:meth:`values` as JSON text (:func:`db.json_dumps`), with and without the
+        ``None`` values (the first write of a platform record holds the latter),
+        built column by column: each distinct value of a field is serialised once."""
+        pairs = []
+        for fld in SCORE_FIELDS:
+            memo: dict[tuple[type, Any], str] = {}
+            key = db.json_dumps(fld.name)
+            column = self.columns[fld.name][rows.start:rows.stop]
+            pairs.append([memo[(type(v), v)] if (type(v), v) in memo
+                          else memo.setdefault((type(v), v), f"{key}:{db.json_dumps(v)}") for v in column])
+        null_pairs = {f"{db.json_dumps(fld.name)}:null" for fld in SCORE_FIELDS}
+        rows_ = list(zip(*pairs, strict=True))
+        full = ["{" + ",".join(row) + "}" for row in rows_]
+        set_only = ["{" + ",".join(p for p in row if p not in null_pairs) + "}" for row in rows_]
+        return full, set_only
+
+    def explanations(self, rows: range, context_id: int | None = None) -> list[str]:
+        """The explanations of ``rows`` as JSON text (what is stored: they name the
+        ``score_contexts`` row ``context_id``)."""
         return explain.build(self.f, self.retention, self.recommendations, self.models.cross_sell,
-                             self.cx, self.shared, rows)
+                             self.cx, self.scored_at, context_id, rows)
 
     def explanation(self, i: int) -> dict[str, Any]:
-        return json.loads(self.explanations(range(i, i + 1))[0])
+        """Customer ``i``'s whole explanation (context included)."""
+        return explain.expand(json.loads(self.explanations(range(i, i + 1))[0]), self.context)
 
     def distribution(self) -> dict[str, dict[str, int]]:
         """How many customers got each health / churn risk / NPS category / journey stage."""
@@ -265,31 +282,50 @@ def compute(f: features.Features, models: Models, s: ScoringSettings, scored_at:
         "cx_journey_stage": stages.tolist(),
         "cx_scored_at": [stamp] * f.n,
     }
-    common = explain.shared(models.population, models.cross_sell, models.fitted_at, s, scored_at)
+    context = explain.context(models.population, models.cross_sell, models.fitted_at, s)
     return Result(f=f, models=models, columns=columns, retention=ret, recommendations=rec, cx=cx,
-                  shared=common)
+                  context=context, scored_at=scored_at)
 
 
 # --- the run --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Selected:
-    """A customer a run scores: its ``changed_at`` as read (the watermark) and whether
-    it was marked changed since it was last scored."""
+class Selection:
+    """The customers a run scores, by ascending id: each one's ``changed_at`` as read
+    (the watermark, as the database stores it: it is written back unchanged) and
+    whether it was marked changed since it was last scored."""
 
-    id: int
-    changed_at: datetime | None
-    dirty: bool
+    ids: list[int]
+    changed_at: list[Any]
+    dirty: list[bool]
 
 
-def _select_customers(conn: Connection, mode: str) -> list[Selected]:
-    dirty = customers.c.changed_at.is_not(None) & (
-        customers.c.scored_at.is_(None) | (customers.c.changed_at > customers.c.scored_at))
-    q = select(customers.c.id, customers.c.changed_at, dirty).where(customers.c.merged_into_id.is_(None))
+def _select_customers(conn: Connection, mode: str, as_of: datetime | None = None) -> Selection:
+    """Read through the DBAPI cursor: a full pass selects every customer, and row
+    objects with time-zone conversion would cost a second per 100,000. ``as_of``:
+    only customers with a touchpoint by then (a report of the past)."""
+    dirty = "changed_at IS NOT NULL AND (scored_at IS NULL OR changed_at > scored_at)"
+    where = ["merged_into_id IS NULL"]
     if mode == "incremental":
-        q = q.where(dirty)
-    return [Selected(r[0], r[1], bool(r[2])) for r in conn.execute(q.order_by(customers.c.id))]
+        where.append(dirty)
+    params: dict[str, Any] = {}
+    if as_of is not None:
+        placeholder, params["as_of"] = features.Dialect(conn).param(as_of)
+        where.append("EXISTS (SELECT 1 FROM touchpoints t WHERE t.customer_id = customers.id "
+                     f"AND t.occurred_at <= {placeholder})")
+    sql = (f"SELECT id, changed_at, CASE WHEN {dirty} THEN 1 ELSE 0 END FROM customers "
+           f"WHERE {' AND '.join(where)} ORDER BY id")
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    if not rows:
+        return Selection([], [], [])
+    ids, changed, flags = zip(*rows, strict=True)
+    return Selection(list(ids), list(changed), [bool(f) for f in flags])
 
 
 def end_of_day(day: date) -> datetime:
@@ -324,7 +360,11 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
     s = rt.config.scoring
     t0 = time.perf_counter()
     now = rt.now()
-    when = end_of_day(as_of) if as_of else now
+    if as_of is not None and as_of > now.astimezone(UTC).date():
+        raise ValueError(f"--as-of {as_of.isoformat()} is in the future (today is "
+                         f"{now.astimezone(UTC).date().isoformat()} UTC): scores can only be computed "
+                         "from what has happened")
+    when = min(end_of_day(as_of), now) if as_of else now
     timings: dict[str, float] = {}
     with db.read(rt.engine) as conn:
         models = None if as_of else load_models(conn)
@@ -333,18 +373,19 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
         else:
             mode, why = mode_for(models, s, now, rt.config.schedule.full_score_at, full,
                                  last_backfill(conn))
-        selected = _select_customers(conn, mode)
+        selected = _select_customers(conn, mode, when if as_of else None)
         report: dict[str, Any] = {"mode": "as_of" if as_of else mode, "why": why, "as_of": when,
-                                  "customers_scored": len(selected)}
-        if not selected:
+                                  "customers_scored": len(selected.ids)}
+        if not selected.ids:
             report.update(duration_ms=int((time.perf_counter() - t0) * 1000), changed=0,
                           outbox_queued=0)
             if models is not None:
                 report["models"] = model_report(models)
             return report
-        ids = [c.id for c in selected]
-        f = features.load(conn, ids, when, full=mode == "full", by=s.cross_sell.by)
+        f = features.load(conn, selected.ids, when, full=mode == "full", by=s.cross_sell.by)
     timings["read_s"] = time.perf_counter() - t0
+    if f.read_helper:  # half of the table was read by a helper process (see scoring.scan)
+        report["read_helper"] = f.read_helper
     t1 = time.perf_counter()
     if mode == "full":
         # the last fit starts the new one, which then converges in a few steps
@@ -370,7 +411,7 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
         report.update(changed=0, outbox_queued=0, stored=False)
     else:
         t3 = time.perf_counter()
-        stored = write(rt, result, {c.id: c for c in selected}, now=now, full=mode == "full")
+        stored = write(rt, result, selected, now=now, full=mode == "full")
         report.update(stored)
         timings["write_s"] = time.perf_counter() - t3
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -385,47 +426,55 @@ def job(rt: Runtime) -> dict[str, Any]:
     return run(rt)
 
 
-def _comparable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k != "cx_scored_at"}
+def _changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a value other than ``cx_scored_at`` differs from the stored one."""
+    if old is None:
+        return True
+    return {**old, "cx_scored_at": new.get("cx_scored_at")} != new
 
 
-def write(rt: Runtime, result: Result, selected: dict[int, Selected], *, now: datetime,
+def write(rt: Runtime, result: Result, selected: Selection, *, now: datetime,
           full: bool) -> dict[str, Any]:
     """Store one run's results (see the module docstring); returns counts for the report."""
     ids = result.ids.tolist()
+    if ids != selected.ids:
+        raise AssertionError("scored customers differ from the selected ones")
     changed_total = queued_total = skipped = 0
-    if full:
-        with db.write(rt.engine) as conn:
+    with db.write(rt.engine) as conn:
+        if full:
             store_models(conn, result.models, now)
+        context_id = store.context_id(conn, result.context, now)
     for start in range(0, len(ids), WRITE_CHUNK):
         rows = range(start, min(start + WRITE_CHUNK, len(ids)))
         chunk_ids = ids[rows.start:rows.stop]
         values = result.values(rows)
-        texts = result.values_json(rows)
-        explanations = result.explanations(rows)
+        texts, set_texts = result.texts(rows)
+        explanations = result.explanations(rows, context_id)
         with db.write(rt.engine) as conn:
             # a customer merged away while we were scoring gets nothing (its scores were deleted)
             alive = store.alive(conn, chunk_ids)
             before = store.previous_values(conn, chunk_ids)
-            upserts, snaps, queue, marks = [], [], [], []
+            upserts, snaps, queue, encoded, marks = [], [], [], [], []
             for k, cid in enumerate(chunk_ids):
                 if cid not in alive:
                     skipped += 1
                     continue
                 text = texts[k]
                 upserts.append((cid, text, explanations[k]))
-                old = before.get(cid)
-                changed = old is None or _comparable(old) != _comparable(values[k])
+                changed = _changed(before.get(cid), values[k])
                 if changed:
                     snaps.append((cid, text))
-                if changed or selected[cid].dirty:
+                dirty = selected.dirty[rows.start + k]
+                if changed or dirty:
                     queue.append((cid, values[k]))
-                if selected[cid].dirty:  # the others' watermark is still right
-                    marks.append((cid, selected[cid].changed_at))
+                    encoded.append(set_texts[k])
+                if dirty:  # the others' watermark is still right
+                    marks.append((cid, selected.changed_at[rows.start + k]))
             store.upsert_scores(conn, now, upserts)
             store.insert_snapshots(conn, now, snaps)
             if queue:
-                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True)
+                queued_total += outbox.enqueue_many(conn, rt.connectors, queue, now=now, canonical_input=True,
+                                                    encoded=encoded)
             store.set_scored_at(conn, marks)
             changed_total += len(snaps)
     return {"changed": changed_total, "outbox_queued": queued_total, "merged_meanwhile": skipped,

@@ -1,4 +1,5 @@
-"""Bulk reads and writes of scoring results: ``scores``, ``score_snapshots``, ``customers.scored_at``.
+"""Bulk reads and writes of scoring results: ``scores``, ``score_snapshots``, ``customers.scored_at``
+(and the run's ``score_contexts`` row).
 
 They go through the DBAPI cursor of the caller's transaction with JSON serialised
 once by the caller, because a full pass writes 100,000 rows to each of these
@@ -10,12 +11,15 @@ text, as :class:`cx_connector.models.UTCDateTime` writes them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
+
+from cx_connector.models import score_contexts
 
 
 class _Writer:
@@ -83,23 +87,24 @@ def insert_snapshots(conn: Connection, scored_at: datetime, rows: Sequence[tuple
            [(cid, at, values) for cid, values in rows])
 
 
-def set_scored_at(conn: Connection, rows: Sequence[tuple[int, datetime]]) -> None:
-    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect.
+def set_scored_at(conn: Connection, rows: Sequence[tuple[int, Any]]) -> None:
+    """``(customer_id, watermark)``: the ``changed_at`` the scores reflect, as the
+    database returned it (written back unchanged).
 
     Customers sharing a watermark (marked changed by one import or webhook batch)
     are updated by one statement.
     """
     w = _Writer(conn)
-    groups: dict[datetime, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     for cid, at in rows:
         groups.setdefault(at, []).append(cid)
     singles = []
     for at, ids in groups.items():
         if len(ids) == 1:
-            singles.append((w.time(at), ids[0]))
+            singles.append((at, ids[0]))
             continue
         listed = ", ".join(str(int(i)) for i in ids)  # integers, from our own tables
-        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [w.time(at)])
+        w.query(f"UPDATE customers SET scored_at = ? WHERE id IN ({listed})", [at])
     w.many("UPDATE customers SET scored_at = ? WHERE id = ?", singles)
 
 
@@ -111,3 +116,18 @@ def alive(conn: Connection, ids: Sequence[int]) -> set[int]:
     listed = ", ".join(str(int(i)) for i in ids)
     return {r[0] for r in w.query(
         f"SELECT id FROM customers WHERE id IN ({listed}) AND merged_into_id IS NULL")}
+
+
+def context_id(conn: Connection, context: dict[str, Any], now: datetime) -> int:
+    """The id of the ``score_contexts`` row holding ``context``, added if new.
+
+    Rows are deduplicated by the SHA-256 of the canonical JSON: incremental runs
+    between two full passes, with unchanged settings, share their context.
+    """
+    text = json.dumps(context, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    found = conn.execute(select(score_contexts.c.id).where(score_contexts.c.digest == digest)).scalar()
+    if found is not None:
+        return int(found)
+    return int(conn.execute(score_contexts.insert().values(
+        digest=digest, created_at=now, context=context).returning(score_contexts.c.id)).scalar_one())

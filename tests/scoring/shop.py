@@ -74,9 +74,11 @@ def values(rt: Runtime, who: str) -> dict[str, Any]:
 
 
 def explanation(rt: Runtime, who: str) -> dict[str, Any]:
+    """The stored explanation, with the context it names (as staff see it)."""
+    from cx_connector.scoring import explain
     with db.read(rt.engine) as conn:
-        return dict(conn.execute(select(scores.c.explanation).where(
-            scores.c.customer_id == cid(rt, who))).scalar_one())
+        return explain.stored(conn, dict(conn.execute(select(scores.c.explanation).where(
+            scores.c.customer_id == cid(rt, who))).scalar_one()))
 
 
 def snapshots(rt: Runtime, who: str) -> list[dict[str, Any]]:

@@ -134,6 +134,7 @@ def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
     with db.read(rt.engine) as conn:
         values, why = conn.execute(select(scores.c.score_values, scores.c.explanation)
                                    .where(scores.c.customer_id == 1)).one()
+        why = explain.stored(conn, why)
     p = bgnbd.BGNBDParams.from_json(stored["bgnbd"]["params"])
     h = 90 / 7
     assert values["cx_retention_probability"] == round(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cx_connector.runtime import build
-from cx_connector.scoring import run
+from cx_connector.scoring import explain, run
 from tests.conftest import NOW, make_config
 from tests.scoring.shop import add, ago, explanation, order, tp, values
 
@@ -78,6 +78,8 @@ def test_non_buyers_get_the_most_popular_item(shop):
     add(shop, tp("email_engaged", "lead", ago(1)))
     run.run(shop, full=True)
     assert values(shop, "lead")["cx_next_best_product"] == "coffee"
+    words = explain.render(explanation(shop, "lead"), values(shop, "lead"))["cx_next_best_product"]
+    assert words.startswith("Nothing bought yet, so the most popular item: coffee, bought by ")
 
 
 def test_recommendations_by_product(database_url):

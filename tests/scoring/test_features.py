@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -10,8 +11,12 @@ import pytest
 from cx_connector import db, inbox
 from cx_connector.connector import CatalogueProduct
 from cx_connector.scoring import features
-from tests.conftest import NOW
+from tests.conftest import NOW, PG_URL
 from tests.scoring.shop import add, ago, cid, order, tp
+
+
+def db_is_sqlite() -> bool:
+    return not PG_URL
 
 
 def load(rt, *who, full=True, by="category"):
@@ -112,3 +117,126 @@ def test_reading_a_few_customers_gives_what_the_full_pass_gives(rt):
                  "last_engaged", "stage", "touchpoints"):
         assert np.array_equal(getattr(full, name)[keep], getattr(part, name), equal_nan=True), name
     assert len(part.ticket_idx) == 1 and len(part.rating_idx) == 2
+
+
+def test_a_deal_and_an_order_with_the_same_id_are_two_purchases(rt):
+    """Order and deal references live in different namespaces of one source."""
+    add(rt, tp("deal_won", "hal", ago(40), value=100, deal_id="7"),
+        order("hal", ago(20), 10, "7", "coffee"),
+        tp("order_cancelled", "hal", ago(19), order_id="8"))          # another order: not the deal
+    f, at = load(rt, "hal")
+    assert f.purchase_days[at["hal"]] == 2
+    assert f.orders_dropped[at["hal"]] == 0
+
+
+def test_one_scan_gives_stage_engagement_and_events_of_every_kind(rt):
+    """Kinds that are not scoring events still count as touchpoints, engagement and stage;
+    system updates do not count as engagement; an unknown stage is ignored."""
+    add(rt, tp("deal_created", "ivy", ago(9)), tp("lifecycle_changed", "ivy", ago(2)),
+        tp("ticket_solved", "ivy", ago(1), ticket_id="z"), tp("order_fulfilled", "ivy", ago(0, 1)))
+    f, at = load(rt, "ivy")
+    i = at["ivy"]
+    assert f.touchpoints[i] == 4
+    assert f.last_engaged[i] == pytest.approx(features.epoch_days(ago(9)))
+    assert features.STAGES[f.stage[i]] == "retention"
+    assert len(f.ticket_idx) == 1 and len(f.outcome_idx) == 1
+
+
+def _story(rt):
+    add(rt, order("g1", ago(30), 10, "1", "coffee"), order("g1", ago(3), 20, "2", "tea"),
+        order("g1", ago(3), 20, "2", "tea", source="other"),
+        tp("ticket_opened", "g1", ago(3), ticket_id="x"), tp("csat_rating", "g1", ago(2), rating=(2, 5)),
+        tp("ticket_commented", "g1", ago(2), ticket_id="x", author="customer"),
+        order("g2", ago(8), 5, "3", "cups"), tp("order_cancelled", "g2", ago(7), order_id="3"),
+        tp("refund_issued", "g1", ago(1), value=-20, order_id="2"),
+        tp("nps_response", "g3", ago(1), rating=(7, 10)), tp("email_engaged", "g4", ago(4)))
+    return ["g1", "g2", "g3", "g4"]
+
+
+def _same(a, b):
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y, equal_nan=True), name
+        elif name != "read_helper":
+            assert x == y, name
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_a_helper_process_reads_half_of_a_large_table_with_the_same_result(rt, monkeypatch):
+    who = _story(rt)
+    one, _ = load(rt, *who)
+    assert one.read_helper == {}                       # a small table: one process
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    two, _ = load(rt, *who)
+    assert set(two.read_helper) == {"seconds", "peak_mib"}
+    _same(one, two)
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_a_failing_helper_is_replaced_by_reading_its_half_here(rt, monkeypatch, caplog):
+    from cx_connector.scoring import scan
+    who = _story(rt)
+    one, _ = load(rt, *who)
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    for command in ((sys.executable, "-c", "import sys; sys.exit(3)"),
+                    (sys.executable, "-c", "import sys; sys.stdout.write('garbage')"),
+                    ("/nonexistent/python",)):
+        monkeypatch.setattr(scan.Helper, "command", command)
+        with caplog.at_level("WARNING", logger="cx_connector.scoring.features"):
+            two, _ = load(rt, *who)
+        assert "failed" in two.read_helper
+        assert "scoring scan helper failed" in caplog.text
+        _same(one, two)
+
+
+def test_helper_answers_round_trip():
+    from cx_connector.scoring import scan
+    columns = {"cust": np.array([1, 2], dtype=np.int64), "code": np.array([3, 4], dtype=np.int64),
+               "days": np.array([1.5, np.nan]), "value": np.array([np.nan, 2.0]),
+               "scale": np.array([5.0, 0.0]), "ref": np.array(["crm:1", None], dtype=object),
+               "items": np.array(["a\x1fb", None], dtype=object),
+               "source": np.array(["crm", None], dtype=object)}
+    back, extra = scan.decode(scan.encode(columns, peak_mib=12.5))
+    assert extra == {"peak_mib": 12.5}
+    for k, v in columns.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=v.dtype != object), k
+    with pytest.raises(ValueError):
+        scan.decode(scan.encode(columns) + b"x")
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_the_helper_runs_this_copy_of_the_code_whatever_the_working_directory(rt, monkeypatch, tmp_path):
+    """A checkout of another version in the working directory must not be imported."""
+    who = _story(rt)
+    one, _ = load(rt, *who)
+    (tmp_path / "cx_connector").mkdir()
+    (tmp_path / "cx_connector" / "__init__.py").write_text("raise ImportError('the wrong copy')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    two, _ = load(rt, *who)
+    assert "failed" not in two.read_helper and "seconds" in two.read_helper
+    _same(one, two)
+
+
+@pytest.mark.skipif(not db_is_sqlite(), reason="the helper process reads SQLite files")
+def test_the_helper_is_stopped_when_our_half_fails(rt, monkeypatch):
+    from cx_connector.scoring import scan
+    who = _story(rt)
+    monkeypatch.setattr(features, "PARALLEL_SCAN_ROWS", 2)
+    started = []
+    real_init = scan.Helper.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        started.append(self)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(scan.Helper, "__init__", keep)
+    monkeypatch.setattr(scan, "fetch_columns", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        load(rt, *who)
+    assert started and started[0].proc.poll() is not None      # not left running

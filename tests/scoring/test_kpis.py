@@ -86,3 +86,11 @@ def test_kpis_of_an_empty_shop_are_none_not_errors(rt):
         k = kpis.compute(conn, NOW, rt.config.scoring)
     assert k["nps"] is None and k["revenue"] == 0 and k["revenue_growth"] is None
     assert k["avg_cx_score"] is None and k["customers"] == 0
+
+
+def test_revenue_counts_a_deal_and_an_order_sharing_an_id_as_two_purchases(rt):
+    add(rt, tp("deal_won", "hal", ago(10), value=1000, deal_id="7"), order("hal", ago(9), 25, "7", "tea"),
+        tp("deal_won", "hal", ago(8), value=1000, deal_id="7", touchpoint_id="again"))   # the same deal
+    with db.read(rt.engine) as conn:
+        k = kpis.compute(conn, NOW, rt.config.scoring)
+    assert k["revenue"] == 1025.0

@@ -235,8 +235,9 @@ def test_stored_values_are_canonical(rt):
             assert canonical(name, value) == value and type(canonical(name, value)) is type(value), name
 
 
-def test_stored_json_is_exactly_the_values_and_explanations(rt, monkeypatch):
+def test_stored_json_is_exactly_the_values_and_explanations(crm, monkeypatch):
     import json as json_
+    rt = crm
     add(rt, order("ann", ago(20), 19.999, "1", "coffee"), tp("nps_response", "ann", ago(1), rating=(7, 9)),
         tp("email_engaged", "bob", ago(33)))
     captured = {}
@@ -251,4 +252,76 @@ def test_stored_json_is_exactly_the_values_and_explanations(rt, monkeypatch):
     result = captured["result"]
     rows = range(result.f.n)
     assert [json_.loads(t) for t in result.values_json(rows)] == result.values(rows)
-    assert [json_.loads(t) for t in result.explanations(rows)] == [result.explanation(i) for i in rows]
+    full, set_only = result.texts(rows)
+    assert full == [db.json_dumps(v) for v in result.values(rows)]          # as json_dumps writes them
+    assert set_only == [db.json_dumps({k: x for k, x in v.items() if x is not None})
+                        for v in result.values(rows)]
+    # the outbox got exactly those texts for the records' first writes
+    with db.read(rt.engine) as conn:
+        written = dict(conn.execute(select(outbox.c.customer_id, outbox.c.fields)).all())
+    assert written == {c: json_.loads(t) for c, t in zip(result.ids.tolist(), set_only, strict=True)}
+    from cx_connector.models import scores
+    from cx_connector.scoring import explain
+    assert [explain.expand(json_.loads(t), result.context) for t in result.explanations(rows, 7)] == [
+        {**result.explanation(i), "context": 7} for i in rows]
+    # what the database holds, expanded with its context, is the whole explanation
+    with db.read(rt.engine) as conn:
+        stored = dict(conn.execute(select(scores.c.customer_id, scores.c.explanation)).all())
+        expanded = {c: explain.stored(conn, e) for c, e in stored.items()}
+    for i, c in enumerate(result.ids.tolist()):
+        assert "model" not in stored[c] and "settings" not in stored[c]        # one copy, in the context
+        assert expanded[c] == {**result.explanation(i), "context": stored[c]["context"]}
+        assert set(expanded[c]["settings"]) >= {"horizon_days", "churn", "health", "cx"}
+
+
+def test_explanations_share_one_context_row_per_models_and_settings(rt, database_url):
+    from cx_connector.scoring import explain
+    from tests.scoring.shop import explanation
+    add(rt, order("ann", ago(20), 10, "1"), tp("email_engaged", "bob", ago(3)))
+    run.run(rt)
+    assert count(rt.engine, "score_contexts") == 1
+    first = explanation(rt, "ann")
+    assert first["settings"]["churn"] == {"high_below": 30.0, "medium_below": 60.0}
+    add(rt, tp("csat_rating", "ann", ago(1), rating=(5, 5)), now=NOW + timedelta(minutes=1))
+    run.run(_with_clock(rt, NOW + timedelta(minutes=2)))          # incremental, same models and settings
+    assert count(rt.engine, "score_contexts") == 1
+    assert explanation(rt, "ann")["context"] == first["context"]
+    # other churn thresholds: not a model setting, so no full pass, but a new context
+    stricter = build(make_config(database_url, scoring={"churn": {"high_below": 50, "medium_below": 80}}),
+                     engine=rt.engine, clock=lambda: NOW + timedelta(minutes=4))
+    add(rt, tp("csat_rating", "ann", ago(0), rating=(1, 5)), now=NOW + timedelta(minutes=3))
+    assert run.run(stricter)["mode"] == "incremental"
+    assert count(rt.engine, "score_contexts") == 2
+    ann, bob = explanation(rt, "ann"), explanation(rt, "bob")
+    assert ann["settings"]["churn"]["high_below"] == 50.0
+    # bob was not rescored: his explanation still shows the thresholds that made his scores
+    assert bob["settings"]["churn"]["high_below"] == 30.0
+    words = explain.render(bob, values(rt, "bob"))
+    assert "high risk below 30, medium below 60" in words["cx_churn_risk"]
+
+
+def test_explanations_stored_before_contexts_existed_still_render(rt):
+    """Version 1 explanations carry their own copy of the model and settings."""
+    from cx_connector.models import scores
+    from cx_connector.scoring import explain
+    from tests.scoring.shop import explanation
+    add(rt, order("ann", ago(20), 10, "1"))
+    run.run(rt)
+    e = explanation(rt, "ann")
+    old = {"version": 1, **{k: v for k, v in e.items() if k not in ("version", "context")}}
+    with db.write(rt.engine) as conn:
+        conn.execute(update(scores).where(scores.c.customer_id == cid(rt, "ann")).values(explanation=old))
+    assert explanation(rt, "ann") == old
+    assert explain.render(old, values(rt, "ann")) == explain.render(e, values(rt, "ann"))
+    with pytest.raises(ValueError, match="expanded"):   # a context id alone cannot be shown
+        explain.render({"version": 2, "context": e["context"], "retention": e["retention"]}, {})
+
+
+def test_as_of_today_is_now_and_the_future_is_refused(rt):
+    add(rt, order("ann", ago(20), 10, "1"), tp("email_engaged", "bob", ago(3)))
+    report = run.run(rt, as_of=NOW.date())
+    assert report["as_of"] == NOW and report["customers_scored"] == 2
+    assert run.run(rt, as_of=ago(10).date())["customers_scored"] == 1     # bob had no touchpoint yet
+    with pytest.raises(ValueError, match="in the future"):
+        run.run(rt, as_of=(NOW + timedelta(days=1)).date())
+    assert count(rt.engine, "scores") == 0
