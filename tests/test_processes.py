@@ -222,7 +222,8 @@ def test_web_workers_and_two_clocks_work_together(tmp_path, database_url, rt):
                                 scored_after and r.started_at > scored_after[0].finished_at]
                 if synced_after:
                     break
-            assert time.time() < deadline, "the clocks did not catch up"
+            assert time.time() < deadline, ("the clocks did not catch up", open_writes, last_webhook,
+                                            [(r.job, r.status, r.started_at, r.error) for r in runs[-12:]])
             time.sleep(0.5)
         for p in procs:
             assert p.poll() is None, f"a process died: {p.args}"

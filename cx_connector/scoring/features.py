@@ -372,6 +372,9 @@ def _outcomes(f: Features, code: np.ndarray, pos: np.ndarray, ok: np.ndarray, da
     f.outcome_idx = pos[sel]
     f.outcome_kind = code[sel] - _CODE[ORDER_OUTCOME_KINDS[0]]
     f.outcome_t = days[sel]
+    # at least one slot: purchases without a reference index slot 0 (then masked), and a
+    # shop whose purchases carry no order or deal id at all has no reference to size by
+    n_refs = max(n_refs, 1)
     cancelled = np.zeros(n_refs, dtype=bool)
     cancelled[ref[(code == _CODE["order_cancelled"]) & (ref >= 0)]] = True
     refunds = (code == _CODE["refund_issued"]) & (ref >= 0) & ~np.isnan(values)

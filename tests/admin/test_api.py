@@ -8,6 +8,7 @@ from sqlalchemy import select
 from cx_connector import db, identity
 from cx_connector.fields import FIELDS
 from cx_connector.models import customers, scores
+from cx_connector.scoring import explain
 
 
 def red_ids(rt) -> list[int]:
@@ -28,7 +29,7 @@ def test_one_customer_by_id_email_or_platform_id(shop, client, bearer, rt):
     assert body["id"] == cid and body["email"] == email and body["scored_at"].startswith("2026-06-15T12:00")
     assert set(body["scores"]) == set(FIELDS) and set(body["explanation"]) == set(FIELDS)
     assert body["explanation"]["cx_health"].startswith(f"CX score {body['scores']['cx_score']}")
-    assert body["inputs"]["version"] == 1 and "settings" in body["inputs"]
+    assert body["inputs"]["version"] == explain.VERSION and "settings" in body["inputs"]  # context expanded
     shopify = next(i for i in body["identities"] if i["source"] == "shopify")
     assert shopify == {"kind": "id", "source": "shopify", "value": "7000000000", "gone": False,
                        "created_at": shopify["created_at"],

@@ -59,6 +59,16 @@ def test_deals_won_are_purchases_and_orders_without_a_value_still_count(rt):
     assert f.spend[i] == 12000 and f.spend_days[i] == 1
 
 
+def test_purchases_without_any_order_or_deal_id_are_still_read(rt):
+    """Generic touchpoints may carry no order id at all: no reference exists to size the
+    order outcomes by (a full pass over such a shop once failed with an IndexError)."""
+    add(rt, tp("order_placed", "cy", ago(12), value=9.99), tp("order_placed", "cy", ago(2), value=5))
+    f, at = load(rt, "cy")
+    i = at["cy"]
+    assert f.purchase_days[i] == 2 and f.spend[i] == pytest.approx(14.99)
+    assert f.orders_dropped[i] == 0
+
+
 def test_tickets_are_grouped_per_ticket_with_resolution_reopens_and_contacts(rt):
     add(rt,
         tp("ticket_opened", "cy", ago(10), ticket_id="t1"),
