@@ -68,6 +68,7 @@ import multiprocessing
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -595,6 +596,7 @@ class Outcome:
     failed_for_good: list[Message] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (wall time, status) of every attempt
     lag: list[float] = field(default_factory=list)  # how late the client sent (its own slowness)
+    due_at: list[float] = field(default_factory=list)  # wall time each first attempt was due
 
 
 async def exchange(port: int, raw: bytes, timeout: float) -> int:
@@ -625,6 +627,7 @@ async def paced(port: int, msgs: Any, rate: float, seconds: float, *, retry: boo
             out.timeline.append((time.time(), status))
             if first:
                 out.latencies.append(now - due)
+                out.due_at.append(time.time() - (now - due))
                 first = False
             if 200 <= status < 300:
                 out.acked.append(msg)
@@ -763,7 +766,8 @@ def check(stack: Stack, acked: list[Message], kills: list[tuple[float, str]]) ->
     # duplicate, unless an earlier send happened just before a clock was killed (its answer
     # died with the process, the claim expired and the next clock sent it again)
     clock_kills = [t for t, what in kills if what == "clock"]
-    repeats, allowed, same_shown, examples = 0, 0, 0, []
+    repeats, allowed, examples = 0, 0, []
+    same_shown: Counter[str] = Counter()  # a changed value sent that looks the same there
     for key, sends in sent.items():
         excess = len(sends) - sends_recorded.get(key, 0)
         if excess > 0:
@@ -772,7 +776,9 @@ def check(stack: Stack, acked: list[Message], kills: list[tuple[float, str]]) ->
             else:
                 repeats += excess
                 examples.append([*key, len(sends), sends_recorded.get(key, 0)])
-        same_shown += sum(1 for (_, a), (_, b) in itertools.pairwise(sends) if a == b)
+        same = sum(1 for (_, a), (_, b) in itertools.pairwise(sends) if a == b)
+        if same:
+            same_shown[f"{key[0]}.{key[2]}"] += same
     lost = {"deliveries": len(acked_keys - set(stored)), "touchpoints": len(want_tps - set(tps)),
             "unscored_customers": len(unscored), "platform_values": len(wrong_value),
             "writes_not_done": sum(outbox_status.get(k, 0) for k in ("pending", "in_flight", "dead"))}
@@ -782,7 +788,8 @@ def check(stack: Stack, acked: list[Message], kills: list[tuple[float, str]]) ->
     return {"lost": lost, "duplicated": duplicated, "lost_total": sum(lost.values()),
             "duplicated_total": sum(duplicated.values()),
             "resent_after_clock_kill": allowed, "repeat_examples": examples[:8],
-            "same_shown_values_resent": same_shown, "not_written_but_landed": len(not_written),
+            "same_shown_values_resent": sum(same_shown.values()),
+            "same_shown_by_field": dict(same_shown.most_common()), "not_written_but_landed": len(not_written),
             "acknowledged_deliveries": len(acked_keys), "stored_deliveries": sum(stored.values()),
             "stored_not_acknowledged": len(set(stored) - acked_keys), "delivery_statuses": dict(statuses),
             "touchpoints_expected": len(want_tps), "touchpoints_stored": sum(tps.values()),
@@ -820,8 +827,44 @@ def one_run(stack: Stack, traffic: Traffic, rate: float, seconds: float, *, bare
     s["load_average"] = [round(load1, 2), round(os.getloadavg()[0], 2)]
     s["cpu"] = cpu
     n = max(1, s["deliveries"])
+    if not bare:
+        s["latency_by_clock_job"] = latency_by_job(stack, o)
     s["cpu_ms_per_delivery"] = {k: round(v * 1000 / n, 3) for k, v in cpu["cpu_s"].items()}
+    s["cpu_ms_per_event"] = {k: round(v * 1000 / max(1, s["events"]), 3) for k, v in cpu["cpu_s"].items()}
+    s["cores_used"] = {k: round(v / cpu["wall_s"], 2) for k, v in cpu["cpu_s"].items()}
     return o, s
+
+
+def latency_by_job(stack: Stack, o: Outcome) -> dict[str, Any]:
+    """p50/p99 of the requests that arrived while the clock ran a score or a sync job,
+    and of the others: what the clock's work costs the webhooks."""
+    from sqlalchemy import select
+
+    from cx_connector.models import job_runs
+
+    if not o.due_at:
+        return {}
+    t0 = datetime.fromtimestamp(min(o.due_at) - 120, UTC)
+    engine = stack.engine()
+    try:
+        with engine.connect() as conn:
+            runs = conn.execute(select(job_runs.c.job, job_runs.c.started_at, job_runs.c.finished_at).where(
+                job_runs.c.started_at >= t0, job_runs.c.job.in_(("score", "sync")))).all()
+    finally:
+        engine.dispose()
+    spans = [(job, a.replace(tzinfo=a.tzinfo or UTC).timestamp(),
+              (b.replace(tzinfo=b.tzinfo or UTC).timestamp() if b else time.time())) for job, a, b in runs]
+    groups: dict[str, list[float]] = {"score": [], "sync": [], "neither": []}
+    for at, lat in zip(o.due_at, o.latencies, strict=True):
+        jobs = {job for job, a, b in spans if a <= at + lat and at <= b}
+        groups["score" if "score" in jobs else "sync" if "sync" in jobs else "neither"].append(lat)
+    out = {}
+    for name, lat in groups.items():
+        if len(lat) > 1:
+            q = statistics.quantiles([x * 1000 for x in lat], n=100)
+            out[name] = {"requests": len(lat), "p50_ms": round(q[49], 1), "p99_ms": round(q[98], 1)}
+    busy = {job: round(sum(b - a for j, a, b in spans if j == job), 2) for job in ("score", "sync")}
+    return {**out, "job_seconds": busy}
 
 
 def passes(s: dict[str, Any], p99_ms: float) -> bool:
