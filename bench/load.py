@@ -407,6 +407,7 @@ class CpuMeter:
         self.first: dict[int, tuple[str, float]] = {}
         self.last: dict[int, tuple[str, float]] = {}
         self.new_pids: set[int] = set()
+        self.backend_group: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -415,6 +416,7 @@ class CpuMeter:
         out: dict[int, tuple[str, float]] = {}
         parents: dict[int, int] = {}
         cpu: dict[int, float] = {}
+        backends: list[tuple[int, str]] = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 st = _stat(entry)
@@ -430,10 +432,40 @@ class CpuMeter:
             if group is None and self.stack.pg_database:
                 cmd = _cmdline(str(pid))
                 if cmd.startswith("postgres: "):
-                    group = "postgres" if f" {self.stack.pg_database} " in cmd else "postgres_aux"
+                    backends.append((pid, cmd))
             if group:
                 out[pid] = (group, cpu[pid])
+        for pid, cmd in backends:  # once every process of ours is known
+            out[pid] = (self.backend_of(pid, cmd, out) if f" {self.stack.pg_database} " in cmd
+                        else "postgres_aux", cpu[pid])
         return out
+
+    def backend_of(self, pid: int, cmd: str, ours: dict[int, tuple[str, float]]) -> str:
+        """``postgres:<group>``: whose connection this backend serves (web workers, the clock,
+        this script), found from the client port in its process title through /proc/net/tcp
+        and the sockets our processes hold. Cached per backend."""
+        if pid in self.backend_group:
+            return self.backend_group[pid]
+        port = cmd.rsplit("(", 1)[-1].split(")", 1)[0] if "(" in cmd else ""
+        group = "postgres"
+        if port.isdigit():
+            inodes: dict[str, str] = {}
+            for p, (g, _) in [*ours.items(), (os.getpid(), ("client", 0.0))]:
+                with contextlib.suppress(OSError):
+                    for fd in os.listdir(f"/proc/{p}/fd"):
+                        with contextlib.suppress(OSError):
+                            target = os.readlink(f"/proc/{p}/fd/{fd}")
+                            if target.startswith("socket:["):
+                                inodes[target[8:-1]] = g
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with contextlib.suppress(OSError):
+                    for line in Path(table).read_text().splitlines()[1:]:
+                        cols = line.split()
+                        if int(cols[1].rsplit(":", 1)[1], 16) == int(port) and cols[9] in inodes:
+                            group = "postgres:" + inodes[cols[9]].split("_")[0]
+        if group != "postgres":
+            self.backend_group[pid] = group
+        return group
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
