@@ -342,7 +342,9 @@ class _Platform(dict):
 def serve_mock(port_out: Any) -> None:
     """The write APIs of bench/writeback.py's mock (HubSpot batch update, Zendesk
     update_many + job statuses, Shopify metafieldsSet), without its scaled-down rate limits
-    (this benchmark is about our side), recording every write; ``GET /_history``."""
+    (this benchmark is about our side), recording every write; ``GET /_history``. Also
+    HubSpot's contact batch read, which the enrich job calls at every clock start (a 404
+    there would mean "deleted", and the write-back would rightly skip those contacts)."""
     mock = writeback.Mock(0.0, 1)
     mock.hubspot = writeback.Window(10**9, 1.0)
     mock.zendesk = writeback.Window(10**9, 1.0)
@@ -356,6 +358,14 @@ def serve_mock(port_out: Any) -> None:
                 with mock.lock:
                     return self.reply(200, {"history": history, "counts": mock.counts})
             return super().do_GET()
+
+        def do_POST(self) -> None:
+            if self.path == "/crm/v3/objects/contacts/batch/read":  # the enrich job's lookup
+                ids = [str(i["id"]) for i in self.body()["inputs"]]
+                return self.reply(200, {"status": "COMPLETE", "results": [
+                    {"id": i, "properties": {"email": f"c{int(i) - 500000000000}@example.com"}}
+                    for i in ids]})
+            return super().do_POST()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -841,7 +851,8 @@ def check(stack: Stack, acked: list[Message], kills: list[tuple[float, str]]) ->
                     examples.append([*key, "same write twice", a])
     lost = {"deliveries": len(acked_keys - set(stored)), "touchpoints": len(want_tps - set(tps)),
             "unscored_customers": len(unscored), "platform_values": len(wrong_value),
-            "writes_not_done": sum(outbox_status.get(k, 0) for k in ("pending", "in_flight", "dead"))}
+            # nothing is deleted on the mock platforms: a write given up as "gone" is lost
+            "writes_not_done": sum(outbox_status.get(k, 0) for k in ("pending", "in_flight", "dead", "gone"))}
     duplicated = {"deliveries": sum(n - 1 for n in stored.values() if n > 1),
                   "touchpoints": sum(n - 1 for n in tps.values() if n > 1),
                   "writes_sent_twice": repeats}
