@@ -1064,6 +1064,25 @@ def mode_faults(args: argparse.Namespace) -> dict[str, Any]:
         stack.stop()
 
 
+def probe_503(stack: Stack) -> dict[str, Any]:
+    """One Zendesk delivery sent while the database is away, read with its headers."""
+    import http.client
+
+    msg = Traffic(stack.port, 10, seed=99).zendesk()
+    msg.headers["X-Zendesk-Webhook-Invocation-Id"] = "probe-while-away"
+    raw = msg.raw(stack.port)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=15)
+    try:
+        conn.request("POST", "/webhooks/zendesk", body=body, headers=headers)
+        resp = conn.getresponse()
+        return {"status": resp.status, "retry_after": resp.getheader("Retry-After"),
+                "body": resp.read()[:200].decode(errors="replace")}
+    finally:
+        conn.close()
+
+
 def mode_dbaway(args: argparse.Namespace) -> dict[str, Any]:
     if "postgres" not in (args.database_url or ""):
         raise SystemExit("dbaway needs --database-url postgresql+psycopg://...")
@@ -1074,7 +1093,9 @@ def mode_dbaway(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.away_at)
         marks["cut"] = time.time()
         stack.proxy.cut("reset")
-        time.sleep(args.away / 2)
+        time.sleep(1)
+        marks["probe"] = probe_503(stack)  # what a platform sees: the status and Retry-After
+        time.sleep(args.away / 2 - 1)
         stack.proxy.cut("hang")  # the second half: a host that does not answer at all
         time.sleep(args.away / 2)
         stack.proxy.restore()
@@ -1090,6 +1111,7 @@ def mode_dbaway(args: argparse.Namespace) -> dict[str, Any]:
         last_bad = max((t for t, st in o.timeline if not 200 <= st < 300), default=None)
         caught = wait_caught_up(stack, args.catch_up)
         return {"mode": "dbaway", "database": "PostgreSQL", "run": s, "away_s": args.away,
+                "probe_while_away": marks.get("probe"),
                 "statuses_all_attempts": {str(k): v for k, v in sorted(o.statuses.items())},
                 "statuses_while_away": {str(k): v for k, v in sorted(during.items())},
                 "first_2xx_after_restore_s": round(first_ok - marks["restored"], 2) if first_ok else None,
