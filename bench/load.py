@@ -38,7 +38,10 @@ under the same gunicorn settings (the baseline), in the same invocation.
 new one) or the clock process is SIGKILLed at random moments (the clock restarted
 after a second). Every delivery not answered 2xx is sent again (same delivery id, as
 the platforms retry) until it is. ``dbaway``: the database (reached through
-``bench/dbproxy.py``) goes away for ``--away`` seconds mid-run; the same retries.
+``bench/dbproxy.py``, which the web workers and the clock both go through) goes away for
+``--away`` seconds mid-run: connections reset for the first half, a host that never
+answers for the second; the same retries, and one webhook sent 1 s into the outage is
+read with its headers (503 and ``Retry-After``). Exit 1 also on any 5xx but 503.
 
 Checks after every run, once the clock has caught up (nothing due for scoring, the
 outbox empty): every acknowledged delivery is stored once (``deliveries``), every
