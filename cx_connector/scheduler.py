@@ -73,8 +73,16 @@ def jobs() -> list[Job]:
     ]
 
 
+#: how long a job's lease outlives its holder. The holder renews it every third of this
+#: while the job runs, however long that is, so this bounds only how long a clock that was
+#: killed (SIGKILL, OOM, a lost host) keeps the job from running elsewhere: with 5 minutes,
+#: one killed clock stopped write-back for 5 minutes (bench/load.py faults). One minute
+#: still survives two missed renewals in a row (a database blip).
+JOB_LEASE_TTL = timedelta(minutes=1)
+
+
 def run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None = None,
-            ttl: timedelta = timedelta(minutes=5)) -> dict[str, Any]:
+            ttl: timedelta = JOB_LEASE_TTL) -> dict[str, Any]:
     """Run one job under its lease and record the run. Returns the run's record.
 
     ``status`` is ``skipped`` when another process holds the lease. Every log line the

@@ -93,3 +93,34 @@ def test_a_database_outage_fails_runs_without_stopping_the_clock_and_they_are_re
                             .order_by(job_runs.c.id)).all()
     assert sorted(r.status for r in runs) == ["failed", "failed", "ok"]
     assert all("DatabaseUnavailable" in r.error for r in runs if r.status == "failed")
+
+
+def test_a_killed_clock_holds_up_its_job_for_at_most_the_short_lease(rt):
+    """A clock killed mid-job (SIGKILL: no release) leaves its lease behind; the next clock
+    runs the job once that lease has expired, a minute later, not five (bench/load.py's
+    fault run: one killed clock stopped write-back for five minutes)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from cx_connector.models import leases as leases_table
+
+    seen = {}
+
+    def job(_rt):
+        with _rt.engine.connect() as conn:
+            row = conn.execute(select(leases_table).where(leases_table.c.name == "job:sync")).one()
+        seen["ttl"] = row.expires_at - row.acquired_at
+        return {}
+
+    assert scheduler.run_job(rt, "sync", job, lease="job:sync")["status"] == "ok"
+    assert seen["ttl"] == scheduler.JOB_LEASE_TTL <= timedelta(minutes=1)
+
+    # the dead clock's lease, taken just over a lease's length ago and never renewed
+    assert leases.acquire(rt.engine, "job:sync", "host:999999:dead", scheduler.JOB_LEASE_TTL)
+    assert scheduler.run_job(rt, "sync", job, lease="job:sync")["status"] == "skipped"
+    taken = datetime.now(UTC) - scheduler.JOB_LEASE_TTL - timedelta(seconds=1)
+    with rt.engine.begin() as conn:
+        conn.execute(update(leases_table).where(leases_table.c.name == "job:sync").values(
+            acquired_at=taken, expires_at=taken + scheduler.JOB_LEASE_TTL))
+    assert scheduler.run_job(rt, "sync", job, lease="job:sync")["status"] == "ok"
