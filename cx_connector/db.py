@@ -350,6 +350,8 @@ class _GroupCommit:
         self._queue: list[_Job] = []
         self._leading = False
         self.checkpointer = _Checkpointer.for_engine(engine)
+        #: why the last transaction found the database unreachable (see is_unreachable)
+        self._down: DatabaseUnavailable | None = None
 
     def run(self, work: Callable[[Connection], T], timeout: float | None) -> T:
         job = _Job(work)
@@ -374,6 +376,15 @@ class _GroupCommit:
                 with self._cond:
                     for j in batch:
                         j.done = True
+                    if self._down is not None:
+                        # the database is unreachable: the works that queued meanwhile would
+                        # otherwise wait for this attempt and then for one of their own
+                        # (connections hang until libpq's connect_timeout when the host is
+                        # down), answering past the platforms' 5 s. They fail now, having
+                        # written nothing; the next work to come makes the next attempt.
+                        for j in self._queue:
+                            j.error, j.done = DatabaseUnavailable(str(self._down)), True
+                        self._queue, self._down = [], None
                     self._leading = False
                     self._cond.notify_all()
         if job.error is not None:
@@ -402,6 +413,11 @@ class _GroupCommit:
                         ok.append(job)
                     raw_rows(conn, "RELEASE SAVEPOINT cx_grouped")
         except BaseException as exc:  # nothing was committed: every work that had succeeded fails
+            if is_unreachable(exc):
+                with self._cond:
+                    self._down = DatabaseUnavailable(
+                        f"{exc}" if isinstance(exc, DatabaseUnavailable)
+                        else f"database unavailable: {type(exc).__name__}")
             for job in ok:
                 job.result, job.error = None, exc
             for job in batch:
@@ -409,6 +425,19 @@ class _GroupCommit:
                     job.error = exc
             if not isinstance(exc, Exception):
                 raise
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the server could not be reached or the connection was lost,
+    as opposed to a lock or a deadline inside a reachable database (those are per
+    transaction: the next one may well succeed)."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
+    if cause is None or not is_connection_error(cause):
+        return False
+    orig = getattr(cause, "orig", cause)
+    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+        return False
+    return "database is locked" not in str(orig).lower()
 
 
 #: seconds between a grouped commit and the background checkpoint that follows it

@@ -198,3 +198,54 @@ def test_sqlite_checkpoints_of_grouped_writes_run_in_the_background_not_in_the_c
         time.sleep(0.05)
     assert os.path.getsize(path) > size  # the background checkpoint copied it over
     assert len(_actions(engine)) == 301
+
+
+def test_an_unreachable_database_fails_the_queued_webhooks_at_once_then_is_tried_again():
+    """A database host that is down (connections hang until the connect timeout): the
+    webhooks queued behind the attempt in progress fail with it instead of each waiting
+    for an attempt of its own (which put answers past the platforms' 5 s in
+    bench/load.py's dbaway run); the next webhook makes the next attempt."""
+    from tests.test_db_outage import load_dbproxy
+
+    proxy = load_dbproxy().TcpProxy(("127.0.0.1", 9))  # never reached: the proxy hangs
+    proxy.cut("hang")
+    engine = db.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/cx"
+                            "?connect_timeout=1&sslmode=disable")
+    try:
+        hurried = db.deadline(engine, 3.0)
+        start = time.monotonic()
+        first = _Caller(hurried, _note("first"))
+        first.start()
+        time.sleep(0.3)  # the first leads: it is waiting for its connection
+        queued = [_Caller(hurried, _note(f"queued {i}")) for i in range(3)]
+        for c in queued:
+            c.start()
+        first.join(15)
+        attempt = time.monotonic() - start  # one attempt (libpq may try twice: sslmode=prefer)
+        for c in queued:
+            c.join(15)
+        took = time.monotonic() - start
+        assert all(isinstance(c.error, DatabaseUnavailable) for c in [first, *queued])
+        assert took < attempt + 0.3, \
+            f"the queued works waited for attempts of their own ({took:.1f} s, one: {attempt:.1f} s)"
+
+        at = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):
+            db.write_grouped(hurried, _note("next"))
+        assert time.monotonic() - at >= 0.8 * attempt, "the next work made no attempt of its own"
+    finally:
+        engine.dispose()
+        proxy.close()
+
+
+def test_a_lock_held_elsewhere_is_not_taken_for_an_unreachable_database():
+    lock = sa_exc.OperationalError("BEGIN", {}, Exception("database is locked"))
+    refused = sa_exc.OperationalError("connect", {}, Exception("connection refused"))
+    assert not db.is_unreachable(DatabaseUnavailable("busy"))  # a deadline: no cause
+    with pytest.raises(DatabaseUnavailable) as busy:
+        try:
+            raise lock
+        except sa_exc.OperationalError as exc:
+            raise DatabaseUnavailable("database unavailable") from exc
+    assert not db.is_unreachable(busy.value)
+    assert db.is_unreachable(refused)
