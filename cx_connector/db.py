@@ -352,11 +352,16 @@ class _GroupCommit:
         self.checkpointer = _Checkpointer.for_engine(engine)
         #: why the last transaction found the database unreachable (see is_unreachable)
         self._down: DatabaseUnavailable | None = None
+        #: until when (monotonic) new works fail at once after that (UNREACHABLE_FAIL_FAST)
+        self._down_until = 0.0
+        self._down_reason = ""
 
     def run(self, work: Callable[[Connection], T], timeout: float | None) -> T:
         job = _Job(work)
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            if time.monotonic() < self._down_until:
+                raise DatabaseUnavailable(self._down_reason)
             self._queue.append(job)
             while self._leading and not job.done:
                 queued = job in self._queue
@@ -384,6 +389,8 @@ class _GroupCommit:
                         # written nothing; the next work to come makes the next attempt.
                         for j in self._queue:
                             j.error, j.done = DatabaseUnavailable(str(self._down)), True
+                        self._down_until = time.monotonic() + UNREACHABLE_FAIL_FAST
+                        self._down_reason = str(self._down)
                         self._queue, self._down = [], None
                     self._leading = False
                     self._cond.notify_all()
@@ -425,6 +432,13 @@ class _GroupCommit:
                     job.error = exc
             if not isinstance(exc, Exception):
                 raise
+
+
+#: seconds after a transaction found the database unreachable during which new webhooks of
+#: the process fail at once: the requests that waited for a free thread while every
+#: thread waited for that attempt get their threads in the same instant, and would
+#: otherwise wait for one more attempt (up to libpq's connect_timeout) each
+UNREACHABLE_FAIL_FAST = 0.25
 
 
 def is_unreachable(exc: BaseException) -> bool:

@@ -204,7 +204,8 @@ def test_an_unreachable_database_fails_the_queued_webhooks_at_once_then_is_tried
     """A database host that is down (connections hang until the connect timeout): the
     webhooks queued behind the attempt in progress fail with it instead of each waiting
     for an attempt of its own (which put answers past the platforms' 5 s in
-    bench/load.py's dbaway run); the next webhook makes the next attempt."""
+    bench/load.py's dbaway run), and so do those that come in the same instant (they
+    waited for a free thread); the next webhook after that makes the next attempt."""
     from tests.test_db_outage import load_dbproxy
 
     proxy = load_dbproxy().TcpProxy(("127.0.0.1", 9))  # never reached: the proxy hangs
@@ -229,6 +230,12 @@ def test_an_unreachable_database_fails_the_queued_webhooks_at_once_then_is_tried
         assert took < attempt + 0.3, \
             f"the queued works waited for attempts of their own ({took:.1f} s, one: {attempt:.1f} s)"
 
+        at = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):  # a request that waited for a thread meanwhile
+            db.write_grouped(hurried, _note("right after"))
+        assert time.monotonic() - at < 0.1, "a work right after the failure made an attempt"
+
+        time.sleep(db.UNREACHABLE_FAIL_FAST)
         at = time.monotonic()
         with pytest.raises(DatabaseUnavailable):
             db.write_grouped(hurried, _note("next"))
