@@ -869,6 +869,10 @@ def check(stack: Stack, acked: list[Message], kills: list[tuple[float, str]]) ->
             "touchpoints_expected": len(want_tps), "touchpoints_stored": sum(tps.values()),
             "touchpoints_orphaned": orphans, "customers": len(live), "records_written": len(written),
             "platform_writes": len(state["history"]), "outbox": dict(outbox_status),
+            # what the platforms' rate limits are spent on (docs/scaling.md): field values
+            # per platform, against the acknowledged deliveries above
+            "values_by_platform": dict(sum((Counter({h[0]: len(h[2])}) for h in state["history"]),
+                                           Counter())),
             "mock_requests": state["counts"]}
 
 

@@ -83,3 +83,16 @@ def test_every_zendesk_event_is_in_the_readme_table():
     for action in normalise.USER_ACTIONS:
         assert any(f"user.{action}" in cell or f"`{action}`" in cell or f"/ `{action}`" in cell
                    for cell in table), action
+
+
+def test_every_relative_link_in_the_docs_points_at_a_file():
+    import re
+
+    broken = []
+    for page in [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
