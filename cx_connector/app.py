@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cx_connector import admin, db, inbox, logs
 from cx_connector.config import Config, load_config
+from cx_connector.connector import Headers
 from cx_connector.errors import CxError, DatabaseUnavailable, NotFound, SignatureError
 from cx_connector.metrics import scrape as metrics_endpoint
 from cx_connector.metrics import web as metrics
@@ -53,8 +54,10 @@ def receive(source: str) -> Any:
     try:
         # bounded waits: a locked or unreachable database answers 503 before the platform gives up
         engine = db.deadline(rt.engine, rt.config.webhooks.database_timeout.total_seconds())
-        receipt = inbox.receive(engine, connector, body, dict(request.headers),
-                                method=request.method, url=request.url, now=rt.now())
+        # the URL only for a connector that reads it (werkzeug builds it anew on every access)
+        receipt = inbox.receive(engine, connector, body, Headers(request.headers.items()),
+                                method=request.method,
+                                url=request.url if connector.reads_request_url else "", now=rt.now())
     except SignatureError as exc:
         log.warning("webhook signature rejected", extra={"source": source, "reason": exc.message})
         metrics.signature_failed(rt.connectors, source)

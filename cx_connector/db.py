@@ -128,13 +128,15 @@ def make_engine(url: str, **kw: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
+            # on the DBAPI cursor (raw_rows): through exec_driver_sql, the BEGIN of every
+            # transaction cost ~70 us of SQLAlchemy's statement machinery
             options = conn.get_execution_options()
             busy = int(options.get("cx_deadline", SQLITE_BUSY_TIMEOUT_MS / 1000) * 1000)
             info = conn.connection.info  # lives as long as the DBAPI connection
             if info.get("cx_busy") != busy:  # a pooled connection serves both kinds
-                conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+                raw_rows(conn, f"PRAGMA busy_timeout={busy}")
                 info["cx_busy"] = busy
-            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
+            raw_rows(conn, f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
 
         return engine
     kw.setdefault("pool_pre_ping", True)
@@ -295,14 +297,23 @@ def write(engine: Engine) -> Iterator[Connection]:
             _Checkpointer.after_commit(engine)
 
 
+def _immediate(engine: Engine) -> Engine:
+    """SQLite: the same engine whose transactions start with ``BEGIN IMMEDIATE`` (made once
+    per engine: setting the option on each connection copied the connection every time)."""
+    if not is_sqlite(engine):
+        return engine
+    try:
+        return engine.__dict__["_cx_immediate"]
+    except KeyError:
+        return engine.__dict__.setdefault("_cx_immediate",
+                                          engine.execution_options(sqlite_begin="IMMEDIATE"))
+
+
 @contextmanager
 def _write(engine: Engine) -> Iterator[Connection]:
     try:
-        with engine.connect() as conn:
-            if is_sqlite(engine):
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+        with _immediate(engine).connect() as conn, conn.begin():
+            yield conn
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         if is_connection_error(exc):
             raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
@@ -456,7 +467,10 @@ class _Checkpointer:
     def after_commit(engine: Engine) -> None:
         """Any write of this process may have used a connection that leaves checkpoints
         to the thread: have it run one."""
-        found = _checkpointers.get(os.path.abspath(engine.url.database or ""))
+        path = engine.__dict__.get("_cx_abspath")
+        if path is None:
+            path = engine.__dict__["_cx_abspath"] = os.path.abspath(engine.url.database or "")
+        found = _checkpointers.get(path)
         if found is not None and found.pid == os.getpid():
             found._poke()
 
