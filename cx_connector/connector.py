@@ -567,6 +567,10 @@ class Connector:
     writes_back: ClassVar[bool] = False
     #: how far a signed timestamp may be from now (set from ``webhooks.signature_tolerance``)
     signature_tolerance: timedelta = timedelta(minutes=5)
+    #: whether :meth:`verify` (or anything reading ``Delivery.url``) uses the URL the request
+    #: arrived at; when False the inbox passes ``""`` and the URL is never built (it costs
+    #: the web server a few tens of microseconds per webhook)
+    reads_request_url: ClassVar[bool] = True
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings

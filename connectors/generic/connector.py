@@ -61,6 +61,7 @@ class GenericConnector(Connector):
     title = "Generic JSON"
     settings_schema = GenericSettingsSchema
     secret_settings = ("secret",)
+    reads_request_url = False  # the signature does not cover the URL
 
     @classmethod
     def demo_settings(cls) -> dict[str, Any]:

@@ -145,6 +145,7 @@ class HubSpotConnector(Connector):
     title = "HubSpot"
     settings_schema = HubSpotSettingsSchema
     secret_settings = ("client_secret", "access_token")
+    reads_request_url = False  # v2/v3 signatures cover the configured webhook_url, not the request's
     lookup_batch_size = 100
 
     def __init__(self, settings: HubSpotSettings) -> None:

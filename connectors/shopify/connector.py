@@ -86,6 +86,7 @@ class ShopifyConnector(Connector):
     title = "Shopify"
     settings_schema = ShopifySettingsSchema
     secret_settings = ("access_token", "client_secret")
+    reads_request_url = False  # the signature does not cover the URL
 
     # -- write-back (connectors/shopify/writer.py and setup.py) --
     writes_back = True

@@ -93,6 +93,7 @@ class ZendeskConnector(Connector):
     title = "Zendesk"
     settings_schema = ZendeskSettingsSchema
     secret_settings = ("api_token", "webhook_secret", "trigger_webhook_secret")
+    reads_request_url = False  # the signature does not cover the URL
     lookup_batch_size = SHOW_MANY_LIMIT
 
     @classmethod
