@@ -139,6 +139,8 @@ def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
         stop_at[0] = time.time()
         for t in threads:
             t.join(30)
+        # (a sender still running would add results after the retries below are chosen)
+        assert not any(t.is_alive() for t in threads), "a sender or the prober did not stop"
 
         # the platforms retry what was not acknowledged (HubSpot and Shopify retry any non-2xx)
         retried: Counter[int] = Counter()
@@ -157,6 +159,7 @@ def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
             t.start()
         for t in threads:
             t.join(60)
+        assert not any(t.is_alive() for t in threads), "a retry did not finish"
         assert sum(retried.values()) == len(todo)
         assert web.poll() is None and clock.poll() is None, "a process died"
         time.sleep(2.5)  # the clock's next round, on the database again
@@ -203,7 +206,8 @@ def test_database_away_for_ten_seconds(tmp_path, database_url, rt):
                                    job_runs.c.started_at).order_by(job_runs.c.id)).all()
     assert {s for _, s in stored} == {"processed"}
     assert per_delivery == {d: 1 for d, _ in stored}  # no delivery without its touchpoint, or vice versa
-    assert len(ids) == len(set(ids)) == n_events == len(stored)
+    assert len(ids) == len(set(ids)) == n_events == len(stored), (
+        len(ids), len(set(ids)), n_events, len(stored), Counter(r["status"] for r in results), retried)
 
     # the clock: failed runs recorded (once the database was back), then ok runs again
     failed = [r for r in runs if r.status == "failed"]
