@@ -232,6 +232,7 @@ class Fuzzer:
         self.keys = {s: sorted({k for _, p in self.seeds[s] for k in _keys(p)}) for s in SOURCES}
 
     def case(self, index: int, *, resends: bool = True) -> Case:
+        """Case ``index`` of this seed, from its own random stream (reproducible alone)."""
         rng = random.Random(f"{self.seed}:{index}")
         source = self.sources[index % len(self.sources)]
         if resends and index >= 40 and rng.random() < 0.02:  # a redelivery of a recent case
@@ -243,6 +244,11 @@ class Fuzzer:
             if source == "hubspot" and rng.random() < 0.5:  # HubSpot re-signs with a new attemptNumber
                 orig.body = orig.body.replace(b'"attemptNumber": 0', b'"attemptNumber": 1')
             return Case(index, source, "redelivery", orig.body, headers, orig.sign, orig.skew, back)
+        return self.fresh(rng, index, source)
+
+    def fresh(self, rng: random.Random, index: int, source: str) -> Case:
+        """A new case (not a redelivery) for ``source``, drawn from ``rng`` (any
+        ``random.Random``: the test suite passes hypothesis' own)."""
         roll, topic = rng.random(), None
         if roll < 0.05:
             kind, body = "random-bytes", rng.randbytes(rng.choice([0, 1, 3, 16, 100, 1000, 5000]))
@@ -708,38 +714,38 @@ def prepare(url: str | None, reset: bool, tmp: Path) -> str:
     return url
 
 
-def run(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="cx-fuzz-"))
-    url = prepare(args.database_url, args.reset, tmp)
-    config = config_from_mapping({
+def fuzz_runtime(url: str, export_dir: Path) -> Any:
+    """The runtime under test: every connector enabled with this script's settings."""
+    return build(config_from_mapping({
         "database_url": url, "connectors": SETTINGS, "logging": {"level": "ERROR"},
-        "privacy": {"export_dir": str(tmp / "exports")},
+        "privacy": {"export_dir": str(export_dir)},
         "webhooks": {"max_body_bytes": MAX_BODY, "signature_tolerance": "5m"},
-    }, env={})
-    rt = build(config)
-    errors = ErrorLog()
-    logging.getLogger().addHandler(errors)
-    logging.getLogger().setLevel(logging.ERROR)
-    app = create_app(rt=rt, configure_logging=False)
-    client = app.test_client()
-    fuzzer = Fuzzer(args.seed)
-    check = Check()
-    sent: list[Sent] = []
-    stored_key: dict[tuple[str, str], tuple[int, bytes]] = {}  # (source, key) -> (delivery id, body hash)
-    t_gen = t_req = 0.0
-    started = time.perf_counter()
-    for i in range(args.count):
+    }, env={}))
+
+
+class Target:
+    """The app under test, and what was sent to it and answered."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.client = create_app(rt=rt, configure_logging=False).test_client()
+        self.check = Check()
+        self.sent: list[Sent] = []
+        #: (source, key) -> (delivery id, body hash) of every delivery stored
+        self.stored: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.t_gen = self.t_req = 0.0
+
+    def send(self, case: Case) -> Sent:
+        """Sign, post, judge the answer (violations go to :attr:`check`)."""
         t0 = time.perf_counter()
-        case = fuzzer.case(i)
         now = datetime.now(UTC)
         headers = signed_headers(case, now)
-        key = inbox.delivery_key(rt.connectors[case.source], Delivery(
+        key = inbox.delivery_key(self.rt.connectors[case.source], Delivery(
             source=case.source, body=case.body, headers=headers, received_at=now))
         t1 = time.perf_counter()
-        r = client.post(f"/webhooks/{case.source}", data=case.body, headers=headers)
-        t2 = time.perf_counter()
-        t_gen += t1 - t0
-        t_req += t2 - t1
+        r = self.client.post(f"/webhooks/{case.source}", data=case.body, headers=headers)
+        self.t_gen += t1 - t0
+        self.t_req += time.perf_counter() - t1
         try:
             out = json.loads(r.data)
         except ValueError:
@@ -748,17 +754,36 @@ def run(args: argparse.Namespace) -> int:
         rec = Sent(case.source, case.kind, case.expect, r.status_code, str(status), out.get("delivery_id"),
                    key, hashlib.sha256(case.body).digest()[:12], case.resend_of,
                    out.get("error") or out.get("message") or "")
-        sent.append(rec)
-        judge(check, i, case, rec, stored_key)
+        self.sent.append(rec)
+        judge(self.check, case.index, case, rec, self.stored)
+        return rec
+
+
+def run(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="cx-fuzz-"))
+    url = prepare(args.database_url, args.reset, tmp)
+    rt = fuzz_runtime(url, tmp / "exports")
+    errors = ErrorLog()
+    logging.getLogger().addHandler(errors)
+    logging.getLogger().setLevel(logging.ERROR)
+    target = Target(rt)
+    fuzzer = Fuzzer(args.seed)
+    started = time.perf_counter()
+    for i in range(args.count):
+        t0 = time.perf_counter()
+        case = fuzzer.case(i)
+        target.t_gen += time.perf_counter() - t0
+        target.send(case)
         if args.progress and (i + 1) % args.progress == 0:
             el = time.perf_counter() - started
             print(f"  {i + 1:>7} cases  {el:6.1f} s  {(i + 1) / el:6.0f}/s  "
-                  f"violations {sum(check.counts.values())}",
+                  f"violations {sum(target.check.counts.values())}",
                   file=sys.stderr, flush=True)
     duration = time.perf_counter() - started
+    check, sent = target.check, target.sent
     rows = compare(check, rt.engine, sent)
     replayed = replay_sample(check, rt, args.replay, args.seed)
-    report(args, url, sent, rows, replayed, check, errors, duration, t_gen, t_req)
+    report(args, url, sent, rows, replayed, check, errors, duration, target.t_gen, target.t_req)
     rt.engine.dispose()
     return 0 if check.ok and not errors.records else 1
 
