@@ -645,6 +645,7 @@ class Sent:
     body_hash: bytes
     resend_of: int | None
     error: str
+    ms: float = 0.0        # the request's time in the app (test client included)
 
 
 class Check:
@@ -758,8 +759,9 @@ class Target:
             source=case.source, body=case.body, headers=headers, received_at=now))
         t1 = time.perf_counter()
         r = self.client.post(f"/webhooks/{case.source}", data=case.body, headers=headers)
+        t2 = time.perf_counter()
         self.t_gen += t1 - t0
-        self.t_req += time.perf_counter() - t1
+        self.t_req += t2 - t1
         try:
             out = json.loads(r.data)
         except ValueError:
@@ -767,7 +769,8 @@ class Target:
         status = out.get("status") if r.status_code == 200 else out.get("error", "?")
         rec = Sent(case.source, case.kind, case.expect, r.status_code, str(status), out.get("delivery_id"),
                    key, hashlib.sha256(case.body).digest()[:12], case.resend_of,
-                   (out.get("error") if r.status_code == 200 else out.get("message")) or "")
+                   (out.get("error") if r.status_code == 200 else out.get("message")) or "",
+                   (t2 - t1) * 1000)
         self.sent.append(rec)
         judge(self.check, case.index, case, rec, self.stored)
         return rec
@@ -928,13 +931,20 @@ def report(args: argparse.Namespace, url: str, sent: list[Sent], rows: dict[str,
         _line(source, line)
     print("-" * len(head))
     _line("all", total)
-    print("\nkinds of case (sent, answered 200/401/413):")
+    print("\nkinds of case: sent, mean ms per request (x: against the unchanged samples, the "
+          "baseline of this run), answers")
     kinds: dict[str, Counter] = defaultdict(Counter)
+    ms: Counter[str] = Counter()
     for s in sent:
-        kinds[s.kind.split("+")[0] + ("+mutated" if "+mutated" in s.kind else "")
-              + ("+bytes" if "+bytes" in s.kind else "")][s.code] += 1
+        kind = s.kind.split("+")[0] + ("+mutated" if "+mutated" in s.kind else "") \
+            + ("+bytes" if "+bytes" in s.kind else "")
+        kinds[kind][s.code] += 1
+        ms[kind] += s.ms
+    base = ms["sample"] / max(1, sum(kinds["sample"].values()))
     for kind, c in sorted(kinds.items(), key=lambda kv: -sum(kv[1].values())):
-        print(f"  {kind:<26} {sum(c.values()):>7}   " + "  ".join(f"{k}: {v}" for k, v in sorted(c.items())))
+        mean = ms[kind] / sum(c.values())
+        print(f"  {kind:<26} {sum(c.values()):>7} {mean:7.2f} ms {mean / base:5.2f}x   "
+              + "  ".join(f"{k}: {v}" for k, v in sorted(c.items())))
     print("\n401 answers, by the bad signature each case was made with:")
     why = Counter(f"{s.source}: {s.expect[4:]}" for s in sent if s.code == 401)
     for k, v in why.most_common():
