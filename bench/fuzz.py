@@ -165,7 +165,7 @@ SCALARS = [v for v in EVIL if not isinstance(v, list | dict)]
 #: share of the erasing samples (deletions, redact requests) kept when drawn: an erasure
 #: scans every stored body for the person (privacy.mentioning_deliveries), so at this
 #: volume they would be most of the run's time
-ERASING = 0.005
+ERASING = 0.02
 #: raw JSON literals Python's json.dumps never writes (spliced in after serialising)
 RAW = ["1e400", "-1e400", "1E-400", "-0", "123456789012345678901234567890123456789",
        "9" * 5000, "NaN", "-Infinity", "0.000000000000000000000000000001", "1.0e+2"]
@@ -303,6 +303,8 @@ class Fuzzer:
             kind += "+bytes"
         if source == "shopify" and rng.random() < 0.05:
             topic = rng.choice(SHOPIFY_EXTRA_TOPICS)
+        if any(_erasing(topic or "", e) for e in (payload if isinstance(payload, list) else [payload])):
+            kind += "+erasure"  # asks to erase a person (if the mutations left it readable)
         return kind, body, topic
 
     def freshen(self, rng: random.Random, source: str, payload: Any) -> Any:
@@ -316,7 +318,7 @@ class Fuzzer:
             payload["occurredAt"] = now_ms - rng.randint(0, 30 * 86400_000)
             if rng.random() < 0.3:
                 payload["subscriptionType"] = rng.choice(HUBSPOT_TYPES)
-                while "eletion" in payload["subscriptionType"] and rng.random() > ERASING:
+                while _erasing("", payload) and rng.random() > ERASING:
                     payload["subscriptionType"] = rng.choice(HUBSPOT_TYPES)
             if rng.random() < 0.2:
                 payload["propertyName"] = rng.choice(HUBSPOT_PROPERTIES)
@@ -523,9 +525,11 @@ class Fuzzer:
 
 
 def _erasing(topic: str, payload: Any) -> bool:
+    """Whether a sample asks to erase a person or a shop (privacy.forget, forget_all)."""
     if topic in ("customers/redact", "shop/redact"):
         return True
-    return isinstance(payload, dict) and "eletion" in str(payload.get("subscriptionType"))
+    return isinstance(payload, dict) and payload.get("subscriptionType") in (
+        "contact.deletion", "contact.privacyDeletion", "conversation.privacyDeletion")
 
 
 def _evil(rng: random.Random) -> Any:
@@ -936,8 +940,8 @@ def report(args: argparse.Namespace, url: str, sent: list[Sent], rows: dict[str,
     kinds: dict[str, Counter] = defaultdict(Counter)
     ms: Counter[str] = Counter()
     for s in sent:
-        kind = s.kind.split("+")[0] + ("+mutated" if "+mutated" in s.kind else "") \
-            + ("+bytes" if "+bytes" in s.kind else "")
+        kind = s.kind.split("+")[0] + "".join(f"+{k}" for k in ("mutated", "bytes", "erasure")
+                                              if f"+{k}" in s.kind)
         kinds[kind][s.code] += 1
         ms[kind] += s.ms
     base = ms["sample"] / max(1, sum(kinds["sample"].values()))
