@@ -162,9 +162,9 @@ EVIL: list[Any] = [
     [], {}, [None], [[]], {"": None}, ["a", 1, None], {"id": None}, [{"id": 1}] * 3,
 ]
 SCALARS = [v for v in EVIL if not isinstance(v, list | dict)]
-#: share of the erasing samples (deletions, redact requests) kept when drawn: an erasure
-#: scans every stored body for the person (privacy.mentioning_deliveries), so at this
-#: volume they would be most of the run's time
+#: share of the erasing samples (deletions, redact and data requests) kept when drawn: an
+#: erasure or export scans every stored body for the person (privacy.mentioning_deliveries),
+#: so at this volume they would be most of the run's time (3.5 s each at 14,000 deliveries)
 ERASING = 0.02
 #: raw JSON literals Python's json.dumps never writes (spliced in after serialising)
 RAW = ["1e400", "-1e400", "1E-400", "-0", "123456789012345678901234567890123456789",
@@ -525,8 +525,9 @@ class Fuzzer:
 
 
 def _erasing(topic: str, payload: Any) -> bool:
-    """Whether a sample asks to erase a person or a shop (privacy.forget, forget_all)."""
-    if topic in ("customers/redact", "shop/redact"):
+    """Whether a sample asks to erase or export a person, or a shop (privacy.forget, forget_all,
+    export: each reads every stored body)."""
+    if topic in ("customers/redact", "shop/redact", "customers/data_request"):
         return True
     return isinstance(payload, dict) and payload.get("subscriptionType") in (
         "contact.deletion", "contact.privacyDeletion", "conversation.privacyDeletion")

@@ -268,8 +268,9 @@ class CustomerSchema(_Base):
                 phone=normalise_phone(data.get("phone")),
                 name=data.get("name"),
             )
-        except ValueError as exc:  # e.g. a source_id of NUL characters only: empty once cleaned
-            raise ValidationError(str(exc), "source_id") from None
+        except ValueError:  # only the source_id can be refused here: NUL characters only
+            raise ValidationError("must not be empty once NUL characters and lone surrogates "
+                                  "are removed", "source_id") from None
 
 
 class RatingSchema(_Base):
