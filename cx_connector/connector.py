@@ -106,10 +106,18 @@ Headers = CaseInsensitiveDict
 """Header mapping with case-insensitive keys (HTTP/2 lower-cases every header)."""
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(body: bytes) -> Any:
-    """Parse JSON exactly: floats become ``Decimal`` (money), big ints stay ints (ids > 2^53)."""
+    """Parse JSON exactly: floats become ``Decimal`` (money), big ints stay ints (ids > 2^53).
+
+    ``NaN`` and ``Infinity``, which Python's parser accepts, are refused: they are not JSON,
+    and PostgreSQL's JSON columns refuse them, so one kept in an attribute failed the store.
+    """
     try:
-        return json.loads(body, parse_float=Decimal)
+        return json.loads(body, parse_float=Decimal, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -46,7 +46,8 @@ rows keep their old profile, so they are part of the person).
 
 **ForgetAll** (:func:`forget_all`, Shopify ``shop/redact``) deletes everything that
 came from the source: its touchpoints, record identities, catalogue, outbox,
-written values and backfill state, and empties its raw deliveries; customers left
+written values and backfill state, and empties its raw deliveries (an error message is
+replaced by a note that it was erased); customers left
 with nothing from another source are then erased as above and lose their scores.
 Customers still known to another platform keep their email/phone identities.
 
@@ -69,7 +70,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Text, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Text, case, cast, delete, func, or_, select, tuple_, update
 
 from cx_connector import audit, identity
 from cx_connector.connector import CustomerRef, Export, Forget, ForgetAll, Restore
@@ -478,6 +479,12 @@ def forget_late(conn: Connection, source: str, erased: dict[str, list[CustomerRe
                delivery_id=delivery_id)
 
 
+def _erased_error(source: str, reason: str) -> str:
+    """What a failed or ignored delivery says once :func:`forget_all` emptied it."""
+    return (f"its body and error message were erased with everything from {source}"
+            + (f" ({reason})" if reason else "") + ": the delivery was kept, not processed again")
+
+
 def forget_all(conn: Connection, source: str, *, now: datetime, actor: str,
                reason: str = "") -> dict[str, int]:
     """Erase everything that came from ``source`` (module docstring)."""
@@ -489,9 +496,13 @@ def forget_all(conn: Connection, source: str, *, now: datetime, actor: str,
         "touchpoints": conn.execute(delete(touchpoints).where(touchpoints.c.source == source)).rowcount,
         "identities": conn.execute(delete(identities).where(
             identities.c.kind == "id", identities.c.source == source)).rowcount,
+        # an error message may quote the payload, so it goes too, but a failed or ignored
+        # delivery keeps a reason: without one it would look lost
         "deliveries": conn.execute(update(deliveries).where(
             deliveries.c.source == source, deliveries.c.redacted_at.is_(None)).values(
-            body=None, headers={}, error=None, redacted_at=now)).rowcount,
+            body=None, headers={}, redacted_at=now,
+            error=case((deliveries.c.error.is_(None), None), else_=_erased_error(source, reason))
+        )).rowcount,
         "products": conn.execute(delete(products).where(products.c.source == source)).rowcount,
         "writes": conn.execute(delete(outbox).where(outbox.c.source == source)).rowcount,
     }

@@ -133,6 +133,8 @@ def normalise_email(value: Any) -> str | None:
     email = value.strip().lower()
     if len(email) > 254 or not _EMAIL_RE.match(email):
         return None
+    if clean_text(email) != email:  # a NUL or lone surrogate: no database stores it, no one reads it
+        return None
     return email
 
 
@@ -266,8 +268,12 @@ class CustomerSchema(_Base):
     @post_load
     def _make(self, data: dict, **_: Any) -> CustomerRef:
         # CustomerRef normalises email and phone itself
-        return CustomerRef(source_id=data["source_id"], email=data.get("email"),
-                           phone=data.get("phone"), name=data.get("name"))
+        try:
+            return CustomerRef(source_id=data["source_id"], email=data.get("email"),
+                               phone=data.get("phone"), name=data.get("name"))
+        except ValueError:  # only the source_id can be refused here: NUL characters only
+            raise ValidationError("must not be empty once NUL characters and lone surrogates "
+                                  "are removed", "source_id") from None
 
 
 class RatingSchema(_Base):
@@ -338,7 +344,10 @@ class TouchpointSchema(_Base):
     @post_load
     def _make(self, data: dict, **_: Any) -> Touchpoint:
         data["products"] = tuple(data.get("products") or ())
-        return Touchpoint(**data)
+        try:
+            return Touchpoint(**data)
+        except ValueError as exc:  # what the schema lets through but the dataclass refuses
+            raise ValidationError(str(exc)) from None
 
 
 def touchpoint_to_dict(tp: Touchpoint) -> dict:

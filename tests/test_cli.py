@@ -68,7 +68,7 @@ def test_import_reports_unstorable_amounts_by_line_and_keeps_the_rest(cli, tmp_p
     assert "line 3: value: out of range" in r.output
     assert "line 4: products.0.price: out of range" in r.output
     assert "line 5: value: a refund is negative" in r.output
-    assert "line 7: customer.source_id must be a non-empty string" in r.output
+    assert "line 7: customer.source_id: must not be empty once NUL characters" in r.output
     assert "2 valid lines (2 new touchpoints, 0 already known), 5 invalid lines skipped" in r.output
     assert count(engine, "touchpoints") == 2
 

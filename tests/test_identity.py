@@ -98,6 +98,9 @@ def test_invalid_emails_do_not_link(engine):
 
     assert normalise_email("[email protected]") is None
     assert normalise_email(" Ann@Example.COM ") == "ann@example.com"
+    # no database stores these, so they cannot link anyone (a surrogate once failed the insert)
+    assert normalise_email("bob@e\ud800xample.com") is None
+    assert normalise_email("bob@ex\x00ample.com") is None
 
 
 def test_a_deleted_record_is_marked_gone_keeping_its_links(engine):

@@ -107,12 +107,19 @@ def test_same_fact_in_a_new_delivery_is_one_touchpoint(post_signed, engine):
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     (json.dumps(tp(occurred_at="0001-01-01T00:00:00+14:00")).encode(), "occurred_at: out of range"),
     (json.dumps(tp(kind="refund_issued", value="12.50")).encode(), "value: a refund is negative"),
+    # NUL only: not empty for the schema, empty once cleaned (was a crash of the normaliser)
+    (json.dumps({**tp(), "customer": {"source_id": "\u0000"}}).encode(), "customer.source_id"),
+    # Python reads these, PostgreSQL's JSON refuses them: kept in attributes, the store failed
+    (json.dumps(tp(attributes={"x": float("inf")})).encode(), "Infinity is not a JSON value"),
+    (json.dumps(tp(attributes={"x": [float("nan")]})).encode(), "NaN is not a JSON value"),
+    (json.dumps(tp(tid="\u0000")).encode(), "touchpoint_id must be a non-empty string"),
 ])
 def test_malformed_payload_is_stored_failed_with_its_error(post_signed, engine, body, needle):
     r = post_signed("generic", body)
     assert r.status_code == 200
     out = r.get_json()
     assert out["status"] == "failed" and needle in out["error"]
+    assert not out["error"].startswith(("internal error", "could not store"))  # no crash
     with engine.connect() as conn:
         d = conn.execute(select(deliveries)).mappings().one()
     assert d["status"] == "failed" and needle in d["error"] and d["body"] == body
@@ -291,3 +298,42 @@ def test_the_request_url_is_given_only_to_a_connector_that_reads_it(post_signed,
     monkeypatch.setattr(connector, "reads_request_url", reads)
     assert post_signed("generic", tp()).status_code == 200
     assert seen == (["http://localhost/webhooks/generic"] if reads else [""])
+
+
+def test_an_email_with_a_lone_surrogate_is_no_address_and_never_breaks_storage(post_signed, engine):
+    """It passed the email pattern and reached the identities table (could not store: UTF-8)."""
+    body = json.dumps(tp(email="bob@e\ud800xample.com")).replace("\\ud800", "\\ud800")
+    r = post_signed("generic", body)
+    assert r.get_json()["status"] == "failed" and "customer.email" in r.get_json()["error"]
+    assert not r.get_json()["error"].startswith("could not store")
+
+
+@pytest.mark.parametrize("bodies", [
+    [{**tp(), "touchpoint_id": None}, {**tp("x", kind="nope"), "touchpoint_id": None}],
+    [[tp(), "not an object"], [tp(), 5]],
+    [{"kind": "order_placed"}, {"kind": "order_paid"}],
+])
+def test_touchpoints_without_ids_are_keyed_by_their_body(post_signed, engine, bodies):
+    """A missing id once keyed every such delivery alike ("None"): the second was answered
+    as a redelivery of the first and never stored."""
+    answers = [post_signed("generic", b).get_json() for b in bodies]
+    assert [a["status"] for a in answers] == ["failed", "failed"]
+    assert count(engine, "deliveries") == 2
+
+
+def test_a_blank_delivery_id_header_is_ignored(post_signed, engine):
+    post_signed("generic", tp("a"), {"X-CX-Delivery-Id": " "})
+    r = post_signed("generic", tp("b"), {"X-CX-Delivery-Id": " "})
+    assert r.get_json()["status"] == "processed" and count(engine, "deliveries") == 2
+
+
+def test_long_delivery_keys_are_not_cut_into_one(post_signed, engine):
+    """Keys are 255 characters at most; two ids sharing their first 255 were one delivery."""
+    common = "d" * 300
+    first = post_signed("generic", tp("a"), {"X-CX-Delivery-Id": common + "1"})
+    second = post_signed("generic", tp("b"), {"X-CX-Delivery-Id": common + "2"})
+    again = post_signed("generic", tp("b"), {"X-CX-Delivery-Id": common + "2"})
+    assert [r.get_json()["status"] for r in (first, second, again)] == ["processed", "processed", "duplicate"]
+    with engine.connect() as conn:
+        keys = [k for (k,) in conn.execute(text("SELECT delivery_key FROM deliveries"))]
+    assert len(keys) == 2 and all(len(k) <= 255 and k.startswith("id:ddd") for k in keys)

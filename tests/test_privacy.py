@@ -263,7 +263,16 @@ def test_platform_deletion_forget_by_source_id(engine, post_signed):
 
 def test_shop_redact_erases_shopify_and_keeps_other_sources(world, shopify, post_signed, engine):
     post_signed("generic", generic_tp("z", "z1", "zed@example.com"))
+    failed = shopify("orders/create", {"id": 1, "customer": {"id": "bob@biller.com"}})
+    assert failed["status"] == "failed" and failed["error"]
     shopify("shop/redact", compliance_sample("shop_redact.json"))
+    # the error may quote personal data, so it is gone; the failed delivery still says why
+    with engine.connect() as conn:
+        error = conn.execute(select(deliveries.c.error).where(
+            deliveries.c.id == failed["delivery_id"])).scalar_one()
+    assert "bob" not in error and "erased with everything from shopify (shopify shop/redact)" in error
+    assert count(engine, "deliveries", "WHERE status IN ('failed', 'ignored') AND "
+                                       "(error IS NULL OR error = '')") == 0
     assert count(engine, "touchpoints", "WHERE source = 'shopify'") == 0
     assert count(engine, "identities", "WHERE source = 'shopify'") == 0
     assert count(engine, "deliveries", "WHERE source = 'shopify' AND body IS NOT NULL") == 0

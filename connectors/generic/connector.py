@@ -76,13 +76,21 @@ class GenericConnector(Connector):
         return {signatures.HEADER: signatures.compute(self.settings.secret, body)}
 
     def delivery_key(self, delivery: Delivery) -> str:
-        given = delivery.headers.get(DELIVERY_HEADER)
+        """``X-CX-Delivery-Id``, else the touchpoint ids, else the body's hash.
+
+        The ids are used only when every item has one (a string): items without would all
+        share the key of their missing ids, and different bodies would pass for
+        redeliveries of one another, never stored.
+        """
+        given = (delivery.headers.get(DELIVERY_HEADER) or "").strip()
         if given:
-            return "id:" + given.strip()[:250]
+            return "id:" + given
         payload = delivery.payload
         items = payload if isinstance(payload, list) else [payload]
-        ids = [str(i.get("touchpoint_id")) for i in items if isinstance(i, dict)]
-        return dedupe_keys(ids) if ids and all(ids) else super().delivery_key(delivery)
+        ids = [i.get("touchpoint_id") if isinstance(i, dict) else None for i in items]
+        if ids and all(isinstance(i, str) and i.strip() for i in ids):
+            return dedupe_keys(ids)
+        return super().delivery_key(delivery)
 
     def topic(self, delivery: Delivery) -> str:
         payload = delivery.payload

@@ -146,11 +146,21 @@ def dedupe_parts(payload: Any) -> list[str]:
     inside the body, so the body hash differs between attempts; these fields do not.
     https://developers.hubspot.com/docs/api/webhooks (``eventId`` alone is "not
     guaranteed to be unique").
+
+    Raises :class:`PayloadError` (the inbox then keys the delivery by its body's hash) for
+    an empty array and for an event without ``eventId`` or ``occurredAt``: every event
+    HubSpot sends has both, and without them different malformed bodies would share one
+    key, so all but the first would be answered as redeliveries and never stored.
     """
     parts = []
-    for raw in events_of(payload):
+    events = events_of(payload)
+    if not events:
+        raise PayloadError("no events")
+    for raw in events:
         if not isinstance(raw, Mapping):
             raise PayloadError("an event is not an object")
+        if raw.get("eventId") is None or raw.get("occurredAt") is None:
+            raise PayloadError("an event without eventId or occurredAt")
         parts.append("|".join(str(raw.get(k)) for k in
                               ("portalId", "subscriptionType", "objectId", "eventId", "occurredAt"))
                      + f"|{raw.get('eventType')}")

@@ -116,6 +116,23 @@ def test_the_dedupe_key_ignores_attempt_number(post_signed, engine):
     assert count(engine, "deliveries") == 2 and count(engine, "touchpoints") == 1
 
 
+@pytest.mark.parametrize("bodies", [
+    [[{"foo": 1}], [{"bar": 2}]],  # no event fields at all: both keyed "None|None|..."
+    [{"subscriptionType": "contact.creation"}, {"subscriptionType": "contact.creation", "x": 2}],
+    [[{"eventId": 1, "objectId": 5, "x": "a"}], [{"eventId": 1, "objectId": 5, "x": "b"}]],
+    [b"", b"[]"],  # the hash of nothing, and the key of no events: once the same
+])
+def test_malformed_deliveries_without_event_ids_are_each_stored(post_signed, engine, bodies):
+    """Without eventId and occurredAt (which HubSpot always sends) the key is the body's hash:
+    different malformed bodies shared one key, and all but the first were answered as
+    redeliveries, never stored."""
+    answers = [post_signed("hubspot", b).get_json()["status"] for b in bodies]
+    assert "duplicate" not in answers
+    assert count(engine, "deliveries") == 2
+    again = post_signed("hubspot", bodies[1]).get_json()["status"]  # a true redelivery still is one
+    assert again == "duplicate"
+
+
 def test_topic_lists_the_subscription_types(post_signed, engine):
     post_signed("hubspot", fixture_bytes("hubspot", "batch_contact_propertyChange_and_creation_docs.json"))
     with engine.connect() as conn:
