@@ -252,8 +252,6 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                     previous_json = json_dumps(previous)
                 if row is not None:
                     updates.append((json_dumps(fields), previous_json, cid, row.id))
-                elif encoded is not None and not last[key]:  # a first write: every value that is set
-                    inserts.append((cid, key[0], key[1], encoded[k], previous_json))
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1
