@@ -228,6 +228,18 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                 new = _canonical_cached(values, memo)
             for key in records[cid]:
                 row = pending.get(key)
+                if encoded is not None and row is None and not last[key] and not flying.get(key):
+                    # a record never written to, nothing queued or sent (as in _changes):
+                    # every value that is set, with all-null previous values; the names
+                    # decide both, so the JSON of the latter is made once per set of names
+                    names = tuple(f for f, v in new.items() if v is not None)
+                    if _PIGGYBACK.issuperset(names):
+                        continue
+                    previous_json = nulls.get(names) or nulls.setdefault(
+                        names, json_dumps(dict.fromkeys(names)))
+                    inserts.append((cid, key[0], key[1], encoded[k], previous_json))
+                    queued += 1
+                    continue
                 result = _changes(new, last[key], row, flying.get(key))
                 if result is None:
                     continue
@@ -240,8 +252,6 @@ def enqueue_many(conn: Connection, connectors: Mapping[str, Connector],
                     previous_json = json_dumps(previous)
                 if row is not None:
                     updates.append((json_dumps(fields), previous_json, cid, row.id))
-                elif encoded is not None and not last[key]:  # a first write: every value that is set
-                    inserts.append((cid, key[0], key[1], encoded[k], previous_json))
                 else:
                     inserts.append((cid, key[0], key[1], json_dumps(fields), previous_json))
                 queued += 1

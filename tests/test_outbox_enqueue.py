@@ -148,3 +148,46 @@ def test_encoded_texts_need_canonical_input_and_one_per_item(engine):
 
     with db.write(engine) as conn, pytest.raises(ValueError, match="encoded needs canonical_input"):
         outbox.enqueue_many(conn, {}, [(1, {"cx_score": 1})], now=NOW, encoded=["{}"])
+
+
+def test_enqueue_many_with_encoded_first_writes_queues_what_enqueue_does(engine):
+    """Records never written to take the encoded text (and all-null previous values) without
+    a diff; records with written values, a pending or an in-flight write are diffed as ever."""
+    from cx_connector.models import identities as idents
+    connectors = {"crm": Writable(None), "shop": type("Shop", (Writable,), {"name": "shop"})(None)}
+    stamp = "2026-06-15T12:00:00Z"
+    with db.write(engine) as conn:
+        a = resolve(conn, "crm", [(CustomerRef("7", email="a@example.com"), NOW)], now=NOW)["7"]
+        resolve(conn, "shop", [(CustomerRef("s7", email="a@example.com"), NOW)], now=NOW)
+        b = resolve(conn, "crm", [(CustomerRef("8", email="b@example.com"), NOW)], now=NOW)["8"]
+        c = resolve(conn, "crm", [(CustomerRef("10", email="c@example.com"), NOW)], now=NOW)["10"]
+        d = resolve(conn, "crm", [(CustomerRef("11", email="d@example.com"), NOW)], now=NOW)["11"]
+        e = resolve(conn, "crm", [(CustomerRef("12", email="e@example.com"), NOW)], now=NOW)["12"]
+        f = resolve(conn, "crm", [(CustomerRef("13", email="f@example.com"), NOW)], now=NOW)["13"]
+        conn.execute(idents.update().where(idents.c.value == "12").values(gone_at=NOW))
+        conn.execute(written_values.insert(), [
+            {"source": "crm", "external_id": "8", "field": "cx_score", "value": 50, "written_at": NOW}])
+        outbox.enqueue(conn, connectors, c, {"cx_score": 60, "cx_csat": 80}, now=NOW)   # pending
+        outbox.enqueue(conn, connectors, f, {"cx_score": 30, "cx_health": "red"}, now=NOW)
+        conn.execute(outbox_t.update().where(outbox_t.c.external_id == "13").values(status="in_flight"))
+    items = [(a, {"cx_score": 71, "cx_health": "green", "cx_nps_last": None, "cx_scored_at": stamp}),
+             (b, {"cx_score": 50, "cx_health": "red", "cx_scored_at": stamp}),
+             (c, {"cx_score": 40, "cx_csat": 80, "cx_scored_at": stamp}),
+             (d, {"cx_nps_last": None, "cx_scored_at": stamp}),   # only the piggyback field: nothing
+             (e, {"cx_score": 1, "cx_scored_at": stamp}),         # record gone: nothing
+             (f, {"cx_score": 30, "cx_health": "green", "cx_scored_at": stamp})]  # in flight: the change only
+    encoded = [db.json_dumps({k: v for k, v in values.items() if v is not None}) for _, values in items]
+
+    def one_by_one(conn):
+        return sum(outbox.enqueue(conn, connectors, cid, values, now=NOW) for cid, values in items)
+
+    def at_once(conn):
+        return outbox.enqueue_many(conn, connectors, items, now=NOW, canonical_input=True, encoded=encoded)
+
+    expected = _outbox_after(engine, one_by_one)
+    assert expected[0] == 5  # crm:7, shop:s7, crm:8, crm:10, crm:13
+    assert _outbox_after(engine, at_once) == expected
+    rows = {r["external_id"]: r for r in expected[1] if r["status"] == "pending"}
+    assert rows["7"]["fields"] == {"cx_score": 71, "cx_health": "green", "cx_scored_at": stamp}
+    assert rows["7"]["previous"] == {"cx_score": None, "cx_health": None, "cx_scored_at": None}
+    assert rows["13"]["fields"] == {"cx_health": "green", "cx_scored_at": stamp}

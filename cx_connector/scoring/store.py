@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -69,25 +70,33 @@ def previous_values(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str,
     return out
 
 
-def upsert_scores(conn: Connection, scored_at: datetime, rows: Sequence[tuple[int, str, str]]) -> None:
-    """``(customer_id, values JSON, explanation JSON)`` rows become the customers' latest scores."""
+def upsert_scores(conn: Connection, scored_at: datetime, ids: Sequence[int], values: Sequence[str],
+                  explanations: Sequence[str]) -> None:
+    """Customers ``ids`` get their latest scores: values and explanations as JSON text,
+    aligned with ``ids``."""
     w = _Writer(conn)
-    at = w.time(scored_at)
     w.many("INSERT INTO scores (customer_id, scored_at, score_values, explanation) VALUES (?, ?, ?j, ?j) "
            "ON CONFLICT (customer_id) DO UPDATE SET scored_at = excluded.scored_at, "
            "score_values = excluded.score_values, explanation = excluded.explanation",
-           [(cid, at, values, expl) for cid, values, expl in rows])
+           _rows(ids, w.time(scored_at), values, explanations))
 
 
-def insert_snapshots(conn: Connection, scored_at: datetime, rows: Sequence[tuple[int, str]]) -> None:
-    """``(customer_id, values JSON)`` rows added to the score history."""
+def insert_snapshots(conn: Connection, scored_at: datetime, ids: Sequence[int],
+                     values: Sequence[str]) -> None:
+    """Customers ``ids`` get a row in the score history: values as JSON text, aligned with ``ids``."""
     w = _Writer(conn)
-    at = w.time(scored_at)
     w.many("INSERT INTO score_snapshots (customer_id, scored_at, score_values) VALUES (?, ?, ?j)",
-           [(cid, at, values) for cid, values in rows])
+           _rows(ids, w.time(scored_at), values))
 
 
-def set_scored_at(conn: Connection, rows: Sequence[tuple[int, Any]]) -> None:
+def _rows(ids: Sequence[int], at: Any, *columns: Sequence[str]) -> list[tuple]:
+    """Statement rows ``(id, at, *columns)`` (zipped in C, not built per row in Python)."""
+    if any(len(c) != len(ids) for c in columns):
+        raise ValueError("columns of different lengths")
+    return list(zip(ids, repeat(at), *columns))
+
+
+def set_scored_at(conn: Connection, rows: Iterable[tuple[int, Any]]) -> None:
     """``(customer_id, watermark)``: the ``changed_at`` the scores reflect, as the
     database returned it (written back unchanged).
 

@@ -325,3 +325,24 @@ def test_as_of_today_is_now_and_the_future_is_refused(rt):
     with pytest.raises(ValueError, match="in the future"):
         run.run(rt, as_of=(NOW + timedelta(days=1)).date())
     assert count(rt.engine, "scores") == 0
+
+
+def test_values_texts_keep_types_and_close_without_the_last_field():
+    """:meth:`Result.texts` joins per-field tokens: a column mixing 1, 1.0 and True keeps
+    each one's JSON, and a row whose last field is None still closes its object."""
+    from cx_connector.fields import SCORE_FIELDS
+    names = [f.name for f in SCORE_FIELDS]
+    columns = {name: [None, None, None, None] for name in names}
+    columns["cx_score"] = [1, 1.0, True, None]
+    columns["cx_health"] = ["green", None, "red", None]
+    columns["cx_scored_at"] = ["2026-06-15T12:00:00Z", None, None, None]
+    result = run.Result.__new__(run.Result)   # texts() reads the columns only
+    result.columns = columns
+    rows = range(4)
+    full, set_only = result.texts(rows)
+    assert full == [db.json_dumps(v) for v in result.values(rows)]
+    assert set_only == [db.json_dumps({k: x for k, x in v.items() if x is not None})
+                        for v in result.values(rows)]
+    assert set_only[1:] == ['{"cx_score":1.0}', '{"cx_score":true,"cx_health":"red"}', "{}"]
+    rows = range(1, 3)                        # a slice: the same texts as those rows of the whole
+    assert result.texts(rows) == (full[1:3], set_only[1:3])
