@@ -26,7 +26,7 @@ from cx_connector.models import (
     touchpoints,
     written_values,
 )
-from tests.conftest import NOW, TEST_CONNECTORS, count, make_config
+from tests.conftest import NOW, TEST_CONNECTORS, count, make_config, settle
 from tests.connectors.shopify.conftest import compliance_sample, sample, shopify_headers
 
 JOHN = ["john@example.com", "jon@example.com", "example@email.com", "john.smith@work.example",
@@ -45,13 +45,15 @@ def config(database_url, export_dir):
 
 
 @pytest.fixture
-def shopify(client):
+def shopify(client, rt):
+    """POST a Shopify webhook; a privacy request answered ``queued`` is applied by the clock's
+    ``privacy`` job before returning (:func:`tests.conftest.settle`)."""
     def post(topic, body, webhook_id=None):
         body = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = shopify_headers(topic, body, **({"X-Shopify-Webhook-Id": webhook_id} if webhook_id else {}))
         r = client.post("/webhooks/shopify", data=body, headers=headers)
         assert r.status_code == 200, r.get_json()
-        return r.get_json()
+        return settle(rt, r.get_json())
     return post
 
 
