@@ -376,7 +376,9 @@ def test_a_webhook_erasure_is_answered_queued_and_erases_nothing_until_the_clock
     assert count(engine, "audit_log", "WHERE action = 'privacy_forget'") == 0
     assert len(everything(engine)) > len(before)  # only the queued delivery was added
 
-    run = scheduler.run_job(rt, "privacy", inbox.privacy_job)
+    [job] = [j for j in scheduler.jobs() if j.id == "privacy"]
+    assert job.every(rt.config) == timedelta(minutes=1) and job.func is inbox.privacy_job
+    run = scheduler.run_job(rt, job.id, job.func, lease=job.lease or None)
     assert (run["status"], run["details"]) == ("ok", {"queued": 1, "processed": 1, "failed_ids": []})
     row = delivery(engine, out["delivery_id"])
     assert (row["status"], row["error"], row["body"]) == ("processed", None, None)  # its own body erased
