@@ -409,6 +409,12 @@ def catalogue(conn: Connection, entry: CatalogueProduct, *, now: datetime) -> No
                                             products.c.product_id == entry.product_id).values(**row))
 
 
+def _stored(row: Mapping[str, Any]) -> Delivery:
+    """A stored delivery as its connector reads it (the signature was checked on receipt)."""
+    return Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
+                    received_at=row["received_at"])
+
+
 def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int, *,
            now: datetime | None = None, actor: str = "cli") -> Receipt:
     """Normalise a stored delivery again (after a fix); the signature was checked on receipt."""
@@ -423,8 +429,7 @@ def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int
         if connector is None:
             return Receipt("failed", delivery_id,
                            error=f"connector {row['source']} is not enabled in the configuration")
-        delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
-                            received_at=row["received_at"])
+        delivery = _stored(row)
         receipt = process(conn, connector, delivery_id, delivery, now=now, actor=actor)
         audit.record(conn, actor=actor, action="delivery_replayed", at=now, source=row["source"],
                      details={"delivery_id": delivery_id, "was": row["status"], "status": receipt.status,
@@ -486,8 +491,7 @@ def apply_queued(engine: Engine, connectors: Mapping[str, Connector], delivery_i
 
         if row["body"] is None:
             return finish("failed", ERASED_BEFORE)
-        delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
-                            received_at=row["received_at"])
+        delivery = _stored(row)
         result, status, error = _normalise(connector, delivery, now)
         if result is None or status != "processed":
             return finish("failed", error or "the delivery no longer carries a privacy request")
