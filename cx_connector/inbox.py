@@ -12,6 +12,15 @@ Order of work for one request (one database transaction, committed before the
 5. touchpoints are stored, deduplicated on ``(source, touchpoint_id)``;
 6. identities are resolved and the customers marked for rescoring.
 
+Privacy requests (:class:`Forget`, :class:`ForgetAll`, :class:`Export`) are not carried
+out in the request: an erasure searches every stored body, so its cost grows with the
+inbox and past ``webhooks.database_timeout`` the platform would be answered 503 until it
+gave up. The delivery is stored ``queued`` (with its touchpoints and other actions) and
+answered 200; the clock's ``privacy`` job (:func:`privacy_job`, every minute) applies
+the queued requests oldest first, each in its own transaction, and marks the delivery
+``processed`` (or ``failed`` with the reason, replayable). A delivery stays ``queued``
+until its request committed, so a crash loses none.
+
 Only a database outage escapes as :class:`DatabaseUnavailable` (HTTP 503), in
 which case nothing was written and the platform retries.
 """
@@ -59,7 +68,8 @@ _DROP_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
 
 @dataclass(frozen=True)
 class Receipt:
-    """What happened to one delivery. ``status``: processed | failed | ignored | duplicate;
+    """What happened to one delivery. ``status``: processed | queued | failed | ignored |
+    duplicate (``queued``: stored, its privacy request left to the clock's ``privacy`` job);
     ``failed_at``: ``normalise`` or ``store`` when it failed."""
 
     status: str
@@ -89,6 +99,9 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         topic = ""
     # Normalising is pure CPU work: do it before taking the database's write lock.
     result, status, error = _normalise(connector, delivery, now)
+    defer = status == "processed" and result is not None and bool(privacy_actions(result))
+    if defer:
+        status = QUEUED
     row = {"source": connector.name, "delivery_key": key, "topic": clean_text(topic),
            "received_at": now,
            "headers": clean_text({k: v for k, v in delivery.headers.items()
@@ -101,9 +114,9 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
         if delivery_id is None:
             return Receipt("duplicate")
         stored = 0
-        if result is not None and status == "processed":
+        if result is not None and status in ("processed", QUEUED):
             outcome = store_result(conn, connector.name, result, delivery_id=delivery_id,
-                                   now=now, actor="webhook")
+                                   now=now, actor="webhook", defer_privacy=defer)
             stored = outcome.new
             if outcome.ignored:
                 status, error = "ignored", outcome.ignored
@@ -127,6 +140,16 @@ def receive(engine: Engine, connector: Connector, body: bytes, headers: Mapping[
 
 
 _STORE_ERRORS = (sa_exc.StatementError, ValueError, TypeError, KeyError)
+
+#: status of a delivery stored with a privacy request the clock has not applied yet
+QUEUED = "queued"
+#: the actions left to the clock's ``privacy`` job
+PRIVACY_ACTIONS = (Forget, ForgetAll, Export)
+
+
+def privacy_actions(result: Normalised) -> list[Forget | ForgetAll | Export]:
+    """The privacy requests among a normalised result's actions."""
+    return [a for a in result.actions if isinstance(a, PRIVACY_ACTIONS)]
 
 
 def delivery_key(connector: Connector, delivery: Delivery) -> str:
@@ -302,8 +325,9 @@ def store(conn: Connection, source: str, result: Normalised, *, delivery_id: int
 
 
 def store_result(conn: Connection, source: str, result: Normalised, *, delivery_id: int | None,
-                 now: datetime, actor: str) -> Stored:
-    """Store touchpoints and apply actions (see :class:`Stored`)."""
+                 now: datetime, actor: str, defer_privacy: bool = False) -> Stored:
+    """Store touchpoints and apply actions (see :class:`Stored`); with ``defer_privacy``,
+    all but the privacy requests (left to :func:`apply_queued`)."""
     tps = list(result.touchpoints)
     for tp in tps:
         if tp.source != source:
@@ -331,6 +355,8 @@ def store_result(conn: Connection, source: str, result: Normalised, *, delivery_
             identity.mark_changed(conn, [c for c in inserted if c is not None], now)
     unchanged = []
     for action in result.actions:
+        if defer_privacy and isinstance(action, PRIVACY_ACTIONS):
+            continue
         if apply_action(conn, action, now=now, actor=actor, resolution=resolution) is False:
             unchanged.append(action)
     if resolution.erased:  # late facts about erased records: erase what they brought
@@ -383,6 +409,12 @@ def catalogue(conn: Connection, entry: CatalogueProduct, *, now: datetime) -> No
                                             products.c.product_id == entry.product_id).values(**row))
 
 
+def _stored(row: Mapping[str, Any]) -> Delivery:
+    """A stored delivery as its connector reads it (the signature was checked on receipt)."""
+    return Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
+                    received_at=row["received_at"])
+
+
 def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int, *,
            now: datetime | None = None, actor: str = "cli") -> Receipt:
     """Normalise a stored delivery again (after a fix); the signature was checked on receipt."""
@@ -397,8 +429,7 @@ def replay(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int
         if connector is None:
             return Receipt("failed", delivery_id,
                            error=f"connector {row['source']} is not enabled in the configuration")
-        delivery = Delivery(source=row["source"], body=bytes(row["body"]), headers=row["headers"] or {},
-                            received_at=row["received_at"])
+        delivery = _stored(row)
         receipt = process(conn, connector, delivery_id, delivery, now=now, actor=actor)
         audit.record(conn, actor=actor, action="delivery_replayed", at=now, source=row["source"],
                      details={"delivery_id": delivery_id, "was": row["status"], "status": receipt.status,
@@ -416,6 +447,90 @@ def replay_failed(engine: Engine, connectors: Mapping[str, Connector], *, source
     with db.read(engine) as conn:
         ids = list(conn.execute(q).scalars())
     return [replay(engine, connectors, i, now=now, actor=actor) for i in ids]
+
+
+# --- the clock's side: privacy requests queued by webhooks ---------------------------------------
+
+#: how many queued deliveries one run of the ``privacy`` job applies (the rest: next minute)
+PRIVACY_BATCH = 500
+#: why a queued delivery could not be applied: an earlier erasure emptied its body
+ERASED_BEFORE = ("its body was erased by an earlier privacy request (see the audit log) before its own "
+                 "request was applied: check the person or source it named is erased, else run "
+                 "cx-connector forget")
+
+
+def apply_queued(engine: Engine, connectors: Mapping[str, Connector], delivery_id: int, *,
+                 now: datetime | None = None, actor: str = "webhook") -> Receipt:
+    """Carry out the privacy requests of one ``queued`` delivery, in one transaction.
+
+    The requests are normalised again from the stored body (as a replay does; the
+    touchpoints and other actions were stored on receipt). The delivery is marked
+    ``processed`` in the same transaction, before the work, so an erasure still empties
+    the body of its own delivery as it did in the webhook; a request that fails leaves
+    it ``failed`` with the reason (``cx-connector events replay`` applies it again).
+    ``actor`` stays ``webhook``: the request came from the platform.
+    """
+    now = now or now_utc()
+    with db.write(engine) as conn:
+        row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id,
+                                                    deliveries.c.status == QUEUED)).mappings().first()
+        if row is None:  # applied meanwhile (a replay)
+            return Receipt("missing", delivery_id, error=f"no queued delivery {delivery_id}")
+        connector = connectors.get(row["source"])
+        if connector is None:  # stays queued: applied once the connector is enabled again
+            log.warning("queued privacy request waits: its connector is not enabled",
+                        extra={"source": row["source"], "delivery_id": delivery_id})
+            return Receipt(QUEUED, delivery_id,
+                           error=f"connector {row['source']} is not enabled in the configuration")
+
+        def finish(status: str, error: str | None) -> Receipt:
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                status=status, error=clean_text(error), processed_at=now,
+                attempts=deliveries.c.attempts + 1))
+            return Receipt(status, delivery_id, 0, error)
+
+        if row["body"] is None:
+            return finish("failed", ERASED_BEFORE)
+        delivery = _stored(row)
+        result, status, error = _normalise(connector, delivery, now)
+        if result is None or status != "processed":
+            return finish("failed", error or "the delivery no longer carries a privacy request")
+        receipt = finish("processed", None)
+        savepoint = conn.begin_nested()
+        try:
+            for action in privacy_actions(result):
+                privacy.apply(conn, action, now=now, actor=actor)
+            savepoint.commit()
+        except Exception as exc:
+            savepoint.rollback()
+            if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and \
+                    db.is_connection_error(exc):
+                raise
+            log.error("applying a queued privacy request failed", exc_info=exc,
+                      extra={"source": row["source"], "delivery_id": delivery_id})
+            detail = getattr(exc, "orig", None) or exc
+            error = f"could not apply the privacy request: {type(detail).__name__}: {detail}"
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                status="failed", error=clean_text(error)))
+            return Receipt("failed", delivery_id, 0, error)
+        return receipt
+
+
+def privacy_job(rt: Any) -> dict[str, Any]:
+    """The clock's ``privacy`` job: apply queued privacy requests, oldest first, each in its
+    own transaction (at most :data:`PRIVACY_BATCH` per run). The job's lease keeps two
+    clocks from applying the same one."""
+    with db.read(rt.engine) as conn:
+        ids = list(conn.execute(select(deliveries.c.id).where(deliveries.c.status == QUEUED)
+                                .order_by(deliveries.c.id).limit(PRIVACY_BATCH)).scalars())
+    done: dict[str, int] = {}
+    failed: list[int] = []
+    for delivery_id in ids:
+        receipt = apply_queued(rt.engine, rt.connectors, delivery_id, now=rt.now())
+        done[receipt.status] = done.get(receipt.status, 0) + 1
+        if receipt.status == "failed":
+            failed.append(delivery_id)
+    return {"queued": len(ids), **done, "failed_ids": failed}
 
 
 # --- the admin's side: what arrived, what failed -----------------------------------------------

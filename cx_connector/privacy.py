@@ -3,9 +3,10 @@ compliance topics; platform deletions such as HubSpot ``contact.deletion``).
 
 Connectors ask for it with :class:`~cx_connector.connector.Forget`,
 :class:`~cx_connector.connector.ForgetAll` and :class:`~cx_connector.connector.Export`
-actions, carried out by :func:`apply` inside the webhook's transaction (acting at
-once satisfies Shopify's 30 days); ``cx-connector forget`` and ``cx-connector
-export`` do the same on demand.
+actions, carried out by :func:`apply`: not in the webhook (an erasure searches every
+stored body, past the webhook's deadline in a large inbox) but by the clock's
+``privacy`` job within a minute (:func:`cx_connector.inbox.privacy_job`; Shopify allows
+30 days); ``cx-connector forget`` and ``cx-connector export`` act at once.
 
 **The person** is every customer reached from the request: the platform record
 (``source`` + ``source_id``), the email, the phone or our customer id, followed to
@@ -55,7 +56,7 @@ Customers still known to another platform keep their email/phone identities.
 about the person (profile, identities, touchpoints, scores and history, alerts,
 write-back rows, audit entries, raw deliveries) into ``privacy.export_dir``, and
 audit-logs its file name. The admin hands it over (Shopify: to the store owner).
-Inside a webhook the directory comes from the engine's ``cx_export_dir`` execution
+For a connector's request the directory comes from the engine's ``cx_export_dir`` execution
 option, set by :func:`cx_connector.runtime.build` from the configuration.
 """
 
@@ -650,7 +651,8 @@ def export(conn: Connection, target: Target, *, now: datetime, actor: str, expor
 
 
 def apply(conn: Connection, action: Forget | ForgetAll | Export, *, now: datetime, actor: str) -> None:
-    """Carry out a connector's privacy action inside its delivery's transaction."""
+    """Carry out a connector's privacy action (the clock's ``privacy`` job, or a replay), in
+    the transaction that marks its delivery done."""
     if isinstance(action, ForgetAll):
         forget_all(conn, action.source, now=now, actor=actor, reason=action.reason)
     elif isinstance(action, Forget):

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cx_connector import db, enrich, leases, logs
+from cx_connector import db, enrich, inbox, leases, logs
 from cx_connector.config import Config
 from cx_connector.errors import DatabaseUnavailable
 from cx_connector.http import redact
@@ -38,6 +38,10 @@ from cx_connector.runtime import Runtime
 log = logging.getLogger(__name__)
 
 JobFunc = Callable[[Runtime], dict[str, Any]]
+
+#: how often the ``privacy`` job applies the privacy requests webhooks queued: fixed, not
+#: configured, so an erasure a platform asked for is carried out within a minute
+PRIVACY_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,10 @@ def jobs() -> list[Job]:
     from cx_connector.scoring import kpis
     from cx_connector.scoring import run as scoring
 
-    # in start-up order: enrichment and abandoned checkouts feed scoring; scoring fills
-    # the outbox that sync sends
+    # in start-up order: queued privacy requests first (nothing erased is scored or sent);
+    # enrichment and abandoned checkouts feed scoring; scoring fills the outbox that sync sends
     return [
+        Job("privacy", inbox.privacy_job, lambda config: PRIVACY_EVERY),
         Job("enrich", enrich.enrich, lambda config: config.schedule.enrich_every),
         Job("checkouts", checkouts.run, lambda config: config.schedule.score_every),
         Job("score", scoring.job, lambda config: config.schedule.score_every, lease=scoring.LEASE),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from cx_connector import db, registry
+from cx_connector import db, inbox, registry
 from cx_connector.app import create_app
 from cx_connector.config import Config, config_from_mapping
 from cx_connector.models import Base
@@ -144,9 +144,28 @@ def post_signed(client: Any, rt: Runtime) -> Callable[..., Any]:
         h.setdefault("Content-Type", "application/json")
         return client.post(f"/webhooks/{source}", data=body, headers=h)
 
+    post.rt = rt  # type: ignore[attr-defined]  # for settle() in helpers that get only this
     return post
 
 
 def count(engine: Engine, table: str, where: str = "") -> int:
     with engine.connect() as conn:
         return conn.execute(text(f"SELECT count(*) FROM {table} {where}")).scalar_one()
+
+
+def settle(rt: Runtime, answer: dict[str, Any]) -> dict[str, Any]:
+    """A webhook's answer as the clock leaves it. A delivery answered ``queued`` (a privacy
+    request) stays queued, nothing applied, until the clock's ``privacy`` job runs: run it,
+    and return the delivery's status and error after that (``answered``: ``queued``)."""
+    if answer.get("status") != "queued":
+        return answer
+    with rt.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM deliveries WHERE id = :i"),
+                            {"i": answer["delivery_id"]}).scalar_one() == "queued"
+    inbox.privacy_job(rt)
+    with rt.engine.connect() as conn:
+        status, error = conn.execute(text("SELECT status, error FROM deliveries WHERE id = :i"),
+                                     {"i": answer["delivery_id"]}).one()
+    out = {**answer, "status": status, "answered": "queued"}
+    out.pop("error", None)
+    return {**out, "error": error} if error is not None else out

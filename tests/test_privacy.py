@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
-from cx_connector import db, inbox, privacy
+from cx_connector import db, inbox, privacy, scheduler
 from cx_connector.cli import main
 from cx_connector.connector import CustomerRef, Forget, Normalised, Touchpoint
 from cx_connector.models import (
@@ -26,7 +26,7 @@ from cx_connector.models import (
     touchpoints,
     written_values,
 )
-from tests.conftest import NOW, TEST_CONNECTORS, count, make_config
+from tests.conftest import NOW, TEST_CONNECTORS, count, make_config, settle
 from tests.connectors.shopify.conftest import compliance_sample, sample, shopify_headers
 
 JOHN = ["john@example.com", "jon@example.com", "example@email.com", "john.smith@work.example",
@@ -45,13 +45,15 @@ def config(database_url, export_dir):
 
 
 @pytest.fixture
-def shopify(client):
+def shopify(client, rt):
+    """POST a Shopify webhook; a privacy request answered ``queued`` is applied by the clock's
+    ``privacy`` job before returning (:func:`tests.conftest.settle`)."""
     def post(topic, body, webhook_id=None):
         body = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = shopify_headers(topic, body, **({"X-Shopify-Webhook-Id": webhook_id} if webhook_id else {}))
         r = client.post("/webhooks/shopify", data=body, headers=headers)
         assert r.status_code == 200, r.get_json()
-        return r.get_json()
+        return settle(rt, r.get_json())
     return post
 
 
@@ -341,6 +343,111 @@ def test_export_of_an_unknown_person_says_nothing_is_held(engine, export_dir):
         again, _ = privacy.export(conn, privacy.Target(email="nobody@example.com"), now=NOW,
                                   actor="test", export_dir=export_dir)
     assert again.name == "export-20260615T120000Z-manual-no-match-1.json"  # never overwritten
+
+
+# --- webhook privacy requests are queued for the clock ---------------------------------------------
+
+
+@pytest.fixture
+def post_raw(client):
+    """POST a Shopify webhook and return its answer as given (no clock run)."""
+    def post(topic, body, webhook_id=None):
+        body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = shopify_headers(topic, body, **({"X-Shopify-Webhook-Id": webhook_id} if webhook_id else {}))
+        r = client.post("/webhooks/shopify", data=body, headers=headers)
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+    return post
+
+
+def delivery(engine, delivery_id):
+    with engine.connect() as conn:
+        return conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().one()
+
+
+def test_a_webhook_erasure_is_answered_queued_and_erases_nothing_until_the_clock(world, post_raw, engine, rt):
+    before = everything(engine)
+    out = post_raw("customers/redact", compliance_sample("customers_redact.json"))
+    assert (out["status"], out["touchpoints"]) == ("queued", 0)
+    row = delivery(engine, out["delivery_id"])
+    assert (row["status"], row["error"], row["redacted_at"]) == ("queued", None, None)
+    assert row["body"] is not None  # the request is read from it by the clock
+    assert all(n.lower() in everything(engine) for n in JOHN)  # nothing erased yet
+    assert count(engine, "audit_log", "WHERE action = 'privacy_forget'") == 0
+    assert len(everything(engine)) > len(before)  # only the queued delivery was added
+
+    [job] = [j for j in scheduler.jobs() if j.id == "privacy"]
+    assert job.every(rt.config) == timedelta(minutes=1) and job.func is inbox.privacy_job
+    run = scheduler.run_job(rt, job.id, job.func, lease=job.lease or None)
+    assert (run["status"], run["details"]) == ("ok", {"queued": 1, "processed": 1, "failed_ids": []})
+    row = delivery(engine, out["delivery_id"])
+    assert (row["status"], row["error"], row["body"]) == ("processed", None, None)  # its own body erased
+    assert row["attempts"] == 2 and row["redacted_at"] is not None
+    assert [n for n in JOHN if n.lower() in everything(engine)] == []
+    assert count(engine, "audit_log", "WHERE action = 'privacy_forget' AND actor = 'webhook'") >= 1
+
+
+def test_the_clock_applies_each_queued_request_once_oldest_first(world, post_raw, engine, rt, export_dir):
+    first = post_raw("customers/data_request", compliance_sample("customers_data_request.json"))
+    second = post_raw("customers/redact", compliance_sample("customers_redact.json"), "w-redact")
+    assert first["status"] == second["status"] == "queued"
+    assert inbox.privacy_job(rt) == {"queued": 2, "processed": 2, "failed_ids": []}
+    # the export ran before the erasure: it holds John
+    [path] = list(export_dir.iterdir())
+    assert "john@example.com" in path.read_text()
+    audits = count(engine, "audit_log", "WHERE action LIKE 'privacy_%'")
+    assert inbox.privacy_job(rt) == {"queued": 0, "failed_ids": []}
+    assert scheduler.run_job(rt, "privacy", inbox.privacy_job)["details"] == {"queued": 0, "failed_ids": []}
+    assert count(engine, "audit_log", "WHERE action LIKE 'privacy_%'") == audits
+    assert len(list(export_dir.iterdir())) == 1
+    assert {delivery(engine, d["delivery_id"])["attempts"] for d in (first, second)} == {2}
+    # the same request delivered again is a duplicate: not queued twice
+    again = post_raw("customers/redact", compliance_sample("customers_redact.json"), "w-redact")
+    assert again["status"] == "duplicate"
+    assert count(engine, "deliveries", "WHERE status = 'queued'") == 0
+
+
+def test_a_failing_request_is_failed_with_its_reason_and_replayable(world, post_raw, engine, rt, export_dir,
+                                                                     cli):
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    export_dir.write_text("not a directory")  # the export cannot be written
+    out = post_raw("customers/data_request", compliance_sample("customers_data_request.json"))
+    assert inbox.privacy_job(rt) == {"queued": 1, "failed": 1, "failed_ids": [out["delivery_id"]]}
+    row = delivery(engine, out["delivery_id"])
+    assert row["status"] == "failed" and row["body"] is not None
+    assert row["error"].startswith("could not apply the privacy request: FileExistsError"), row["error"]
+    assert count(engine, "audit_log", "WHERE action = 'privacy_export'") == 0  # rolled back
+    assert inbox.privacy_job(rt) == {"queued": 0, "failed_ids": []}  # failed is not retried by the clock
+
+    export_dir.unlink()  # the cause fixed: a replay applies it at once
+    r = cli("events", "replay", str(out["delivery_id"]))
+    assert r.exit_code == 0 and f"delivery {out['delivery_id']}: processed" in r.output, r.output
+    assert delivery(engine, out["delivery_id"])["status"] == "processed"
+    [path] = list(export_dir.iterdir())
+    assert "john@example.com" in path.read_text()
+
+
+def test_a_queued_request_replayed_by_hand_is_applied_at_once(world, post_raw, engine, rt, cli):
+    out = post_raw("customers/redact", compliance_sample("customers_redact.json"))
+    r = cli("events", "list", "--queued")
+    assert r.exit_code == 0 and "customers/redact" in r.output and "queued" in r.output, r.output
+    r = cli("events", "replay", str(out["delivery_id"]))
+    assert r.exit_code == 0, r.output
+    assert [n for n in JOHN if n.lower() in everything(engine)] == []
+    assert delivery(engine, out["delivery_id"])["status"] == "processed"
+    assert inbox.privacy_job(rt) == {"queued": 0, "failed_ids": []}  # nothing left for the clock
+
+
+def test_a_queued_request_whose_body_an_earlier_erasure_emptied_is_failed_not_lost(world, post_raw, engine,
+                                                                                    rt):
+    first = post_raw("customers/redact", compliance_sample("customers_redact.json"))
+    second = post_raw("customers/redact", compliance_sample("customers_redact.json"), "w-redact-again")
+    assert first["status"] == second["status"] == "queued"
+    assert inbox.privacy_job(rt) == {"queued": 2, "processed": 1, "failed": 1,
+                                     "failed_ids": [second["delivery_id"]]}
+    row = delivery(engine, second["delivery_id"])
+    assert row["status"] == "failed" and row["error"] == inbox.ERASED_BEFORE
+    assert [n for n in JOHN if n.lower() in everything(engine)] == []
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from cx_connector import db, logs, registry
+from cx_connector import db, inbox, logs, registry
 from cx_connector.cli.base import emit_json, table
 from cx_connector.cli.scoring import KPI_ROWS
 from cx_connector.config import config_from_mapping
@@ -153,6 +153,11 @@ def demo(database_url: str | None, as_json: bool) -> None:
         db.upgrade(rt.engine)
         report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
         report["deliveries"] = ingest_samples(rt)
+        # privacy requests (erasures, exports) are queued by the webhook and applied by the
+        # clock's privacy job within a minute: the demo runs it now, as the clock would
+        from cx_connector import scheduler
+
+        report["privacy"] = scheduler.run_job(rt, "privacy", inbox.privacy_job)["details"]
         report["touchpoints"] = stored_touchpoints(rt)
         with db.read(rt.engine) as conn:
             report["inbox"] = dict(conn.execute(
@@ -166,6 +171,9 @@ def demo(database_url: str | None, as_json: bool) -> None:
     click.echo(f"cx-connector demo: {len(report['deliveries'])} sample deliveries from "
                f"{', '.join(config.connectors)} posted to /webhooks/<source>\n")
     click.echo("Inbox: " + ", ".join(f"{k} {v}" for k, v in sorted(report["inbox"].items())))
+    if report["privacy"].get("queued"):
+        click.echo(f"  privacy requests: {report['privacy']['queued']} queued by the webhooks, applied by "
+                   "the clock's privacy job (within a minute; here at once)")
     failed = [d for d in report["deliveries"] if d["http"] != 200 or d["status"] == "failed"]
     for d in failed:
         click.echo(f"  {d['sample']}: HTTP {d['http']} {d['status'] or ''} {d['error'] or ''}")

@@ -1,4 +1,4 @@
-"""``cx-connector events ...``: the webhook inbox (received, failed, ignored; replay)."""
+"""``cx-connector events ...``: the webhook inbox (received, queued, failed, ignored; replay)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ def events() -> None:
 @events.command("list")
 @click.option("--failed", "status", flag_value="failed", help="Only failed deliveries.")
 @click.option("--ignored", "status", flag_value="ignored", help="Only ignored deliveries.")
-@click.option("--status", "status", type=click.Choice(["processed", "failed", "ignored", "received"]))
+@click.option("--queued", "status", flag_value="queued",
+              help="Only deliveries whose privacy request the clock has not applied yet.")
+@click.option("--status", "status",
+              type=click.Choice(["processed", "queued", "failed", "ignored", "received"]))
 @click.option("--source", default=None, metavar="NAME", type=Source(enabled=False),
               help="Only this connector.")
 @click.option("--limit", default=50, show_default=True, type=int)
@@ -77,6 +80,7 @@ def replay(state: State, delivery_id: int | None, all_failed: bool, source: str 
            as_json: bool) -> None:
     """Normalise stored deliveries again (after fixing the cause of a failure).
 
+    A queued delivery's privacy request is applied at once (not left to the clock).
     Exits 1 when a replayed delivery fails again.
     """
     if (delivery_id is None) == (not all_failed):

@@ -34,7 +34,7 @@ except ImportError:  # not on Windows: no shared lock between scrapes and compac
 log = logging.getLogger(__name__)
 
 #: delivery statuses a webhook request ends with (see :class:`cx_connector.inbox.Receipt`)
-STATUSES = ("processed", "failed", "ignored", "duplicate")
+STATUSES = ("processed", "queued", "failed", "ignored", "duplicate")
 #: metric types whose per-process files are folded into an archive when a worker exits
 _ARCHIVED = ("counter", "histogram", "summary")
 _LOCK_FILE = "cx-metrics.lock"

@@ -309,3 +309,24 @@ def test_the_token_never_appears_in_a_page_an_answer_or_the_log(shop, client, rt
     headers = [str(r.headers) for r in (client.get("/admin/"), client.get("/api/v1/kpis"))]
     for text in [*bodies, *headers, caplog.text]:
         assert TOKEN not in text and TOKEN[::-1] not in text
+
+
+def test_a_queued_privacy_request_is_counted_and_its_replay_applies_it(admin, rt):
+    from tests.connectors.shopify.conftest import compliance_sample, shopify_headers
+
+    body = compliance_sample("customers_redact.json")
+    r = admin.post("/webhooks/shopify", data=body, headers=shopify_headers("customers/redact", body))
+    assert r.get_json()["status"] == "queued"
+    delivery_id = r.get_json()["delivery_id"]
+    html = admin.get("/admin/operations").text
+    assert "Privacy queued" in html
+    row = html.split('data-source="shopify"')[1].split("</tr>")[0]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells[:3] == ["0", "0", "1"]  # processed, ignored, privacy queued
+    r = post(admin, f"/admin/deliveries/{delivery_id}/replay")
+    assert r.status_code == 303
+    with rt.engine.connect() as conn:
+        status = conn.execute(select(deliveries.c.status).where(deliveries.c.id == delivery_id)).scalar_one()
+        erased = conn.execute(select(func.count()).select_from(audit_log).where(
+            audit_log.c.action == "privacy_forget")).scalar_one()
+    assert status == "processed" and erased == 4  # the customer and its 3 orders_to_redact

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from cx_connector import enrich
 from cx_connector.cli import main
 from cx_connector.models import audit_log, customers, deliveries, identities, touchpoints
-from tests.conftest import NOW, TEST_CONNECTORS, count
+from tests.conftest import NOW, TEST_CONNECTORS, count, settle
 from tests.test_privacy import everything
 
 T = 1_781_000_000_000  # ms; every event below is dated from it
@@ -31,9 +31,10 @@ def email(oid, ms, value):
 
 
 def status(post_signed, events):
+    """The delivery's status once the clock applied a privacy request it queued."""
     r = post_signed("hubspot", events)
     assert r.status_code == 200, r.get_json()
-    return r.get_json()["status"]
+    return settle(post_signed.rt, r.get_json())["status"]
 
 
 def record(engine, value):

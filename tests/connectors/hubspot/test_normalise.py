@@ -13,7 +13,7 @@ from connectors.hubspot.connector import HubSpotConnector, HubSpotSettingsSchema
 from cx_connector.connector import Delivery, Forget, Merge
 from cx_connector.errors import PayloadError
 from cx_connector.models import audit_log, customers, deliveries, identities, touchpoints
-from tests.conftest import NOW, TEST_CONNECTORS, count, fixture_bytes
+from tests.conftest import NOW, TEST_CONNECTORS, count, fixture_bytes, settle
 
 # sample -> (inbox status, [(touchpoint_id, kind, stage, channel, customer source_id, attributes)])
 EXPECTED = {
@@ -98,6 +98,7 @@ def test_contact_deletion_sample_asks_to_forget_the_contact(post_signed, engine,
                                      occurred_at=deleted),)
     r = post_signed("hubspot", body)
     assert r.status_code == 200
+    assert settle(rt, r.get_json())["status"] == "processed"  # applied by the clock
     assert count(engine, "deliveries") == 1 and count(engine, "touchpoints") == 0
     # never seen before: kept as an erased tombstone, so its late events stay anonymous
     with engine.connect() as conn:

@@ -100,7 +100,7 @@ def _check(r: Any, topic: str) -> None:
         return
     assert r.status_code == 200, r.get_data(as_text=True)
     out = r.get_json()
-    assert out["status"] in ("processed", "failed", "ignored", "duplicate"), out
+    assert out["status"] in ("processed", "queued", "failed", "ignored", "duplicate"), out
     if out["status"] == "failed":
         assert not out["error"].startswith(("internal error", "could not store")), out["error"]
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from cx_connector.models import audit_log, customers, deliveries, identities, products, touchpoints
-from tests.conftest import count, fixture_bytes
+from tests.conftest import count, fixture_bytes, settle
 from tests.connectors.shopify.conftest import compliance_sample, sample
 
 NEW_YEAR = datetime(2022, 1, 1, tzinfo=UTC)  # the samples' 2021-12-31T19:00:00-05:00
@@ -40,6 +40,14 @@ def idents(engine, customer_id=None):
 def customer(engine, cid):
     with engine.connect() as conn:
         return dict(conn.execute(select(customers).where(customers.c.id == cid)).mappings().one())
+
+
+def applied(rt, r):
+    """A privacy request: answered 200 ``queued`` at once, then applied by the clock's job."""
+    assert r.status_code == 200, r.get_json()
+    out = settle(rt, r.get_json())
+    assert (out.get("answered"), out["status"], out["touchpoints"]) == ("queued", "processed", 0), out
+    return out
 
 
 def ok(r, touchpoints=1):
@@ -209,9 +217,9 @@ def test_checkout_and_order_of_one_email_are_one_customer(deliver, engine):
     assert len({r["customer_id"] for r in tp_rows(engine)}) == 1
 
 
-def test_customers_data_request_writes_an_export_file(deliver, engine, export_dir):
+def test_customers_data_request_writes_an_export_file(deliver, engine, export_dir, rt):
     ok(deliver("orders/create", sample("orders_create.json")))
-    ok(deliver("customers/data_request", compliance_sample("customers_data_request.json")), touchpoints=0)
+    applied(rt, deliver("customers/data_request", compliance_sample("customers_data_request.json")))
     [path] = list(export_dir.iterdir())
     assert path.name == "export-20260615T120000Z-shopify-request-9999.json"
     document = json.loads(path.read_text())
@@ -222,9 +230,9 @@ def test_customers_data_request_writes_an_export_file(deliver, engine, export_di
     assert entry["details"]["file"] == path.name and entry["external_id"] == "191167"
 
 
-def test_customers_redact_erases_the_customer(deliver, engine):
+def test_customers_redact_erases_the_customer(deliver, engine, rt):
     ok(deliver("orders/create", sample("orders_create.json")))
-    ok(deliver("customers/redact", compliance_sample("customers_redact.json")), touchpoints=0)
+    applied(rt, deliver("customers/redact", compliance_sample("customers_redact.json")))
     c = customer(engine, 1)
     assert (c["email"], c["name"], c["redacted_at"]) == (None, None, c["redacted_at"])
     assert c["redacted_at"] is not None
@@ -240,10 +248,10 @@ def test_customers_redact_erases_the_customer(deliver, engine):
     assert bodies == [("orders/create", None), ("customers/redact", None)]
 
 
-def test_shop_redact_erases_everything_from_shopify(deliver, post_signed, engine):
+def test_shop_redact_erases_everything_from_shopify(deliver, post_signed, engine, rt):
     ok(deliver("orders/create", sample("orders_create.json")))
     ok(deliver("products/create", fixture_bytes("shopify", "crafted", "products_create.json")), 0)
-    ok(deliver("shop/redact", compliance_sample("shop_redact.json")), touchpoints=0)
+    applied(rt, deliver("shop/redact", compliance_sample("shop_redact.json")))
     assert count(engine, "touchpoints") == 0 and count(engine, "identities") == 0
     assert count(engine, "products") == 0
     assert count(engine, "deliveries", "WHERE body IS NOT NULL") == 0
