@@ -15,6 +15,7 @@ import hmac
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -289,3 +290,35 @@ def test_web_workers_and_two_clocks_work_together(tmp_path, database_url, rt):
         assert "Traceback" not in text, f"{name}: {text[-3000:]}"
     for line in logs["web"].read_text().splitlines():
         json.loads(line)  # gunicorn's own lines come out as JSON too
+
+
+def test_the_clock_stops_on_sigterm_at_any_moment(tmp_path, database_url):
+    """A deploy's stop (SIGTERM) ends the clock with 0 within seconds, whatever it was doing.
+    It once shut the scheduler down inside the signal handler, which could deadlock with a
+    job finishing meanwhile (the clock then had to be killed); jobs every second and stops
+    at random moments give that race its chances."""
+    api = MockHubSpot()
+    config = write_config(tmp_path, database_url, api.port, free_port())
+    env = {"CX_CONNECTOR_CONFIG": str(config)}
+    rng = random.Random(7)
+    try:
+        for k in range(4):
+            log = tmp_path / f"clock{k}.log"
+            clock = start(["-m", "cx_connector", "scheduler"], env, log, tmp_path)
+            deadline = time.time() + 30
+            while "scheduler running" not in log.read_text():
+                assert clock.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.5, 2.5))
+            at = time.monotonic()
+            os.killpg(clock.pid, signal.SIGTERM)
+            try:
+                code = clock.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(clock.pid, signal.SIGKILL)
+                clock.wait(5)
+                raise AssertionError(f"no stop within 10 s: {log.read_text()[-2000:]}") from None
+            assert code == 0, log.read_text()[-2000:]
+            assert time.monotonic() - at < 10
+    finally:
+        api.close()

@@ -52,9 +52,18 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
     sched = scheduler.build(rt)
 
     def stop(signum: int, _frame: Any) -> None:
-        sched.shutdown(wait=True)
+        # Only unwind here. Shutting the scheduler down inside the handler deadlocked now
+        # and then: the handler interrupts the main loop, possibly while it holds one of
+        # APScheduler's locks, and waits for the running jobs, whose completion needs that
+        # lock (the clock then had to be killed). After unwinding, no lock is held.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     log.info("scheduler running", extra={"jobs": [j.id for j in jobs]})
-    with contextlib.suppress(KeyboardInterrupt, SystemExit):
-        sched.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):
+            sched.start()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        if sched.running:
+            sched.shutdown(wait=True)  # the running jobs finish (their leases are released)
