@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -124,3 +125,25 @@ def test_a_killed_clock_holds_up_its_job_for_at_most_the_short_lease(rt):
         conn.execute(update(leases_table).where(leases_table.c.name == "job:sync").values(
             acquired_at=taken, expires_at=taken + scheduler.JOB_LEASE_TTL))
     assert scheduler.run_job(rt, "sync", job, lease="job:sync")["status"] == "ok"
+
+
+def test_a_stopping_clock_waits_for_its_jobs_only_so_long(monkeypatch, caplog, capfd):
+    """A job that does not finish must not keep a stopping clock alive until the process
+    manager kills it: past the grace period it says so, prints the stacks, and exits 0."""
+    from cx_connector.cli import clock
+
+    release = threading.Event()
+
+    class Stuck:
+        def shutdown(self, wait: bool) -> None:
+            release.wait(30)  # a running job that does not end
+
+    exits: list[int] = []
+    monkeypatch.setattr(clock, "STOP_GRACE", 0.3)
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="cx_connector.clock"):
+        clock._shut_down(Stuck(), exit=exits.append)
+    release.set()
+    assert exits == [0] and time.monotonic() - started < 5
+    assert "jobs still running" in caplog.text
+    assert "most recent call first" in capfd.readouterr().err  # every thread's stack
