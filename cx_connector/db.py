@@ -432,6 +432,7 @@ class _GroupCommit:
                     self.checkpointer.adopt(conn)
                 if len(batch) == 1:  # alone: its error rolls the transaction back, no savepoint needed
                     batch[0].result = batch[0].context.run(batch[0].work, conn)
+                    ok.append(batch[0])
                     batch = []
                 for job in batch:
                     raw_rows(conn, "SAVEPOINT cx_grouped")
@@ -446,6 +447,8 @@ class _GroupCommit:
                         ok.append(job)
                     raw_rows(conn, "RELEASE SAVEPOINT cx_grouped")
         except BaseException as exc:  # nothing was committed: every work that had succeeded fails
+            # (the COMMIT itself may be what failed: a work alone in its transaction is in
+            # ``ok`` too, or its caller would be answered as if stored)
             if is_unreachable(exc):
                 with self._cond:
                     self._down = DatabaseUnavailable(

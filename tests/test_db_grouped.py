@@ -256,3 +256,39 @@ def test_a_lock_held_elsewhere_is_not_taken_for_an_unreachable_database():
             raise DatabaseUnavailable("database unavailable") from exc
     assert not db.is_unreachable(busy.value)
     assert db.is_unreachable(refused)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "grouped"])
+def test_a_failed_commit_fails_every_work_of_its_transaction(engine, alone):
+    """The COMMIT itself fails (the connection is lost on the way): no caller may get its
+    result, or a webhook would be acknowledged 200 with nothing stored. A work alone in
+    its transaction (no savepoint) once got its result regardless: the outage test saw
+    one acknowledged event of ~600 missing."""
+    from sqlalchemy import event
+
+    commits = [0]
+    fail_at = 1 if alone else 2  # grouped: the leader's own transaction commits, the next not
+
+    def lost(conn: Connection) -> None:
+        commits[0] += 1
+        if commits[0] == fail_at:
+            raise sa_exc.OperationalError("COMMIT", {}, Exception("server closed the connection"),
+                                          connection_invalidated=True)
+
+    event.listen(engine, "commit", lost)
+    try:
+        if alone:
+            with pytest.raises(DatabaseUnavailable):
+                db.write_grouped(engine, _note("alone"))
+            assert _actions(engine) == []
+        else:
+            leader, callers, release = _behind_a_blocked_leader(engine, [_note("first"), _note("last")])
+            release.set()
+            leader.join(10)
+            assert leader.result == "leader"
+            for c in callers:
+                c.join(10)
+                assert c.result is None and isinstance(c.error, DatabaseUnavailable), c.error
+            assert _actions(engine) == ["leader"]
+    finally:
+        event.remove(engine, "commit", lost)
