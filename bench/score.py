@@ -134,7 +134,7 @@ def phase_touch(url: str, now: str, share: float, seed: int) -> dict:
     ids = np.random.default_rng(seed).choice(np.arange(1, n + 1), int(n * share), replace=False)
     at = datetime.fromisoformat(now) - timedelta(minutes=5)
     from decimal import Decimal
-    tps = tuple(Touchpoint(source=shop.SOURCE, touchpoint_id=f"new-{i}", occurred_at=at,
+    tps = tuple(Touchpoint(source=shop.SOURCE, touchpoint_id=f"new-{seed}-{i}", occurred_at=at,
                            customer=CustomerRef(f"shop-{i}"), kind="csat_rating",
                            rating=Rating("csat", Decimal(5), Decimal(5))) for i in ids.tolist())
     with db.write(rt.engine) as conn:
