@@ -143,3 +143,35 @@ def test_the_master_freezes_what_start_up_allocated_before_forking_workers():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_no_access_line_is_built_while_gunicorn_access_is_off(monkeypatch):
+    """gunicorn builds a request's access-log atoms whenever ``logconfig_dict`` is set,
+    even though the shipped ``gunicorn.access`` level drops the line: the shipped logger
+    class skips that work, and builds and logs the line once the level is INFO."""
+    import logging
+    import logging.config
+    from types import SimpleNamespace
+
+    for config in ("gunicorn.conf.py", "python:cx_connector.gunicorn_conf"):
+        c = gunicorn_settings(config, monkeypatch)
+        assert c.logger_class.__module__ == "cx_connector.gunicorn_conf"
+    logger_class = c.logger_class
+    built: list[int] = []
+    monkeypatch.setattr(logger_class, "atoms", lambda self, *a: built.append(1) or {"s": "200"})
+    access = logging.getLogger("gunicorn.access")
+    before = access.level
+    monkeypatch.setattr(logging.config, "dictConfig", lambda conf: None)  # leave the test's logging alone
+    log = logger_class(c)
+    req = SimpleNamespace(headers=[], method="POST", path="/webhooks/generic")
+    try:
+        access.setLevel(logging.WARNING)  # as shipped
+        log.access(SimpleNamespace(status="200 OK"), req, {}, None)
+        assert built == []
+        access.setLevel(logging.INFO)
+        seen: list[logging.LogRecord] = []
+        monkeypatch.setattr(access, "handle", seen.append)
+        log.access(SimpleNamespace(status="200 OK"), req, {}, None)
+        assert built == [1] and len(seen) == 1
+    finally:
+        access.setLevel(before)
