@@ -16,6 +16,7 @@ this process), and the job runs again at its next tick.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
@@ -194,32 +195,65 @@ def _write_record(rt: Runtime, record: dict[str, Any]) -> None:
         stored.record_run(conn, record)  # the run's counters commit with its row
 
 
-def follow_ups(sched: Any, rt: Runtime, all_jobs: list[Job]) -> Callable[[Any], None]:
-    """An APScheduler listener that brings a job's next run forward to now when a job it
-    runs ``after`` has finished (``alerts`` right after ``score``)."""
-    followers: dict[str, list[str]] = {}
-    for job in all_jobs:
-        for first in job.after:
-            followers.setdefault(first, []).append(job.id)
+class Clock:
+    """The clock process's scheduler: APScheduler's ``BackgroundScheduler`` runs the jobs
+    in its own threads, and the thread that calls :meth:`run` (the main thread) only
+    waits on a queue, for a job to bring forward or for :meth:`stop`.
 
-    def listener(event: Any) -> None:
-        for job_id in followers.get(event.job_id, []):
-            sched.modify_job(job_id, next_run_time=rt.now())
+    Two ways a stopping clock hung until it was killed (SIGKILL), both gone this way:
 
-    return listener
+    * A job's follow-ups (``alerts`` right after ``score``) were brought forward by a
+      listener calling ``modify_job``, which takes APScheduler's job store lock, in the
+      worker thread that had just finished the job. ``shutdown(wait=True)`` holds that
+      same lock while it waits for the worker threads: a job finishing during a stop
+      waited for the lock and the stop waited for the job. The listener now only puts
+      the follower's id in the queue; the main thread calls ``modify_job``.
+    * The SIGTERM handler raised ``SystemExit`` in the main thread, which ran
+      APScheduler's ``BlockingScheduler`` loop; APScheduler catches ``BaseException``
+      around submitting a job (and around calling listeners), so a SIGTERM arriving then
+      was logged as "Error submitting job" and lost. :meth:`stop` raises nothing and
+      takes no lock (``SimpleQueue.put`` is reentrant): it is safe in a signal handler,
+      wherever the main thread was.
+    """
 
+    def __init__(self, rt: Runtime, all_jobs: list[Job] | None = None) -> None:
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+        from apscheduler.schedulers.background import BackgroundScheduler
 
-def build(rt: Runtime) -> Any:
-    """A BlockingScheduler with every job (each runs once right away, then on its interval)."""
-    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-    from apscheduler.schedulers.blocking import BlockingScheduler
+        self.rt = rt
+        #: follower job ids to bring forward, then ``None`` (stop)
+        self.wake: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        all_jobs = jobs() if all_jobs is None else all_jobs
+        self.followers: dict[str, list[str]] = {}
+        for job in all_jobs:
+            for first in job.after:
+                self.followers.setdefault(first, []).append(job.id)
+        self.sched = BackgroundScheduler(timezone="UTC", job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 600})
+        for job in all_jobs:
+            self.sched.add_job(run_job, "interval", seconds=job.every(rt.config).total_seconds(),
+                               id=job.id, name=job.id, args=(rt, job.id, job.func),
+                               kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
+                               replace_existing=True)
+        self.sched.add_listener(self.finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
-    sched = BlockingScheduler(timezone="UTC", job_defaults={
-        "coalesce": True, "max_instances": 1, "misfire_grace_time": 600})
-    for job in jobs():
-        sched.add_job(run_job, "interval", seconds=job.every(rt.config).total_seconds(),
-                      id=job.id, name=job.id, args=(rt, job.id, job.func),
-                      kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
-                      replace_existing=True)
-    sched.add_listener(follow_ups(sched, rt, jobs()), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
-    return sched
+    def finished(self, event: Any) -> None:
+        """The listener (in the worker thread that ran the job): queues the job's followers.
+        It must not touch the scheduler (see the class docstring)."""
+        for job_id in self.followers.get(event.job_id, []):
+            self.wake.put(job_id)
+
+    def run(self) -> None:
+        """Start the jobs and bring followers forward until :meth:`stop`. The scheduler is
+        still running on return: shutting it down is the caller's (``cli.clock``)."""
+        self.sched.start()
+        self.serve()
+
+    def serve(self) -> None:
+        """Bring each queued follower's next run forward to now, until :meth:`stop`."""
+        while (job_id := self.wake.get()) is not None:
+            self.sched.modify_job(job_id, next_run_time=self.rt.now())
+
+    def stop(self) -> None:
+        """Make :meth:`run` return. Safe in a signal handler: no lock, no exception."""
+        self.wake.put(None)

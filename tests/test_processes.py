@@ -322,3 +322,41 @@ def test_the_clock_stops_on_sigterm_at_any_moment(tmp_path, database_url):
             assert time.monotonic() - at < 10
     finally:
         api.close()
+
+
+#: the clock, with a SIGTERM sent to itself while it submits its third job run (from
+#: within concurrent.futures' ThreadPoolExecutor.submit, which APScheduler calls)
+SIGTERM_DURING_SUBMIT = """
+import concurrent.futures, os, signal
+submit, calls = concurrent.futures.ThreadPoolExecutor.submit, []
+def submitting(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return submit(self, *args, **kwargs)
+concurrent.futures.ThreadPoolExecutor.submit = submitting
+from cx_connector.cli import main
+main(prog_name="cx-connector", args=["scheduler"])
+"""
+
+
+def test_a_sigterm_while_the_clock_submits_a_job_stops_it(tmp_path, database_url):
+    """The SIGTERM handler used to raise SystemExit in the main thread, which ran
+    APScheduler's loop; landing in its job submission (which catches BaseException), it
+    was logged as "Error submitting job" and lost, and the clock ran on until killed."""
+    api = MockHubSpot()
+    config = write_config(tmp_path, database_url, api.port, free_port())
+    log = tmp_path / "clock.log"
+    try:
+        clock = start(["-c", SIGTERM_DURING_SUBMIT], {"CX_CONNECTOR_CONFIG": str(config)}, log, tmp_path)
+        try:
+            code = clock.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(clock.pid, signal.SIGKILL)
+            clock.wait(5)
+            raise AssertionError(f"SIGTERM lost: {log.read_text()[-3000:]}") from None
+        text = log.read_text()
+        assert code == 0, text[-3000:]
+        assert "scheduler running" in text and "Error submitting job" not in text, text[-3000:]
+    finally:
+        api.close()

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from cx_connector import leases, scheduler
+from cx_connector import leases, runtime, scheduler
 from cx_connector.models import job_runs
 
 
@@ -147,3 +147,38 @@ def test_a_stopping_clock_waits_for_its_jobs_only_so_long(monkeypatch, caplog, c
     assert exits == [0] and time.monotonic() - started < 5
     assert "jobs still running" in caplog.text
     assert "most recent call first" in capfd.readouterr().err  # every thread's stack
+
+
+def test_a_job_finishing_while_the_clock_stops_does_not_hold_up_the_stop(config, monkeypatch):
+    """A job whose follower is brought forward (``alerts`` after ``score``) and that
+    finishes while the clock shuts down must not hang the stop. The follower used to be
+    brought forward in the finishing worker thread, which then waited for the job store
+    lock that shutdown(wait=True) held while waiting for that very thread: every stop
+    during a scoring run took the whole STOP_GRACE (before it, the clock was killed)."""
+    from cx_connector.cli import clock as clock_cli
+
+    rt = runtime.build(config)  # on the real time: the jobs are due now
+    started, release = threading.Event(), threading.Event()
+
+    def first(_rt):
+        started.set()
+        release.wait(10)
+        return {}
+
+    hour = lambda config: timedelta(hours=1)  # noqa: E731
+    clock = scheduler.Clock(rt, [scheduler.Job("first", first, hour),
+                                 scheduler.Job("second", lambda _rt: {}, hour, after=("first",))])
+    runner = threading.Thread(target=clock.run)
+    runner.start()
+    assert started.wait(10)
+    clock.stop()
+    runner.join(5)
+    assert not runner.is_alive()
+    exits: list[int] = []
+    monkeypatch.setattr(clock_cli, "STOP_GRACE", 5.0)
+    threading.Timer(0.3, release.set).start()  # "first" ends once the shutdown waits for it
+    t0 = time.monotonic()
+    clock_cli._shut_down(clock.sched, exit=exits.append)
+    assert exits == [] and time.monotonic() - t0 < 4
+    assert not clock.sched.running
+    rt.engine.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import logging
 import os
@@ -56,22 +55,23 @@ def scheduler_cmd(state: State, once: bool, only: str | None) -> None:
         if any(r["status"] == "failed" for r in runs):
             raise SystemExit(1)
         return
-    sched = scheduler.build(rt)
+    clock = scheduler.Clock(rt)
 
     def stop(signum: int, _frame: Any) -> None:
-        # Only unwind here: shutting the scheduler down inside the handler would wait for
-        # the running jobs while the interrupted main loop may hold a lock they need.
-        raise SystemExit(0)
+        # Only ask the main loop to return: raising here was lost when it landed in
+        # APScheduler code that catches BaseException (see scheduler.Clock)
+        clock.stop()
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     log.info("scheduler running", extra={"jobs": [j.id for j in jobs]})
     try:
-        with contextlib.suppress(KeyboardInterrupt, SystemExit):
-            sched.start()
+        clock.run()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
-        if sched.running:
-            _shut_down(sched)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if clock.sched.running:
+            _shut_down(clock.sched)
 
 
 def _shut_down(sched: Any, exit: Any = os._exit) -> None:

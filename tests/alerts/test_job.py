@@ -26,14 +26,15 @@ def test_the_job_is_scheduled_on_its_interval_and_after_scoring(make):
         "score"
     ) + 1
 
-    sched = scheduler.build(rt)
+    clock = scheduler.Clock(rt)
+    sched = clock.sched
     assert sched.get_job("alerts").trigger.interval == timedelta(seconds=90)
-    listener = scheduler.follow_ups(sched, rt, scheduler.jobs())
     soon = later(rt, hours=1)
-    listener(JobExecutionEvent(EVENT_JOB_EXECUTED, "kpis", "default", NOW))
-    assert sched.get_job("alerts").next_run_time == NOW  # not after kpis
-    listener(JobExecutionEvent(EVENT_JOB_EXECUTED, "score", "default", NOW))
-    assert sched.get_job("alerts").next_run_time == soon
+    clock.finished(JobExecutionEvent(EVENT_JOB_EXECUTED, "kpis", "default", NOW))
+    clock.finished(JobExecutionEvent(EVENT_JOB_EXECUTED, "score", "default", NOW))
+    clock.stop()
+    clock.serve()  # the clock's main thread: brings the followers forward, then stops
+    assert sched.get_job("alerts").next_run_time == soon  # after score (not after kpis)
 
 
 def test_a_run_holds_the_lease(make):
