@@ -312,7 +312,17 @@ class OutboxWrite(Base):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "source", "external_id"))
+    __table_args__ = (
+        # claiming: the due writes of a platform in order (sync.claim)
+        Index(None, "status", "next_attempt_at"),
+        # a record's writes (enqueue, fold, a customer's page)
+        Index(None, "source", "external_id"),
+        # the open writes counted by platform, status and attempts (the Operations page,
+        # ``cx-connector outbox``, /metrics with the oldest due time) from the index alone,
+        # and the retried ones (pending with attempts) found without reading every pending
+        # write: after a full pass that is 100,000 rows (migration 0006, BENCHMARKS.md)
+        Index(None, "status", "attempts", "source", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     customer_id: Mapped[int | None] = mapped_column(
