@@ -31,7 +31,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -549,6 +549,39 @@ def list_deliveries(conn: Connection, *, status: str | None = None, source: str 
     if source:
         q = q.where(deliveries.c.source == source)
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+#: a privacy request queued this long has missed several runs of the clock's ``privacy``
+#: job (every minute): the clock is probably not running
+QUEUED_OVERDUE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The deliveries whose privacy request waits for the clock, oldest first (at most the
+    limit), with how many wait in all and how many of them are overdue."""
+
+    deliveries: list[dict[str, Any]]
+    total: int
+    overdue: int
+
+
+def queued(conn: Connection, *, now: datetime, limit: int = 50) -> Queued:
+    """What :func:`privacy_job` has not applied yet, whatever its age (the inbox counts
+    only cover a window), so that a stopped clock is seen rather than a request silently
+    waiting. Each delivery carries its ``age`` and whether it is ``overdue``
+    (:data:`QUEUED_OVERDUE`). Three reads of the ``(status, received_at)`` index."""
+    waiting = deliveries.c.status == QUEUED
+    late = now - QUEUED_OVERDUE
+    rows = [dict(r) for r in conn.execute(
+        select(deliveries.c.id, deliveries.c.source, deliveries.c.topic, deliveries.c.received_at)
+        .where(waiting).order_by(deliveries.c.received_at, deliveries.c.id).limit(limit)).mappings()]
+    for row in rows:
+        row["age"] = max(now - row["received_at"], timedelta(0))
+        row["overdue"] = row["received_at"] < late
+    total = conn.execute(select(func.count()).where(waiting)).scalar_one()
+    overdue = conn.execute(select(func.count()).where(waiting, deliveries.c.received_at < late)).scalar_one()
+    return Queued(rows, total, overdue)
 
 
 def counts(conn: Connection, *, since: datetime | None = None) -> dict[str, dict[str, int]]:

@@ -312,7 +312,17 @@ class OutboxWrite(Base):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "source", "external_id"))
+    __table_args__ = (
+        # claiming: the due writes of a platform in order (sync.claim)
+        Index(None, "status", "next_attempt_at"),
+        # a record's writes (enqueue, fold, a customer's page)
+        Index(None, "source", "external_id"),
+        # the open writes counted by platform, status and attempts (the Operations page,
+        # ``cx-connector outbox``, /metrics with the oldest due time) from the index alone,
+        # and the retried ones (pending with attempts) found without reading every pending
+        # write: after a full pass that is 100,000 rows (migration 0006, BENCHMARKS.md)
+        Index(None, "status", "attempts", "source", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     customer_id: Mapped[int | None] = mapped_column(
@@ -501,6 +511,17 @@ SCORE_HEALTH_INDEX = {
 }
 for _dialect, _ddl in SCORE_HEALTH_INDEX.items():
     event.listen(Score.__table__, "after_create", DDL(_ddl).execute_if(dialect=_dialect))
+
+
+#: PostgreSQL only (migration 0006): statistics of status and attempts together. Taking
+#: them for independent, the planner guessed "pending with attempts" (the retried writes,
+#: a few hundred) to be a quarter of the outbox, since done writes have attempts too, and
+#: served the retried list's ``ORDER BY id LIMIT 50`` by walking the primary key through
+#: every done write (~0.2 s at 300,000 of them) instead of reading the index range.
+OUTBOX_STATUS_ATTEMPTS_STATISTICS = ("CREATE STATISTICS st_outbox_status_attempts (mcv) "
+                                     "ON status, attempts FROM outbox")
+event.listen(OutboxWrite.__table__, "after_create",
+             DDL(OUTBOX_STATUS_ATTEMPTS_STATISTICS).execute_if(dialect="postgresql"))
 
 
 deliveries = Delivery.__table__

@@ -953,13 +953,18 @@ def list_writes(engine: Engine, *, dead: bool = False, source: str | None = None
 
 
 def counts(engine: Engine) -> dict[str, dict[str, int]]:
-    """``{source: {status: n}}`` for every open status (and retried: pending with attempts)."""
+    """``{source: {status: n}}`` for every open status (and retried: pending with attempts).
+
+    Read from the ``(status, attempts, source, ...)`` index alone: after a full scoring
+    pass the outbox holds a pending write per platform record, and through any other
+    index this read every one of those rows (the Operations page, ``cx-connector outbox``).
+    """
     out: dict[str, dict[str, int]] = {}
     with db.read(engine) as conn:
         for source, status, attempts, n in conn.execute(
                 select(outbox.c.source, outbox.c.status, outbox.c.attempts, func.count())
                 .where(outbox.c.status.in_(["pending", "in_flight", "dead"]))
-                .group_by(outbox.c.source, outbox.c.status, outbox.c.attempts)):
+                .group_by(outbox.c.status, outbox.c.attempts, outbox.c.source)):
             key = "retrying" if status == "pending" and attempts else status
             out.setdefault(source, {})
             out[source][key] = out[source].get(key, 0) + n

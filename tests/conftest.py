@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from cx_connector import db, inbox, registry
 from cx_connector.app import create_app
@@ -151,6 +151,39 @@ def post_signed(client: Any, rt: Runtime) -> Callable[..., Any]:
 def count(engine: Engine, table: str, where: str = "") -> int:
     with engine.connect() as conn:
         return conn.execute(text(f"SELECT count(*) FROM {table} {where}")).scalar_one()
+
+
+def plans_of(engine: Engine, call: Callable[[], Any]) -> list[tuple[str, str]]:
+    """``(statement, plan)`` of every SELECT ``call()`` runs through SQLAlchemy on ``engine``.
+
+    SQLite: ``EXPLAIN QUERY PLAN``. PostgreSQL: ``EXPLAIN`` with sequential scans off, so
+    that the plan names the index a query can use even on a test's few rows (a real
+    outbox has 100,000 of them).
+    """
+    seen: list[tuple[str, Any]] = []
+
+    def remember(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", remember)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", remember)
+    out = []
+    with engine.connect() as conn:
+        sqlite = db.is_sqlite(engine)
+        cur = conn.connection.dbapi_connection.cursor()
+        if not sqlite:
+            cur.execute("SET LOCAL enable_seqscan = off")
+            cur.execute("SET LOCAL enable_bitmapscan = off")
+        for statement, parameters in seen:
+            cur.execute(("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + statement, parameters)
+            out.append((statement, " / ".join(str(row[-1]) for row in cur.fetchall())))
+        cur.close()
+        conn.rollback()
+    return out
 
 
 def settle(rt: Runtime, answer: dict[str, Any]) -> dict[str, Any]:

@@ -447,3 +447,24 @@ def test_a_missing_property_stops_the_run_instead_of_splitting_every_record(hub)
     assert "cx-connector setup" in result["errors"][0]
     r = rows(hub.engine)
     assert {x["status"] for x in r} == {"pending"} and {x["attempts"] for x in r} == {0}
+
+
+#: migration 0006: the open writes by status, attempts and platform
+OPEN_WRITES_INDEX = "ix_outbox_status_attempts_source_next_attempt_at"
+
+
+def test_the_open_write_counts_and_the_retried_writes_are_read_from_their_index(engine):
+    """After a full scoring pass the outbox holds a pending write per platform record
+    (100,000 in bench/admin_pages.py): the counts of the Operations page and of
+    ``cx-connector outbox`` come from the index alone, and the retried writes (pending
+    with attempts) are a range of it, never a read of every pending write's row."""
+    from tests.conftest import plans_of
+
+    [(_, counts)] = plans_of(engine, lambda: sync.counts(engine))
+    [(_, retrying)] = plans_of(engine, lambda: sync.list_writes(engine, status="retrying", limit=50))
+    if db.is_sqlite(engine):
+        assert f"COVERING INDEX {OPEN_WRITES_INDEX} (status=?)" in counts
+        assert f"INDEX {OPEN_WRITES_INDEX} (status=? AND attempts>?)" in retrying
+    else:
+        assert f"Index Only Scan using {OPEN_WRITES_INDEX}" in counts
+        assert f"using {OPEN_WRITES_INDEX}" in retrying and "attempts > 0" in retrying

@@ -3,12 +3,13 @@ Prometheus text format, behind a bearer token.
 
 A scrape costs one read of the multiprocess files of this instance and one read-only
 transaction of four small queries: every row of ``metric_values`` (a few hundred),
-the open outbox writes grouped by platform and status (served by the outbox's
-``(status, next_attempt_at)`` index; ``done`` rows, the bulk of the table, are never
-read), and the failed deliveries grouped by source (the ``(status, received_at)``
-index). Nothing scans ``touchpoints``, ``deliveries`` or ``customers``. On PostgreSQL
-the transaction has a statement timeout, so a sick database makes a scrape report
-``cx_database_up 0`` instead of hanging it.
+the open outbox writes grouped by platform, status and attempts, with the oldest due
+time (read from the outbox's ``(status, attempts, source, next_attempt_at)`` index
+alone; ``done`` rows, the bulk of the table, are never read), and the failed
+deliveries grouped by source (the ``(status, received_at)`` index). Nothing scans
+``touchpoints``, ``deliveries`` or ``customers``. On PostgreSQL the transaction has a
+statement timeout, so a sick database makes a scrape report ``cx_database_up 0``
+instead of hanging it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import case, func, select, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
 
 from cx_connector import __version__, db
 from cx_connector.config import Config
@@ -123,12 +124,13 @@ class DatabaseCollector:
                 conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
             rows = conn.execute(select(metric_values.c.name, metric_values.c.labels,
                                        metric_values.c.value)).all()
-            retrying = case((outbox.c.attempts > 0, 1), else_=0)
+            # grouped by the index's own columns (attempts, not "attempts > 0"), so the
+            # groups come out of the index in order; _outbox folds the attempts
             open_writes = conn.execute(
-                select(outbox.c.source, outbox.c.status, retrying, func.count(),
+                select(outbox.c.source, outbox.c.status, outbox.c.attempts, func.count(),
                        func.min(outbox.c.next_attempt_at))
                 .where(outbox.c.status.in_(["pending", "in_flight", "dead"]))
-                .group_by(outbox.c.source, outbox.c.status, retrying)).all()
+                .group_by(outbox.c.status, outbox.c.attempts, outbox.c.source)).all()
             failed = conn.execute(select(deliveries.c.source, func.count())
                                   .where(deliveries.c.status == "failed")
                                   .group_by(deliveries.c.source)).all()
@@ -140,8 +142,8 @@ class DatabaseCollector:
         writers = [name for name, c in self.rt.connectors.items() if c.writes_back]
         counts = {(s, st): 0 for s in writers for st in OUTBOX_STATUSES}
         oldest: dict[str, datetime] = {}
-        for source, status, retry, n, due in rows:
-            key = "retrying" if status == "pending" and retry else status
+        for source, status, attempts, n, due in rows:
+            key = "retrying" if status == "pending" and attempts else status
             counts[(source, key)] = counts.get((source, key), 0) + n
             if status == "pending" and due is not None:
                 due = due if due.tzinfo else due.replace(tzinfo=UTC)

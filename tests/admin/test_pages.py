@@ -216,6 +216,26 @@ def test_operations_shows_the_inbox_outbox_and_jobs(shop, admin):
     assert 'data-job="enrich"' in html and "never run" in html
 
 
+def test_the_jobs_table_also_shows_jobs_recorded_outside_the_scheduler(admin, rt):
+    """The names come from a loose index scan (pages.recorded_jobs), not SELECT DISTINCT
+    over every run ever recorded."""
+    from cx_connector.models import job_runs
+
+    with db.read(rt.engine) as conn:
+        assert pages.recorded_jobs(conn) == []
+    with db.write(rt.engine) as conn:
+        conn.execute(insert(job_runs), [
+            {"job": job, "started_at": NOW - timedelta(minutes=k), "finished_at": NOW, "status": "ok",
+             "duration_ms": 10, "details": {}, "host": "test"}
+            for job in ("sync", "backfill:shopify", "privacy", "backfill:hubspot", "zz") for k in range(3)])
+    with db.read(rt.engine) as conn:
+        assert pages.recorded_jobs(conn) == ["backfill:hubspot", "backfill:shopify", "privacy", "sync", "zz"]
+    html = admin.get("/admin/operations").text
+    jobs = re.findall(r'data-job="([^"]+)"', html)
+    assert jobs[-3:] == ["backfill:hubspot", "backfill:shopify", "zz"]  # after the scheduler's
+    assert {"privacy", "sync"} <= set(jobs)
+
+
 def post(client, url, **data):
     return client.post(url, data={"csrf_token": csrf_of(client.get("/admin/operations").text), **data})
 
@@ -330,3 +350,92 @@ def test_a_queued_privacy_request_is_counted_and_its_replay_applies_it(admin, rt
         erased = conn.execute(select(func.count()).select_from(audit_log).where(
             audit_log.c.action == "privacy_forget")).scalar_one()
     assert status == "processed" and erased == 4  # the customer and its 3 orders_to_redact
+
+
+# --- privacy requests waiting for the clock --------------------------------------------------------
+
+
+def queue_privacy_request(admin, sample: str, topic: str) -> int:
+    """A Shopify compliance webhook through the real app: stored ``queued`` for the clock."""
+    from tests.connectors.shopify.conftest import compliance_sample, shopify_headers
+
+    body = compliance_sample(sample)
+    answer = admin.post("/webhooks/shopify", data=body, headers=shopify_headers(topic, body)).get_json()
+    assert answer["status"] == "queued"
+    return answer["delivery_id"]
+
+
+def queued_row(html: str, delivery_id: int) -> str:
+    table = html.split('<table id="queued-deliveries">')[1].split("</table>")[0]
+    return table.split(f'data-delivery="{delivery_id}"')[1].split("</tr>")[0]
+
+
+def test_queued_privacy_requests_are_listed_and_overdue_ones_say_to_check_the_clock(admin, rt, monkeypatch):
+    from cx_connector import inbox, scheduler
+
+    erase = queue_privacy_request(admin, "customers_redact.json", "customers/redact")
+    export = queue_privacy_request(admin, "customers_data_request.json", "customers/data_request")
+    monkeypatch.setattr(rt, "clock", lambda: NOW + timedelta(minutes=2))
+    html = admin.get("/admin/operations").text
+    row = queued_row(html, erase)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[:5] == [str(erase), "2026-06-15 12:00 UTC", "Shopify", "<code>customers/redact</code>",
+                         "2 min 0 s"]
+    assert "waiting" in row and "overdue" not in row and "Apply now" in row
+    assert "customers/data_request" in queued_row(html, export)
+    assert "2 waiting" in html and 'id="queued-overdue"' not in html
+
+    # the clock is not running: past 5 minutes each is flagged, with what to check
+    monkeypatch.setattr(rt, "clock", lambda: NOW + timedelta(minutes=6))
+    html = admin.get("/admin/operations").text
+    assert '<span class="badge failed">overdue</span>' in queued_row(html, erase)
+    assert "6 min 0 s" in queued_row(html, export)
+    message = html.split('id="queued-overdue">')[1].split("</div>")[0]
+    assert "2 privacy requests have waited longer than 5 minutes" in message
+    assert "has never run" in message and "the clock is probably not running" in message
+    assert "<code>clock</code> process of the Procfile" in message
+
+    # one applied from the page (the export: the erasure would empty its body first),
+    # the other by the clock's privacy job
+    action = re.search(r'<form class="inline" method="post" action="([^"]+)"',
+                       queued_row(html, export)).group(1)
+    assert action == f"/admin/deliveries/{export}/replay"
+    assert post(admin, action).status_code == 303
+    html = admin.get("/admin/operations").text
+    assert f'data-delivery="{export}"' not in html.split('<table id="queued-deliveries">')[1]
+    assert "1 privacy request has waited" in html
+    scheduler.run_job(rt, "privacy", inbox.privacy_job)
+    html = admin.get("/admin/operations").text
+    assert "No privacy requests waiting." in html and 'id="queued-overdue"' not in html
+    with db.read(rt.engine) as conn:
+        assert set(conn.execute(select(deliveries.c.status).where(
+            deliveries.c.id.in_([erase, export]))).scalars()) == {"processed"}
+
+
+def test_a_queued_request_older_than_the_inbox_window_is_still_listed(admin, rt, monkeypatch):
+    """The inbox counts cover 7 days; a request the clock never applied stays on the page."""
+    delivery = queue_privacy_request(admin, "customers_redact.json", "customers/redact")
+    monkeypatch.setattr(rt, "clock", lambda: NOW + pages.INBOX_WINDOW + timedelta(days=1))
+    html = admin.get("/admin/operations").text
+    counts = html.split('<table id="inbox-counts">')[1].split('data-source="shopify"')[1].split("</tr>")[0]
+    assert re.findall(r'<td class="num">([^<]*)</td>', counts)[2] == "0"  # privacy queued, last 7 days
+    assert "overdue" in queued_row(html, delivery)
+    assert "1 privacy request has waited longer than 5 minutes" in html
+
+
+def test_an_overdue_request_while_the_clock_runs_points_at_the_job_and_the_connector(admin, rt, monkeypatch):
+    """The privacy job ran, but the request's connector was disabled since it arrived: it
+    waits (see inbox.apply_queued), and the page says so instead of blaming the clock."""
+    from cx_connector import inbox, scheduler
+
+    delivery = queue_privacy_request(admin, "customers_redact.json", "customers/redact")
+    monkeypatch.setattr(rt, "clock", lambda: NOW + timedelta(minutes=10))
+    monkeypatch.delitem(rt.connectors, "shopify")
+    scheduler.run_job(rt, "privacy", inbox.privacy_job)
+    html = admin.get("/admin/operations").text
+    message = html.split('id="queued-overdue">')[1].split("</div>")[0]
+    assert "The clock is running" in message and "last ran just now" in message
+    assert "probably not running" not in message
+    assert "connector is not enabled in the configuration waits until it is" in message
+    row = queued_row(html, delivery)
+    assert "connector not enabled" in row and "Apply now" not in row
