@@ -123,7 +123,7 @@ def test_two_sync_workers_never_send_a_write_twice_and_the_last_value_lands(proc
 
     def ok(request):
         data = json.loads(request.body)
-        time.sleep(0.01)  # a platform round trip: the other worker claims meanwhile
+        time.sleep(0.03)  # a platform round trip: the other worker claims meanwhile
         with lock:
             for item in data["inputs"]:
                 sent.setdefault(item["id"], []).append(int(item["properties"]["cx_score"]))
@@ -148,8 +148,15 @@ def test_two_sync_workers_never_send_a_write_twice_and_the_last_value_lands(proc
         rescoring.set()
 
     results: dict[str, Any] = {}
-    threads = [threading.Thread(target=lambda n=n, rt=rt: results.setdefault(
-                   n, sync.sync(rt, worker=f"worker-{n}"))) for n, rt in (("a", a), ("b", b))]
+    # both runs start in the same instant: under load, a thread started first could
+    # otherwise send every write before the other began (nothing would be tested)
+    start = threading.Barrier(2)
+
+    def run(n: str, rt: Any) -> None:
+        start.wait(10)
+        results[n] = sync.sync(rt, worker=f"worker-{n}")
+
+    threads = [threading.Thread(target=run, args=(n, rt)) for n, rt in (("a", a), ("b", b))]
     threads.append(threading.Thread(target=rescore))
     for t in threads:
         t.start()
