@@ -328,7 +328,9 @@ def _expected_words(e: dict[str, Any]) -> str:
             f"buyer, {h} days)) x {h} days x retention {_pct(r['probability'])} = {x['value']:.2f}.")
 
 
-def _value_words(e: dict[str, Any]) -> str:
+def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
+    """The sentence ends with the stored value: the factors shown are rounded (4 and 2
+    places), and their product could miss the score the rep sees by a cent."""
     v = e.get("value")
     if not v:
         return "Only customers with purchases get a customer value."
@@ -348,8 +350,10 @@ def _value_words(e: dict[str, Any]) -> str:
     else:
         basis = (f"their own average purchase ({v['days_with_value']} purchase days with a value); the spend "
                  f"model is not used: {e['model'].get('gamma_gamma_fallback')}")
+    clv = values.get("cx_clv_90d")
     return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} ({basis}) = "
-            f"{x * per:.2f}. Revenue, not profit: no margin applied, not discounted.")
+            f"{float(clv if clv is not None else x * per):.2f}. Revenue, not profit: no margin "
+            "applied, not discounted.")
 
 
 def _churn_words(e: dict[str, Any], values: dict[str, Any]) -> str:
@@ -442,7 +446,7 @@ def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str
         "cx_retention_probability": _retention_words(e),
         "cx_churn_risk": _churn_words(e, values),
         "cx_expected_purchases_90d": _expected_words(e),
-        "cx_clv_90d": _value_words(e),
+        "cx_clv_90d": _value_words(e, values),
         "cx_cross_sell_score": _cross_sell_words(e),
         "cx_next_best_product": _cross_sell_words(e),
         "cx_nps_last": nps_words,

@@ -145,6 +145,8 @@ def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
     assert "The BG/NBD model fitted on 2357 purchasing customers (r=0.243, alpha=4.41, a=0.793, b=2.43)" \
         in words["cx_retention_probability"]
     assert "Gamma-Gamma" in words["cx_clv_90d"] and "Revenue, not profit" in words["cx_clv_90d"]
+    # the sentence ends with the value the rep sees, not the product of its rounded factors
+    assert f"= {values['cx_clv_90d']:.2f}. Revenue" in words["cx_clv_90d"], words["cx_clv_90d"]
     rt.engine.dispose()
 
     today = build(make_config(database_url), clock=lambda: NOW)
