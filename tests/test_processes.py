@@ -126,6 +126,17 @@ def stop(proc: subprocess.Popen) -> int | None:
     return proc.returncode if alive else None
 
 
+def exit_code(proc: subprocess.Popen, seconds: float, log: Path, why: str) -> int:
+    """The exit code of a process that must end within ``seconds``; one that does not is
+    killed (SIGKILL) and fails the test with ``why`` and the end of its log."""
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        raise AssertionError(f"{why}: {log.read_text()[-3000:]}") from None
+
+
 def signed(i: int) -> tuple[bytes, dict[str, str]]:
     c = i % CUSTOMERS
     body = json.dumps({"touchpoint_id": f"proc:{i}", "occurred_at": f"2026-05-{1 + i % 28:02d}T10:00:00Z",
@@ -312,12 +323,7 @@ def test_the_clock_stops_on_sigterm_at_any_moment(tmp_path, database_url):
             time.sleep(rng.uniform(0.5, 2.5))
             at = time.monotonic()
             os.killpg(clock.pid, signal.SIGTERM)
-            try:
-                code = clock.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(clock.pid, signal.SIGKILL)
-                clock.wait(5)
-                raise AssertionError(f"no stop within 10 s: {log.read_text()[-2000:]}") from None
+            code = exit_code(clock, 10, log, "no stop within 10 s")
             assert code == 0, log.read_text()[-2000:]
             assert time.monotonic() - at < 10
     finally:
@@ -349,12 +355,7 @@ def test_a_sigterm_while_the_clock_submits_a_job_stops_it(tmp_path, database_url
     log = tmp_path / "clock.log"
     try:
         clock = start(["-c", SIGTERM_DURING_SUBMIT], {"CX_CONNECTOR_CONFIG": str(config)}, log, tmp_path)
-        try:
-            code = clock.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(clock.pid, signal.SIGKILL)
-            clock.wait(5)
-            raise AssertionError(f"SIGTERM lost: {log.read_text()[-3000:]}") from None
+        code = exit_code(clock, 20, log, "SIGTERM lost")
         text = log.read_text()
         assert code == 0, text[-3000:]
         assert "scheduler running" in text and "Error submitting job" not in text, text[-3000:]
