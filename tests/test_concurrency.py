@@ -116,13 +116,31 @@ def test_two_sync_workers_never_send_a_write_twice_and_the_last_value_lands(proc
     a, b, scorer = processes(3)
     for rt in (a, b, scorer):
         rt.connectors = {"hubspot": rt.connectors["hubspot"]}
-    ids = [str(700000000000 + i) for i in range(600)]
+    # more writes than one worker claims before its senders' queue is full (about 1,100
+    # for HubSpot: 4 senders, 5 requests ahead), so the second worker always finds some
+    ids = [str(700000000000 + i) for i in range(2000)]
     seed(scorer, ids, {"cx_score": 10, "cx_health": "red"})
     sent: dict[str, list[int]] = {}  # the cx_score values each record was sent, in order
     lock = threading.Lock()
+    both_claimed = threading.Event()
+
+    def watch_claims() -> None:
+        """Opens the platform once both workers hold claimed writes. Without it, under
+        load, one worker could claim, send and mark everything before the other's first
+        claim (CI saw it: the test then tests nothing)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with scorer.engine.connect() as conn:
+                holders = set(conn.execute(select(outbox_t.c.claimed_by).distinct()
+                                           .where(outbox_t.c.status == "in_flight")).scalars())
+            if {"worker-a", "worker-b"} <= holders:
+                break
+            time.sleep(0.005)
+        both_claimed.set()
 
     def ok(request):
         data = json.loads(request.body)
+        both_claimed.wait(30)
         time.sleep(0.03)  # a platform round trip: the other worker claims meanwhile
         with lock:
             for item in data["inputs"]:
@@ -157,12 +175,13 @@ def test_two_sync_workers_never_send_a_write_twice_and_the_last_value_lands(proc
         results[n] = sync.sync(rt, worker=f"worker-{n}")
 
     threads = [threading.Thread(target=run, args=(n, rt)) for n, rt in (("a", a), ("b", b))]
-    threads.append(threading.Thread(target=rescore))
+    threads += [threading.Thread(target=rescore), threading.Thread(target=watch_claims)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert rescoring.is_set()
+    assert {"a", "b"} <= set(results), "a sync run did not finish"
     assert results["a"]["platforms"]["hubspot"]["landed"] > 0
     assert results["b"]["platforms"]["hubspot"]["landed"] > 0, "the second worker should have sent some"
     # writes queued after both runs had finished their claims go out with the next run
