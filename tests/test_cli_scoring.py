@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -145,9 +147,37 @@ def test_demo_scores_the_samples_and_prints_kpis():
     for _, label in KPI_ROWS:  # every KPI, as `cx-connector kpis` shows them
         assert f"\n  {label}: " in out, label
     assert "customers per stage: awareness " in out
-    assert "run the demo with --database-url to keep its data" in out
+    assert "run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data" in out
     data = json.loads(CliRunner().invoke(main, ["demo", "--json"], catch_exceptions=False).output)
     scored = {c["email"]: c["scores"] for c in data["scoring"]["customers"]}
     assert scored["bob@example.com"]["cx_nps_category"] == "detractor"
     assert set(scored["carol@acme.example"]) == set(FIELDS)
     assert data["scoring"]["kpis"]["checkout_conversion"] == 0.0
+
+
+def test_the_demo_prints_a_command_that_explains_its_scores(tmp_path, monkeypatch):
+    """With --database-url the demo prints the shell commands that explain a customer's
+    scores; they work as printed (an admin copies them), in the directory they ran in."""
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'ann' / 'it'}'s a demo.db"  # a quote and spaces: quoted twice
+    (tmp_path / "ann").mkdir()
+    r = CliRunner().invoke(main, ["demo", "--database-url", url], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    command = r.output.split("is enough:\n    ")[1].splitlines()[0]
+    assert command.endswith("cx-connector --config cx-demo.yaml customers explain alice@example.com")
+    echo = command.split(" && ")[0]
+    done = subprocess.run(["sh", "-c", echo], cwd=tmp_path, check=True)
+    assert done.returncode == 0
+    explained = CliRunner().invoke(main, shlex.split(command.split(" && ")[1])[1:], catch_exceptions=False)
+    assert explained.exit_code == 0, explained.output
+    assert "CX score (cx_score): 100" in explained.output and "CX pyramid" in explained.output
+
+
+def test_the_explain_command_quotes_only_what_needs_it():
+    from cx_connector.cli.demo import explain_command
+    assert explain_command("sqlite:///cx-demo.db", "ann@example.com") == (
+        "echo 'database_url: sqlite:///cx-demo.db' > cx-demo.yaml && "
+        "cx-connector --config cx-demo.yaml customers explain ann@example.com")
+    # a '#' would start a YAML comment: single-quoted in YAML, then for the shell
+    assert explain_command("postgresql://u:p#1@db/cx", 7).startswith(
+        "echo 'database_url: '\"'\"'postgresql://u:p#1@db/cx'\"'\"'' > cx-demo.yaml")

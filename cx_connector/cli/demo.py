@@ -10,6 +10,8 @@ and the last step shows what the dry-run write-back would send to each platform.
 
 from __future__ import annotations
 
+import re
+import shlex
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,6 +138,17 @@ def echo_writeback(preview: dict[str, Any]) -> None:
             click.echo("      " + json_dumps(req["body"])[:2000])
 
 
+def explain_command(database_url: str, who: int | str) -> str:
+    """The shell commands that explain a demo customer's scores from the kept database:
+    ``customers explain`` reads its database from a configuration file, and the demo has
+    none on disk."""
+    plain = re.fullmatch(r"[A-Za-z][\w+.-]*://[\w/@.%=?&+,~-]*", database_url)
+    line = "database_url: " + (database_url if plain else  # else YAML single-quoted
+                               "'" + database_url.replace("'", "''") + "'")
+    return (f"echo {shlex.quote(line)} > cx-demo.yaml && "
+            f"cx-connector --config cx-demo.yaml customers explain {who}")
+
+
 @click.command("demo")
 @click.option("--database-url", default=None,
               help="Keep the demo data in this database (default: a temporary SQLite file).")
@@ -200,11 +213,12 @@ def demo(database_url: str | None, as_json: bool) -> None:
     for c in scoring["customers"]:
         click.echo("  " + _customer_line(c))
     if database_url:
-        click.echo("  (why: cx-connector customers explain ID_OR_EMAIL, with this database_url "
-                   "in the config)")
+        first = next((c["email"] or c["id"] for c in scoring["customers"]), "ID_OR_EMAIL")
+        click.echo("  why each score is what it is: a one-line configuration naming this database is "
+                   "enough:\n    " + explain_command(database_url, first))
     else:
-        click.echo("  (why: run the demo with --database-url to keep its data, then "
-                   "cx-connector customers explain ID_OR_EMAIL)")
+        click.echo("  (why: run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data; "
+                   "it prints the command that explains each score)")
     k = scoring["kpis"] or {}
     click.echo(f"\nCompany KPIs (rolling {k.get('window_days')} days):")
     for key, label in KPI_ROWS:

@@ -239,11 +239,13 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
                         f'"value":{{"method":{source[spend_source[i]]},"per_purchase":{spend[i]},'
                         f'"own_mean":{own_mean[i]},"days_with_value":{spend_days[i]},'
                         f'"repeat_days_with_value":{repeat_days[i]}}}']
-        elif m == "engagement":
-            sections = [f'"retention":{{"method":"engagement","probability":{prob[i]},'
-                        f'"days_since_engagement":{days_since[i]}}}']
         else:
-            sections = ['"retention":{"method":"none","probability":null}']
+            r = (f'"retention":{{"method":"engagement","probability":{prob[i]},'
+                 f'"days_since_engagement":{days_since[i]}' if m == "engagement" else
+                 '"retention":{"method":"none","probability":null')
+            if dropped[i]:  # every order was undone: say so, or "no purchases" reads as a mistake
+                r += f',"orders_not_counted":{dropped[i]}'
+            sections = [r + "}"]
         if model is not None:
             if rec_item[i] < 0:
                 sections.append(f'"cross_sell":{{"bought":{bought[i]},"method":"none"}}')
@@ -302,16 +304,32 @@ def _retention_words(e: dict[str, Any]) -> str:
                 f"since the last purchase: 0.5^({r['days_since_last_purchase']:g}/{half:g}) "
                 f"= {_pct(r['probability'])}.")
     elif m == "engagement":
-        text = (f"No purchases yet, so this is the probability of still being engaged: the last "
+        text = (f"{_no_purchases(r)}, so this is the probability of still being engaged: the last "
                 f"engagement was {r['days_since_engagement']:g} days ago and the probability halves every "
                 f"{st['engagement_half_life_days']:g} days: {_pct(r['probability'])}.")
+        return text
     else:
-        return "No touchpoints showing engagement yet, so no retention probability."
+        return f"{_no_purchases(r)} and no touchpoints showing engagement yet, so no retention probability."
     if r.get("orders_not_counted") or r.get("orders_partly_refunded"):
-        text += (f" {r.get('orders_not_counted', 0)} cancelled or fully refunded orders are not counted as "
-                 f"purchases; {r.get('orders_partly_refunded', 0)} partly refunded orders count at their "
-                 f"net value.")
+        text += (f" {_n(r.get('orders_not_counted', 0), ORDERS_UNDONE)}; "
+                 f"{_n(r.get('orders_partly_refunded', 0), ORDERS_PART)}.")
     return text
+
+
+ORDERS_UNDONE = ("cancelled or fully refunded order is not counted as a purchase",
+                 "cancelled or fully refunded orders are not counted as purchases")
+ORDERS_PART = ("partly refunded order counts at its net value",
+               "partly refunded orders count at their net value")
+
+
+def _no_purchases(r: dict[str, Any]) -> str:
+    """Why a customer who placed orders has no purchases: each one was undone."""
+    undone = r.get("orders_not_counted")
+    if not undone:
+        return "No purchases yet"
+    if undone == 1:
+        return "No purchases: the one order was cancelled or refunded in full"
+    return f"No purchases: all {undone} orders were cancelled or refunded in full"
 
 
 def _expected_words(e: dict[str, Any]) -> str:

@@ -91,3 +91,23 @@ def test_churn_thresholds_are_configurable(database_url):
     run.run(rt, full=True)
     assert values(rt, "bob")["cx_churn_risk"] == "high"
     rt.engine.dispose()
+
+
+def test_orders_undone_in_full_are_named_not_called_no_purchases(rt):
+    """A customer whose only order was refunded has no purchases, and the explanation
+    says why: "no purchases yet" beside an order the rep can see reads as a mistake."""
+    from cx_connector.scoring import explain
+    add(rt, order("bob", ago(40), 42, "1"), tp("refund_issued", "bob", ago(30), value=-42, order_id="1"),
+        order("cy", ago(60), 20, "2"), order("cy", ago(50), 30, "3"),
+        tp("order_cancelled", "cy", ago(49), order_id="3"))
+    run.run(rt, full=True)
+    e = explanation(rt, "bob")
+    assert e["retention"] == {"method": "engagement", "days_since_engagement": 30, "orders_not_counted": 1,
+                              "probability": pytest.approx(0.5 ** (30 / 60), abs=1e-4)}
+    text = explain.render(e, values(rt, "bob"))["cx_retention_probability"]
+    assert text.startswith("No purchases: the one order was cancelled or refunded in full, so this is "
+                           "the probability of still being engaged: the last engagement was 30 days ago")
+    cy = explain.render(explanation(rt, "cy"), values(rt, "cy"))["cx_retention_probability"]
+    assert cy.startswith("Bought on 1 day, the last 60 days ago.")
+    assert cy.endswith(" 1 cancelled or fully refunded order is not counted as a purchase; "
+                       "0 partly refunded orders count at their net value.")
