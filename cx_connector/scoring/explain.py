@@ -311,11 +311,13 @@ def _retention_words(e: dict[str, Any]) -> str:
     else:
         return f"{_no_purchases(r)} and no touchpoints showing engagement yet, so no retention probability."
     if r.get("orders_not_counted") or r.get("orders_partly_refunded"):
-        text += (f" {_n(r.get('orders_not_counted', 0), ORDERS_UNDONE)}; "
-                 f"{_n(r.get('orders_partly_refunded', 0), ORDERS_PART)}.")
+        counts = [_n(r[k], words) for k, words in (("orders_not_counted", ORDERS_UNDONE),
+                                                    ("orders_partly_refunded", ORDERS_PART)) if r.get(k)]
+        text += " " + "; ".join(counts) + "."
     return text
 
 
+PURCHASE_DAYS = ("purchase day", "purchase days")
 ORDERS_UNDONE = ("cancelled or fully refunded order is not counted as a purchase",
                  "cancelled or fully refunded orders are not counted as purchases")
 ORDERS_PART = ("partly refunded order counts at its net value",
@@ -340,9 +342,9 @@ def _expected_words(e: dict[str, Any]) -> str:
     h = e["settings"]["horizon_days"]
     if r["method"] == "bgnbd":
         return (f"BG/NBD conditional expectation of purchases in the next {h} days, from the same "
-                f"{r['purchase_days']} purchase days: {x['value']:.2f}.")
+                f"{_n(r['purchase_days'], PURCHASE_DAYS)}: {x['value']:.2f}.")
     return (f"Fallback ({e['model'].get('bgnbd_fallback') or 'no model'}): the customer's own rate "
-            f"({r['purchase_days']} purchase days over max({r['weeks_since_first'] * 7:.0f} days as a "
+            f"({_n(r['purchase_days'], PURCHASE_DAYS)} over max({r['weeks_since_first'] * 7:.0f} days as a "
             f"buyer, {h} days)) x {h} days x retention {_pct(r['probability'])} = {x['value']:.2f}.")
 
 
@@ -366,8 +368,8 @@ def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
             basis = (f"the population average {g['population_mean']:.2f} (Gamma-Gamma, fitted on "
                      f"{g['customers']} repeat buyers; one purchase says little about the next one)")
     else:
-        basis = (f"their own average purchase ({v['days_with_value']} purchase days with a value); the spend "
-                 f"model is not used: {e['model'].get('gamma_gamma_fallback')}")
+        basis = (f"their own average purchase ({_n(v['days_with_value'], PURCHASE_DAYS)} with a value); "
+                 f"the spend model is not used: {e['model'].get('gamma_gamma_fallback')}")
     clv = values.get("cx_clv_90d")
     return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} ({basis}) = "
             f"{float(clv if clv is not None else x * per):.2f}. Revenue, not profit: no margin "
@@ -387,7 +389,7 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     if not c:
         return "No cross-sell model yet (no purchases with line items)."
     by = ((e.get("model") or {}).get("cross_sell") or {}).get("by", "category")
-    what = "categories" if by == "category" else "products"
+    what = ("category", "categories") if by == "category" else ("product", "products")
     if c.get("method") == "rule":
         text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2g} times as often as "
                 f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
@@ -396,7 +398,7 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
         text = (f"Nothing bought yet, so the most popular item: {c['item']}, bought by "
                 f"{_pct(c['base_rate'])} of customers.")
     elif c.get("method") == "popular":
-        text = (f"No strong association from what they bought ({c['bought']} {what}), so the most popular "
+        text = (f"No strong association from what they bought ({_n(c['bought'], what)}), so the most popular "
                 f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")
     else:
         return f"Nothing to recommend: they already bought every {by}."

@@ -64,6 +64,10 @@ def test_too_few_buyers_give_a_recommendation_but_no_score(rt):
     run.run(rt, full=True)
     v = values(rt, "b")
     assert v["cx_next_best_product"] == "tea" and v["cx_cross_sell_score"] is None
+    words = explain.render(explanation(rt, "b"), v)["cx_cross_sell_score"]
+    assert words.startswith("No strong association from what they bought (1 category), so the most "
+                            "popular item they do not have yet: tea, bought by 50% of customers. Only 2 "
+                            "customers have bought items (fewer than 50")
 
 
 def test_customers_who_bought_everything_get_no_recommendation(shop):

@@ -109,5 +109,6 @@ def test_orders_undone_in_full_are_named_not_called_no_purchases(rt):
                            "the probability of still being engaged: the last engagement was 30 days ago")
     cy = explain.render(explanation(rt, "cy"), values(rt, "cy"))["cx_retention_probability"]
     assert cy.startswith("Bought on 1 day, the last 60 days ago.")
-    assert cy.endswith(" 1 cancelled or fully refunded order is not counted as a purchase; "
-                       "0 partly refunded orders count at their net value.")
+    assert cy.endswith("0.5^(60/90) = 63%. 1 cancelled or fully refunded order is not counted as a purchase.")
+    assert "(1 purchase day over max(" in explain.render(explanation(rt, "cy"), values(rt, "cy"))[
+        "cx_expected_purchases_90d"]
