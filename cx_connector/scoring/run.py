@@ -73,8 +73,21 @@ class Models:
 
 
 def model_settings(s: ScoringSettings) -> dict[str, Any]:
-    """The settings a fitted model depends on."""
-    return {"min_purchasers": s.min_purchasers, "cross_sell": asdict(s.cross_sell)}
+    """The settings the stored scores depend on, as stored with the models (JSON).
+
+    Every ``scoring`` setting but the KPI window: not only the models' own (a threshold,
+    weight, half-life or the horizon changes scores too), so that a change is a full pass
+    and no database mixes customers scored under the old rules with customers scored
+    under the new ones until the next daily pass."""
+    settings = asdict(s)
+    del settings["kpi_window_days"]  # the KPIs' own: no score depends on it
+    return json.loads(json.dumps(settings))
+
+
+def settings_changed(stored: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The top-level ``scoring`` keys whose values differ (an older version stored fewer
+    keys: one it did not store counts as changed)."""
+    return sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
 
 
 def load_models(conn: Connection) -> Models | None:
@@ -155,8 +168,10 @@ def mode_for(models: Models | None, s: ScoringSettings, now: datetime, full_scor
         return "full", "no population model yet"
     if backfilled_at is not None and backfilled_at >= models.fitted_at:
         return "full", "a backfill imported history since the models were fitted"
-    if models.settings != model_settings(s):
-        return "full", "scoring settings changed since the models were fitted"
+    changed = settings_changed(models.settings, model_settings(s))
+    if changed:
+        return "full", ("scoring settings changed since the models were fitted: "
+                        + ", ".join(f"scoring.{k}" for k in changed))
     if full_pass_due(models.fitted_at, now, full_score_at):
         return "full", f"daily full pass (due at {full_score_at} UTC)"
     return "incremental", "models fitted at " + models.fitted_at.isoformat()

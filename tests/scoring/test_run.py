@@ -112,6 +112,35 @@ def test_a_settings_change_forces_a_full_pass(rt, database_url):
     assert report["mode"] == "full" and "settings changed" in report["why"]
 
 
+@pytest.mark.parametrize("scoring", [
+    {"churn": {"high_below": 50, "medium_below": 80}},
+    {"health": {"green_at": 90}},
+    {"cx": {"weights": {"needs_met": 1, "ease": 0, "enjoyment": 0}}},
+    {"horizon_days": 30},
+    {"engagement_half_life_days": 10},
+])
+def test_any_scoring_setting_change_rescores_everyone(rt, database_url, scoring):
+    """A threshold, weight, half-life or horizon changes scores, not only the models: the
+    next run rescores everyone, so no customer keeps the old rules until the daily pass."""
+    add(rt, order("ann", ago(20), 10, "1"), tp("email_engaged", "bob", ago(40)))
+    run.run(rt)
+    changed = build(make_config(database_url, scoring=scoring), engine=rt.engine,
+                    clock=lambda: NOW + timedelta(minutes=5))
+    report = run.run(changed)
+    assert report["mode"] == "full" and report["customers_scored"] == 2
+    key = next(iter(scoring))
+    assert report["why"] == f"scoring settings changed since the models were fitted: scoring.{key}"
+    assert run.run(_with_clock(changed, NOW + timedelta(minutes=6)))["mode"] == "incremental"
+
+
+def test_the_kpi_window_does_not_rescore(rt, database_url):
+    add(rt, order("ann", ago(20), 10, "1"))
+    run.run(rt)
+    changed = build(make_config(database_url, scoring={"kpi_window_days": 30}), engine=rt.engine,
+                    clock=lambda: NOW + timedelta(minutes=5))
+    assert run.run(changed)["mode"] == "incremental"
+
+
 def test_full_asks_for_a_full_pass(rt):
     add(rt, order("ann", ago(20), 10, "1"))
     run.run(rt)
@@ -286,18 +315,19 @@ def test_explanations_share_one_context_row_per_models_and_settings(rt, database
     run.run(_with_clock(rt, NOW + timedelta(minutes=2)))          # incremental, same models and settings
     assert count(rt.engine, "score_contexts") == 1
     assert explanation(rt, "ann")["context"] == first["context"]
-    # other churn thresholds: not a model setting, so no full pass, but a new context
+    # other churn thresholds: a full pass (everyone under the new rules) and a new context
     stricter = build(make_config(database_url, scoring={"churn": {"high_below": 50, "medium_below": 80}}),
                      engine=rt.engine, clock=lambda: NOW + timedelta(minutes=4))
     add(rt, tp("csat_rating", "ann", ago(0), rating=(1, 5)), now=NOW + timedelta(minutes=3))
-    assert run.run(stricter)["mode"] == "incremental"
+    assert run.run(stricter)["mode"] == "full"
     assert count(rt.engine, "score_contexts") == 2
     ann, bob = explanation(rt, "ann"), explanation(rt, "bob")
-    assert ann["settings"]["churn"]["high_below"] == 50.0
-    # bob was not rescored: his explanation still shows the thresholds that made his scores
-    assert bob["settings"]["churn"]["high_below"] == 30.0
-    words = explain.render(bob, values(rt, "bob"))
-    assert "high risk below 30, medium below 60" in words["cx_churn_risk"]
+    assert ann["context"] == bob["context"] != first["context"]
+    assert bob["settings"]["churn"]["high_below"] == 50.0
+    assert "high risk below 50, medium below 80" in explain.render(bob, values(rt, "bob"))["cx_churn_risk"]
+    # the old context row stays: the snapshots and explanations made under it keep their words
+    assert explain.render(first, {"cx_churn_risk": "low", "cx_retention_probability": 71})[
+        "cx_churn_risk"].startswith("Retention probability 71%: high risk below 30, medium below 60")
 
 
 def test_explanations_stored_before_contexts_existed_still_render(rt):
