@@ -26,7 +26,7 @@ from cx_connector.models import score_contexts
 from cx_connector.scoring.cross_sell import CrossSellModel, Recommendations
 from cx_connector.scoring.cx_score import CX, EVENTS
 from cx_connector.scoring.features import Features
-from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit, Retention
+from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit, Retention, spend_summary
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
 
@@ -210,6 +210,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
                                     np.nan), 2)
     spend_days = _ints(f.spend_days[sl])
     repeat_days = _ints(f.repeat_spend_days[sl])
+    repeat_mean = _floats(spend_summary(f)[1][sl], 2)  # what Gamma-Gamma shrinks, not own_mean
     dropped = f.orders_dropped[sl].astype(np.int64).tolist()
     part = f.orders_part_refunded[sl].astype(np.int64).tolist()
     rec_item, rec_src = rec.item[sl].tolist(), rec.source[sl].tolist()
@@ -238,7 +239,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
             sections = [r + "}", f'"expected_purchases":{{"value":{expected[i]}}}',
                         f'"value":{{"method":{source[spend_source[i]]},"per_purchase":{spend[i]},'
                         f'"own_mean":{own_mean[i]},"days_with_value":{spend_days[i]},'
-                        f'"repeat_days_with_value":{repeat_days[i]}}}']
+                        f'"repeat_days_with_value":{repeat_days[i]},"repeat_mean":{repeat_mean[i]}}}']
         else:
             r = (f'"retention":{{"method":"engagement","probability":{prob[i]},'
                  f'"days_since_engagement":{days_since[i]}' if m == "engagement" else
@@ -349,8 +350,9 @@ def _expected_words(e: dict[str, Any]) -> str:
 
 
 def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
-    """The sentence ends with the stored value: the factors shown are rounded (4 and 2
-    places), and their product could miss the score the rep sees by a cent."""
+    """The first sentence ends with the stored value: the factors shown are rounded (4 and
+    2 places), and their product could miss the score the rep sees by a cent. The second
+    says where the value per purchase comes from."""
     v = e.get("value")
     if not v:
         return "Only customers with purchases get a customer value."
@@ -360,19 +362,30 @@ def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
         return "No purchase had a value, so the customer value is unknown."
     if v["method"] == "gamma_gamma":
         g = e["model"]["gamma_gamma"]
-        if v["repeat_days_with_value"]:
-            basis = (f"their own average of {v['own_mean']:.2f} shrunk towards the population average "
-                     f"{g['population_mean']:.2f} by the Gamma-Gamma model (p={g['p']:.3g}, q={g['q']:.3g}, "
-                     f"gamma={g['gamma']:.3g}, fitted on {g['customers']} repeat buyers)")
+        model = (f"the Gamma-Gamma spend model (p={g['p']:.3g}, q={g['q']:.3g}, gamma={g['gamma']:.3g}, "
+                 f"fitted on {g['customers']} repeat buyers)")
+        repeats = v["repeat_days_with_value"]
+        if repeats and v.get("repeat_mean") is not None:
+            # E[M] = w m + (1 - w) population mean, w = p x / (p x + q - 1) (Fader & Hardie 2013)
+            w = g["p"] * repeats / (g["p"] * repeats + g["q"] - 1)
+            basis = (f"The value per purchase is {100 * w:.0f}% their own average repeat purchase "
+                     f"{v['repeat_mean']:.2f} ({_n(repeats, PURCHASE_DAYS)} after the first, which the model "
+                     f"leaves out) and {100 - 100 * w:.0f}% the population average "
+                     f"{g['population_mean']:.2f}, from {model}, which trusts a customer's own average "
+                     f"more the more purchases it rests on.")
+        elif repeats:  # stored before repeat_mean was kept
+            basis = (f"The value per purchase is their own repeat purchases' average shrunk towards the "
+                     f"population average {g['population_mean']:.2f} by {model}.")
         else:
-            basis = (f"the population average {g['population_mean']:.2f} (Gamma-Gamma, fitted on "
-                     f"{g['customers']} repeat buyers; one purchase says little about the next one)")
+            basis = (f"The value per purchase is the population average {g['population_mean']:.2f}, from "
+                     f"{model}: one purchase says little about the next one.")
     else:
-        basis = (f"their own average purchase ({_n(v['days_with_value'], PURCHASE_DAYS)} with a value); "
-                 f"the spend model is not used: {e['model'].get('gamma_gamma_fallback')}")
+        basis = (f"The value per purchase is their own average purchase "
+                 f"({_n(v['days_with_value'], PURCHASE_DAYS)} with a value); the spend model is not used: "
+                 f"{e['model'].get('gamma_gamma_fallback')}.")
     clv = values.get("cx_clv_90d")
-    return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} ({basis}) = "
-            f"{float(clv if clv is not None else x * per):.2f}. Revenue, not profit: no margin "
+    return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} = "
+            f"{float(clv if clv is not None else x * per):.2f}. {basis} Revenue, not profit: no margin "
             "applied, not discounted.")
 
 

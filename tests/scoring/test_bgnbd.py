@@ -146,7 +146,30 @@ def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
         in words["cx_retention_probability"]
     assert "Gamma-Gamma" in words["cx_clv_90d"] and "Revenue, not profit" in words["cx_clv_90d"]
     # the sentence ends with the value the rep sees, not the product of its rounded factors
-    assert f"= {values['cx_clv_90d']:.2f}. Revenue" in words["cx_clv_90d"], words["cx_clv_90d"]
+    assert f"= {values['cx_clv_90d']:.2f}. The value per purchase" in words["cx_clv_90d"], words["cx_clv_90d"]
+    # the value per purchase is the weighted mean the sentence states, of the two averages it
+    # names (it once named the average of all purchases, first included: outside the two)
+    g = GammaGammaParams.from_json(stored["gamma_gamma"]["params"])
+    with db.read(rt.engine) as conn:
+        every = [explain.stored(conn, e)["value"]
+                 for e in conn.execute(select(scores.c.explanation)).scalars()]
+    repeat = [v for v in every if v and v["repeat_days_with_value"]]
+    assert len(repeat) == 946  # the repeat buyers of the calibration period, as published
+    for v in repeat:
+        x, m = v["repeat_days_with_value"], v["repeat_mean"]
+        w = g.p * x / (g.p * x + g.q - 1)
+        # both sides rounded to the cent: the mean shown, and the value
+        assert v["per_purchase"] == pytest.approx(w * m + (1 - w) * g.population_mean, abs=0.011), v
+        assert min(m, g.population_mean) - 0.01 <= v["per_purchase"] <= max(m, g.population_mean) + 0.01
+    one = next(v for v in repeat if v["repeat_days_with_value"] == 1)
+    w = g.p / (g.p + g.q - 1)
+    text = explain.render({**why, "value": one}, {**values, "cx_clv_90d": 12.34})["cx_clv_90d"]
+    assert text.startswith(f"Expected purchases {why['expected_purchases']['value']:.4g} x expected value "
+                           f"per purchase {one['per_purchase']:.2f} = 12.34. The value per purchase is "
+                           f"{100 * w:.0f}% their own average repeat purchase {one['repeat_mean']:.2f} "
+                           f"(1 purchase day after the first, which the model leaves out) and "
+                           f"{100 - 100 * w:.0f}% the population average {g.population_mean:.2f}, "
+                           "from the Gamma-Gamma"), text
     rt.engine.dispose()
 
     today = build(make_config(database_url), clock=lambda: NOW)
