@@ -454,11 +454,21 @@ def _cx_words(e: dict[str, Any], values: dict[str, Any]) -> str:
 def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:
     h = (e.get("settings") or {}).get("health") or {}
     cx, churn = values.get("cx_score"), values.get("cx_churn_risk")
-    if values.get("cx_health") is None:
+    health = values.get("cx_health")
+    if health is None:
         return "No CX score and no churn risk, so no health."
-    return (f"CX score {cx if cx is not None else 'unknown'} and churn risk {churn or 'unknown'}: red when "
-            f"churn risk is high or CX is below {h['red_below']:g}; green when CX is at least "
-            f"{h['green_at']:g} and churn risk is low; yellow otherwise.")
+    # one of the two unknown: health rests on the other (no data is not a bad experience),
+    # and the sentence says so rather than quote a rule it did not apply
+    if cx is None:
+        return (f"No CX score yet (no experiences recorded), so health rests on the churn risk alone: "
+                f"{churn} risk, {health} (red when high, yellow when medium, green when low).")
+    if churn is None:
+        return (f"No churn risk (no retention probability), so health rests on the CX score alone: "
+                f"{cx}, {health} (red below {h['red_below']:g}, green at {h['green_at']:g} or more, "
+                "yellow between).")
+    return (f"CX score {cx} and churn risk {churn}: red when churn risk is high or CX is below "
+            f"{h['red_below']:g}; green when CX is at least {h['green_at']:g} and churn risk is low; "
+            "yellow otherwise.")
 
 
 def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:

@@ -101,3 +101,23 @@ def test_csat_is_the_share_of_satisfied_ratings(rt):
 def test_health_from_cx_and_churn_risk(cx, churn, health):
     out = cx_score.health(np.array([cx], dtype=float), np.array([churn], dtype=object), ScoringSettings())
     assert out[0] == health
+
+
+def test_health_explained_by_the_rule_it_applied(rt):
+    """A lead with no experiences is green on churn risk alone: the sentence says that,
+    not the two-part rule (which would read "CX unknown ... green when CX is at least 70")."""
+    from cx_connector.scoring import explain
+    add(rt, tp("email_engaged", "lead", ago(1)), order("ann", ago(5), 10, "1"),
+        tp("order_fulfilled", "ann", ago(4), order_id="1"))
+    run.run(rt, full=True)
+    lead = explain.render(explanation(rt, "lead"), values(rt, "lead"))["cx_health"]
+    assert values(rt, "lead")["cx_health"] == "green"
+    assert lead == ("No CX score yet (no experiences recorded), so health rests on the churn risk alone: "
+                    "low risk, green (red when high, yellow when medium, green when low).")
+    ann = explain.render(explanation(rt, "ann"), values(rt, "ann"))["cx_health"]
+    assert ann.startswith("CX score 100 and churn risk low: red when churn risk is high or CX is below 40")
+    # the other way round (no retention probability, a CX score), worded from the values
+    e = explanation(rt, "ann")
+    words = explain.render(e, {"cx_score": 35, "cx_churn_risk": None, "cx_health": "red"})["cx_health"]
+    assert words == ("No churn risk (no retention probability), so health rests on the CX score alone: 35, "
+                     "red (red below 40, green at 70 or more, yellow between).")
