@@ -408,8 +408,11 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
                 f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
                 f"{c['because']} buyers bought {c['item']}).")
     elif c.get("method") == "popular" and not c.get("bought"):
-        text = (f"Nothing bought yet, so the most popular item: {c['item']}, bought by "
-                f"{_pct(c['base_rate'])} of customers.")
+        # a won deal or an order without line items is a purchase with no item to go by
+        purchased = (e.get("retention") or {}).get("purchase_days")
+        why = (f"No {what[0]} known from their purchases (no line items)" if purchased else
+               "Nothing bought yet")
+        text = f"{why}, so the most popular item: {c['item']}, bought by {_pct(c['base_rate'])} of customers."
     elif c.get("method") == "popular":
         text = (f"No strong association from what they bought ({_n(c['bought'], what)}), so the most popular "
                 f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")
@@ -442,13 +445,17 @@ def _cx_words(e: dict[str, Any], values: dict[str, Any]) -> str:
             continue
         info = layers[layer]
         events = ", ".join(_n(v, EVENT_WORDS[k]) for k, v in info["events"].items())
-        share = c["weights"][layer] / total if total else 0.0
+        if not c["weights"][layer]:  # a layer turned off in scoring.cx.weights
+            parts.append(f"{LAYER_WORDS[layer]} {info['score']:.0f} (weight 0, not counted; {events})")
+            continue
+        share = c["weights"][layer] / total
         parts.append(f"{LAYER_WORDS[layer]} {info['score']:.0f} (weight {c['weights'][layer]:g}, "
                      f"{share:.0%} after renormalising; {events})")
         terms.append(f"{share:.2f} x {info['score']:.0f}")
-    return ("CX pyramid: " + "; ".join(parts) + f". CX = {' + '.join(terms)} = {values.get('cx_score')}. "
-            f"Each experience's weight halves every {c['half_life_days']:g} days and a negative one "
-            f"counts {c['negative_weight']:g} times.")
+    result = (f"CX = {' + '.join(terms)} = {values.get('cx_score')}." if terms else
+              "Every layer with data has weight 0 (scoring.cx.weights), so no CX score.")
+    return (f"CX pyramid: {'; '.join(parts)}. {result} Each experience's weight halves every "
+            f"{c['half_life_days']:g} days and a negative one counts {c['negative_weight']:g} times.")
 
 
 def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:

@@ -96,3 +96,14 @@ def test_recommendations_by_product(database_url):
     run.run(rt, full=True)
     assert values(rt, "one")["cx_next_best_product"] == "Beans 1kg"
     rt.engine.dispose()
+
+
+def test_buyers_without_line_items_are_not_told_nothing_was_bought(shop):
+    """A won deal or an order without products is a purchase (retention says "Bought on 1
+    day"): the recommendation must not say "Nothing bought yet" beside it."""
+    add(shop, order("deal", ago(3), 12000, "d1"))
+    run.run(shop, full=True)
+    words = explain.render(explanation(shop, "deal"), values(shop, "deal"))
+    assert words["cx_retention_probability"].startswith("Bought on 1 day")
+    assert words["cx_next_best_product"].startswith(
+        "No category known from their purchases (no line items), so the most popular item: coffee")

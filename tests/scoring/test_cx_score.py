@@ -121,3 +121,22 @@ def test_health_explained_by_the_rule_it_applied(rt):
     words = explain.render(e, {"cx_score": 35, "cx_churn_risk": None, "cx_health": "red"})["cx_health"]
     assert words == ("No churn risk (no retention probability), so health rests on the CX score alone: 35, "
                      "red (red below 40, green at 70 or more, yellow between).")
+
+
+def test_a_layer_weighted_zero_is_not_counted_and_said_so(database_url):
+    from cx_connector.scoring import explain
+    weights = {"needs_met": 0, "ease": 1, "enjoyment": 1}
+    rt = build(make_config(database_url, scoring={"cx": {"weights": weights}}), clock=lambda: NOW)
+    add(rt, order("ann", ago(5), 10, "1"), tp("order_fulfilled", "ann", ago(4), order_id="1"),
+        order("bo", ago(5), 10, "2"), tp("order_fulfilled", "bo", ago(4), order_id="2"),
+        tp("csat_rating", "bo", ago(3), rating=(5, 5)))
+    run.run(rt, full=True)
+    assert values(rt, "ann")["cx_score"] is None
+    ann = explain.render(explanation(rt, "ann"), values(rt, "ann"))["cx_score"]
+    assert ann.startswith("CX pyramid: needs met 100 (weight 0, not counted; 1 order fulfilled); ease: "
+                          "no data, left out; enjoyment: no data, left out. Every layer with data has "
+                          "weight 0 (scoring.cx.weights), so no CX score. Each experience"), ann
+    bo = explain.render(explanation(rt, "bo"), values(rt, "bo"))["cx_score"]
+    assert "needs met 100 (weight 0, not counted; 1 order fulfilled)" in bo
+    assert "CX = 1.00 x 100 = 100." in bo
+    rt.engine.dispose()
