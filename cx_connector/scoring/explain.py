@@ -26,7 +26,14 @@ from cx_connector.models import score_contexts
 from cx_connector.scoring.cross_sell import CrossSellModel, Recommendations
 from cx_connector.scoring.cx_score import CX, EVENTS
 from cx_connector.scoring.features import Features
-from cx_connector.scoring.retention import METHODS, SPEND_SOURCES, PopulationFit, Retention, spend_summary
+from cx_connector.scoring.retention import (
+    METHODS,
+    SPEND_SOURCES,
+    VALUE_DAYS,
+    PopulationFit,
+    Retention,
+    spend_summary,
+)
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
 
@@ -236,7 +243,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
                 r += f',"orders_not_counted":{dropped[i]},"orders_partly_refunded":{part[i]}'
             if m == "bgnbd":
                 r += f',"p_alive":{p_alive[i]},"p_buy_if_alive":{p_buy[i]}'
-            sections = [r + "}", f'"expected_purchases":{{"value":{expected[i]}}}',
+            sections = [r + "}", f'"expected_purchases":{{"value":{expected[i]},"days":{VALUE_DAYS}}}',
                         f'"value":{{"method":{source[spend_source[i]]},"per_purchase":{spend[i]},'
                         f'"own_mean":{own_mean[i]},"days_with_value":{spend_days[i]},'
                         f'"repeat_days_with_value":{repeat_days[i]},"repeat_mean":{repeat_mean[i]}}}']
@@ -340,7 +347,7 @@ def _expected_words(e: dict[str, Any]) -> str:
     x = e.get("expected_purchases")
     if not x:
         return "Only customers with purchases get an expected number of purchases."
-    h = e["settings"]["horizon_days"]
+    h = x.get("days", e["settings"]["horizon_days"])  # stored before it was fixed at 90: the horizon
     if r["method"] == "bgnbd":
         return (f"BG/NBD conditional expectation of purchases in the next {h} days, from the same "
                 f"{_n(r['purchase_days'], PURCHASE_DAYS)}: {x['value']:.2f}.")

@@ -10,7 +10,8 @@ counts) the population models are fitted over all purchasing customers:
   P(alive) x (1 - ((alpha + T) / (alpha + T + h)) ^ (r + x)); raw P(alive) (1 for
   every one-time buyer, however long ago) is only shown in the explanation.
   ``cx_expected_purchases_90d`` is the BG/NBD conditional expectation over the
-  horizon.
+  next 90 days (:data:`VALUE_DAYS`), whatever the retention horizon: the field's name
+  and its label on every platform say 90 days.
 * Gamma-Gamma (:mod:`.gamma_gamma`) on repeat buyers' mean purchase-day value
   gives the expected value of one future purchase; ``cx_clv_90d`` = expected
   purchases x that value. It is revenue in the shop's currency: no margin is
@@ -22,7 +23,7 @@ Fallbacks, each named in the explanation:
 * fewer purchasing customers than ``scoring.min_purchasers`` or a failed fit:
   retention = 0.5 ^ (days since the last purchase / ``fallback_half_life_days``);
   expected purchases = the customer's own purchase-day rate over
-  max(their age as a buyer, the horizon) x horizon x that retention;
+  max(their age as a buyer, 90 days) x 90 days x that retention;
 * no Gamma-Gamma fit: the customer's own mean purchase-day value;
 * customers without purchases (B2B leads, support-only): retention is the
   probability of still being engaged, 0.5 ^ (days since the last engagement /
@@ -47,6 +48,9 @@ from cx_connector.scoring.settings import ScoringSettings
 METHODS = ("none", "bgnbd", "recency", "engagement")
 #: where the value of a purchase came from
 SPEND_SOURCES = ("gamma_gamma", "own_mean", "unknown")
+#: the period of cx_expected_purchases_90d and cx_clv_90d, fixed by their names (the
+#: retention horizon, ``scoring.horizon_days``, is cx_retention_probability's alone)
+VALUE_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,7 @@ class Retention:
 
 def score(f: Features, pop: PopulationFit, s: ScoringSettings) -> Retention:
     n = f.n
-    h_days = float(s.horizon_days)
-    h = h_days / 7.0
+    h = s.horizon_days / 7.0
     method = np.zeros(n, dtype=np.int64)
     prob = np.full(n, np.nan)
     p_alive = np.full(n, np.nan)
@@ -156,13 +159,13 @@ def score(f: Features, pop: PopulationFit, s: ScoringSettings) -> Retention:
         p_buy[buyers] = 1.0 - np.exp((pop.bgnbd.r + x) * (np.log(pop.bgnbd.alpha + T)
                                                           - np.log(pop.bgnbd.alpha + T + h)))
         prob[buyers] = alive * p_buy[buyers]
-        expected[buyers] = bgnbd.expected_purchases(pop.bgnbd, h, x, t_x, T)
+        expected[buyers] = bgnbd.expected_purchases(pop.bgnbd, VALUE_DAYS / 7.0, x, t_x, T)
     else:
         method[buyers] = METHODS.index("recency")
         rec = 0.5 ** (days_since[buyers] / s.fallback_half_life_days)
         prob[buyers] = rec
-        age = np.maximum(f.today - f.first_day[buyers] + 1, h_days)
-        expected[buyers] = f.purchase_days[buyers] / age * h_days * rec
+        age = np.maximum(f.today - f.first_day[buyers] + 1, VALUE_DAYS)
+        expected[buyers] = f.purchase_days[buyers] / age * VALUE_DAYS * rec
 
     engaged = ~buyers & ~np.isnan(f.last_engaged)
     method[engaged] = METHODS.index("engagement")

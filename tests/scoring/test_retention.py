@@ -112,3 +112,22 @@ def test_orders_undone_in_full_are_named_not_called_no_purchases(rt):
     assert cy.endswith("0.5^(60/90) = 63%. 1 cancelled or fully refunded order is not counted as a purchase.")
     assert "(1 purchase day over max(" in explain.render(explanation(rt, "cy"), values(rt, "cy"))[
         "cx_expected_purchases_90d"]
+
+
+def test_expected_purchases_and_value_stay_over_90_days_whatever_the_horizon(rt, database_url):
+    """The fields are named ..._90d and labelled "90 days" on every platform: the retention
+    horizon changes the retention probability only."""
+    from cx_connector.runtime import build
+    from cx_connector.scoring import explain
+    from tests.conftest import NOW
+    add(rt, order("ann", ago(100), 40, "1"), order("ann", ago(45), 60, "2"))
+    run.run(rt, full=True)
+    before = values(rt, "ann")
+    short = build(make_config(database_url, scoring={"horizon_days": 30}), engine=rt.engine,
+                  clock=lambda: NOW)
+    run.run(short, full=True)
+    after = values(rt, "ann")
+    assert (after["cx_expected_purchases_90d"], after["cx_clv_90d"]) == (
+        before["cx_expected_purchases_90d"], before["cx_clv_90d"])
+    words = explain.render(explanation(rt, "ann"), after)["cx_expected_purchases_90d"]
+    assert "over max(100 days as a buyer, 90 days)) x 90 days x retention" in words, words
