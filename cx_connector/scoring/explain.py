@@ -304,6 +304,10 @@ def _retention_words(e: dict[str, Any]) -> str:
                 f"a={b['a']:.3g}, b={b['b']:.3g}) gives: probability still an active customer "
                 f"{_pct(r['p_alive'])} x probability of buying within {h} days if active "
                 f"{_pct(r['p_buy_if_alive'])} = {_pct(r['probability'])}.")
+        if r["purchase_days"] == 1:  # P(alive) is 1 for every one-time buyer: why, or it reads as a bug
+            text += (" (Under BG/NBD a customer can only drop out right after a purchase, so a one-time "
+                     "buyer counts as active however long ago they bought; the chance of buying within "
+                     f"{h} days is what falls with the time since.)")
     elif m == "recency":
         reason = e["model"].get("bgnbd_fallback") or "no model"
         half = st["fallback_half_life_days"]

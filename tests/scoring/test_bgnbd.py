@@ -151,8 +151,8 @@ def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
     # names (it once named the average of all purchases, first included: outside the two)
     g = GammaGammaParams.from_json(stored["gamma_gamma"]["params"])
     with db.read(rt.engine) as conn:
-        every = [explain.stored(conn, e)["value"]
-                 for e in conn.execute(select(scores.c.explanation)).scalars()]
+        explained = [explain.stored(conn, e) for e in conn.execute(select(scores.c.explanation)).scalars()]
+    every = [e["value"] for e in explained]
     repeat = [v for v in every if v and v["repeat_days_with_value"]]
     assert len(repeat) == 946  # the repeat buyers of the calibration period, as published
     for v in repeat:
@@ -170,6 +170,13 @@ def test_a_scoring_pass_at_the_cutoff_stores_the_published_fits(database_url):
                            f"(1 purchase day after the first, which the model leaves out) and "
                            f"{100 - 100 * w:.0f}% the population average {g.population_mean:.2f}, "
                            "from the Gamma-Gamma"), text
+    # a one-time buyer's P(alive) is 1: the sentence says why rather than leave "100% active"
+    # beside a high churn risk
+    once = next(e for e in explained if e["retention"].get("purchase_days") == 1)
+    text = explain.render(once, {})["cx_retention_probability"]
+    assert "probability still an active customer 100% x" in text
+    assert "so a one-time buyer counts as active however long ago they bought" in text
+    assert "one-time" not in explain.render(why, values)["cx_retention_probability"]  # customer 1: 3 days
     rt.engine.dispose()
 
     today = build(make_config(database_url), clock=lambda: NOW)
