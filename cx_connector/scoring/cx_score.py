@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cx_connector.scoring.features import RATING_KINDS, Features
+from cx_connector.scoring.features import RATING_KINDS, Features, nps_points
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 
 #: (event, layer, outcome)
@@ -81,11 +81,6 @@ class CX:
     nps_at: np.ndarray
     csat_total: np.ndarray
     csat_satisfied: np.ndarray
-
-
-def nps_points(score: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """NPS answers on the 0-10 scale (an answer on another scale is rescaled, then rounded)."""
-    return np.round(np.where(scale == 10, score, score * 10.0 / scale))
 
 
 def nps_category(points: np.ndarray) -> np.ndarray:

@@ -230,6 +230,7 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
     csat_total = cx.csat_total[sl].astype(np.int64).tolist()
     csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
     stage = f.stage[sl].tolist()
+    held_back = f.held_back[sl].tolist()
     stages = [json.dumps(st) for st in STAGES]
     out: list[str] = []
     for i in range(len(rows)):
@@ -271,7 +272,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
         if csat_total[i]:
             sections.append(f'"csat":{{"ratings":{csat_total[i]},"satisfied":{csat_ok[i]}}}')
         if stage[i] >= 0:
-            sections.append(f'"journey":{{"stage":{stages[stage[i]]}}}')
+            held = ',"held_back":true' if held_back[i] else ""
+            sections.append(f'"journey":{{"stage":{stages[stage[i]]}{held}}}')
         out.append(head + "," + ",".join(sections) + "}")
     return out
 
@@ -489,6 +491,18 @@ def _health_words(e: dict[str, Any], values: dict[str, Any]) -> str:
             "yellow otherwise.")
 
 
+def _journey_words(e: dict[str, Any], journey: dict[str, Any] | None) -> str:
+    if not journey:
+        return "No touchpoints yet."
+    text = f"The furthest journey stage any touchpoint reached: {journey['stage']}."
+    if journey.get("held_back"):
+        positive = ((e.get("settings") or {}).get("cx") or {}).get("rating_positive_at", 0.7)
+        text += (f" Not advocacy: an NPS answer or a review reaches advocacy only when it is positive "
+                 f"(a promoter answer, 9-10, or a review rated at least {positive:.0%} of its scale), and "
+                 "theirs was not.")
+    return text
+
+
 def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str]:
     """Sentences per score field, from an expanded explanation (:func:`expand`,
     :func:`stored`) and the stored values."""
@@ -513,11 +527,10 @@ def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str
         "cx_nps_last": nps_words,
         "cx_nps_category": (f"{values.get('cx_nps_last')} is a {cat} answer (promoter 9-10, passive 7-8, "
                             f"detractor 0-6)." if cat else "No NPS answer yet."),
-        "cx_csat": (f"{csat['satisfied']} of {csat['ratings']} CSAT ratings were satisfied (at least "
-                    f"{e['settings']['cx']['rating_positive_at']:.0%} of the scale)."
+        "cx_csat": (f"{csat['satisfied']} of {_n(csat['ratings'], ('CSAT rating was', 'CSAT ratings were'))} "
+                    f"satisfied (at least {e['settings']['cx']['rating_positive_at']:.0%} of the scale)."
                     if csat else "No CSAT rating yet."),
-        "cx_journey_stage": (f"The furthest journey stage any touchpoint reached: {journey['stage']}."
-                             if journey else "No touchpoints yet."),
+        "cx_journey_stage": _journey_words(e, journey),
         "cx_scored_at": f"Computed as of {e.get('as_of')}.",
     }
     return {name: words[name] for name in FIELDS}

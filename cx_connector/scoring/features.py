@@ -66,6 +66,12 @@ NOT_ENGAGEMENT = ("profile_updated", "lifecycle_changed", "deal_stage_changed", 
 #: customers per ``IN (...)`` list in incremental queries
 CHUNK = 500
 _CODE = {k: i for i, k in enumerate(EVENT_KINDS)}
+_ADVOCACY = STAGES.index("advocacy")
+
+
+def nps_points(score: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """NPS answers on the 0-10 scale (an answer on another scale is rescaled, then rounded)."""
+    return np.round(np.where(scale == 10, score, score * 10.0 / scale))
 
 
 def _sql_list(values: Sequence[str]) -> str:
@@ -140,6 +146,8 @@ class Features:
     touchpoints: np.ndarray = field(default_factory=lambda: np.zeros(0))
     last_engaged: np.ndarray = field(default_factory=lambda: np.zeros(0))
     stage: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: whose furthest stage would be advocacy but for an NPS answer or review that is not positive
+    held_back: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     # purchases, one per customer-day
     purchase_days: np.ndarray = field(default_factory=lambda: np.zeros(0))
     first_day: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -301,13 +309,14 @@ def _locate(ids: np.ndarray, customer_ids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, full: bool,
-         by: str = "category") -> Features:
+         by: str = "category", positive_at: float = 0.7) -> Features:
     """Every score's inputs for the customers ``ids``.
 
     ``full`` reads the whole table in one sequential scan (use it when ``ids`` is most
     customers); otherwise only the touchpoints of ``ids`` are read, by index.
     Touchpoints after ``as_of`` are ignored. ``by``: cross-sell items are
-    categories or products.
+    categories or products. ``positive_at``: the share of its scale at which a review
+    is positive (``scoring.cx.rating_positive_at``), for the journey stage.
     """
     d = Dialect(conn)
     ids = np.unique(np.asarray(list(ids), dtype=np.int64))
@@ -324,9 +333,25 @@ def load(conn: Connection, ids: Sequence[int] | np.ndarray, as_of: datetime, *, 
     f.last_engaged = np.full(n, np.nan)
     engaged = ok & ~np.isin(kind, _NOT_ENGAGEMENT_CODES)
     np.fmax.at(f.last_engaged, pos[engaged], days[engaged])
+    # an NPS answer or a review is advocacy only when it is positive (a promoter answer, a
+    # review rated at ``positive_at`` of its scale or more, or one without a rating): a
+    # detractor has answered a survey, not recommended anyone; it stays at retention
+    said = (stage == _ADVOCACY) & np.isin(kind, _codes(("nps_response", "review_posted")))
+    if said.any():
+        score, scale = rows["value"][said], rows["scale"][said]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            positive = np.where(kind[said] == _CODE["nps_response"], nps_points(score, scale) >= 9,
+                                score / scale >= positive_at - 1e-9)
+        positive |= np.isnan(score) | ~(np.nan_to_num(scale) > 0)  # unrated: as the source staged it
+        stage = stage.copy()
+        stage[np.flatnonzero(said)[~positive]] = _ADVOCACY - 1
     f.stage = np.full(n, -1, dtype=np.int64)
     staged = ok & (stage < len(STAGES))
     np.maximum.at(f.stage, pos[staged], stage[staged])
+    f.held_back = np.zeros(n, dtype=bool)  # reached advocacy only through a non-positive answer
+    if said.any():
+        f.held_back[pos[ok & said]] = True
+        f.held_back &= f.stage < _ADVOCACY
 
     # -- purchases, order outcomes, tickets, ratings: the event rows -------------------
     event = kind < len(EVENT_KINDS)

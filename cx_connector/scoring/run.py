@@ -419,7 +419,8 @@ def run(rt: Runtime, *, full: bool = False, as_of: date | None = None,
             if models is not None:
                 report["models"] = model_report(models)
             return report
-        f = features.load(conn, selected.ids, when, full=mode == "full", by=s.cross_sell.by)
+        f = features.load(conn, selected.ids, when, full=mode == "full", by=s.cross_sell.by,
+                          positive_at=s.cx.rating_positive_at)
     timings["read_s"] = time.perf_counter() - t0
     if f.read_helper:  # half of the table was read by a helper process (see scoring.scan)
         report["read_helper"] = f.read_helper

@@ -140,3 +140,27 @@ def test_a_layer_weighted_zero_is_not_counted_and_said_so(database_url):
     assert "needs met 100 (weight 0, not counted; 1 order fulfilled)" in bo
     assert "CX = 1.00 x 100 = 100." in bo
     rt.engine.dispose()
+
+
+def test_advocacy_is_reached_by_a_positive_answer_only(rt):
+    """A detractor has answered a survey, not recommended anyone: the NPS answer or review
+    that is not positive leaves the customer at retention, and the explanation says why;
+    the KPI's customers per stage follow."""
+    from cx_connector.scoring import explain, kpis
+    add(rt, order("det", ago(9), 10, "1"), tp("nps_response", "det", ago(5), rating=(3, 10)),
+        order("pro", ago(9), 10, "2"), tp("nps_response", "pro", ago(5), rating=(9, 10)),
+        tp("nps_response", "pas", ago(5), rating=(4, 5)),                # 8 of 10: passive
+        tp("review_posted", "low", ago(5), rating=(2, 5)), tp("review_posted", "hi", ago(5), rating=(4, 5)),
+        tp("review_posted", "plain", ago(5)))                             # no rating: as the source staged it
+    run.run(rt, full=True)
+    stage = {who: values(rt, who)["cx_journey_stage"] for who in ("det", "pro", "pas", "low", "hi", "plain")}
+    assert stage == {"det": "retention", "pro": "advocacy", "pas": "retention", "low": "retention",
+                     "hi": "advocacy", "plain": "advocacy"}
+    assert explanation(rt, "det")["journey"] == {"stage": "retention", "held_back": True}
+    assert explanation(rt, "pro")["journey"] == {"stage": "advocacy"}
+    words = explain.render(explanation(rt, "det"), values(rt, "det"))["cx_journey_stage"]
+    assert words == ("The furthest journey stage any touchpoint reached: retention. Not advocacy: an NPS "
+                     "answer or a review reaches advocacy only when it is positive (a promoter answer, 9-10, "
+                     "or a review rated at least 70% of its scale), and theirs was not.")
+    per_stage = kpis.snapshot(rt, force=True)["kpis"]["customers_per_stage"]
+    assert (per_stage["retention"], per_stage["advocacy"]) == (3, 3)
