@@ -131,3 +131,11 @@ def test_expected_purchases_and_value_stay_over_90_days_whatever_the_horizon(rt,
         before["cx_expected_purchases_90d"], before["cx_clv_90d"])
     words = explain.render(explanation(rt, "ann"), after)["cx_expected_purchases_90d"]
     assert "over max(100 days as a buyer, 90 days)) x 90 days x retention" in words, words
+
+
+def test_fallback_reasons_count_in_words(rt):
+    add(rt, order("ann", ago(10), 40, "1"))
+    report = run.run(rt, full=True)
+    assert report["models"]["bgnbd"]["reason"].startswith("only 1 customer has purchases;")
+    assert explanation(rt, "ann")["model"]["gamma_gamma_fallback"].startswith(
+        "no customer has repeat purchases with a value;")
