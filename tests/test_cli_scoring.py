@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cx_connector import leases
 from cx_connector.cli import main
-from cx_connector.cli.scoring import KPI_ROWS
+from cx_connector.cli.scoring import KPI_ROWS, STAGES_LABEL
 from cx_connector.fields import FIELDS
 from cx_connector.scoring import run
 from tests.scoring.shop import add, order, tp
@@ -54,6 +54,44 @@ def test_score_reports_the_run_and_the_model_used(cli, history):
     text = cli("score", "--full").output
     assert "Scored 2 customers (full pass: asked for)" in text
     assert "Retention: recency fallback (only 1 customer has purchases" in text
+
+
+def test_score_counts_agree_with_their_nouns(cli, history):
+    """'Scored 1 customers' read as careless: one customer, one noun in the singular."""
+    day = ago(20).date().isoformat()  # only ann had a touchpoint then
+    out = cli("score", "--as-of", day).output
+    assert out.startswith("Scored 1 customer (")
+    assert "Cross-sell by category: 0 associations between 1 item from 1 customer" in out
+    # the spend model's fallback reason says "no customer", not "only 0 customers"
+    assert "(no customer has repeat purchases with a value;" in out
+    out = cli("score", "--full").output
+    assert out.startswith("Scored 2 customers (full pass: asked for) in ")
+    assert "2 changed, 0 writes queued." in out
+
+
+def test_score_as_of_says_report_only_once(cli, history):
+    day = ago(20).date().isoformat()
+    out = cli("score", "--as-of", day).output.splitlines()[0]
+    assert f"(report-only run as of {day}: nothing stored)" in out
+    assert out.replace("-", " ").count("report only") == 1, out
+
+
+def test_a_missing_value_reads_n_a_in_score_and_customers(cli, history):
+    """One wording for a score without a value in every text output of score and customers:
+    'n/a' (as the demo and kpis say it), never Python's None nor 'no value'."""
+    out = cli("score", "--customer", "bob@example.com").output
+    assert "\n  cx_score: n/a\n" in out and "\n  cx_clv_90d: n/a\n" in out
+    shown = cli("customers", "show", "bob@example.com").output
+    assert "\n    cx_score: n/a\n" in shown
+    explained = cli("customers", "explain", "bob@example.com").output
+    assert "\nCX score (cx_score): n/a\n" in explained
+    listed = cli("customers", "list").output.splitlines()
+    assert listed[1].startswith("2 ") and " n/a " in listed[1]  # bob, newest first: no CX score
+    for text in (out, shown, explained, "\n".join(listed)):
+        assert "None" not in text and "no value" not in text
+    # JSON keeps null
+    data = json.loads(cli("customers", "explain", "bob@example.com", "--json").output)
+    assert data["scores"]["cx_score"]["value"] is None
 
 
 def test_score_as_of_prints_a_customer_and_stores_nothing(cli, history, engine):
@@ -130,6 +168,9 @@ def test_kpis_prints_the_snapshot_and_stores_it(cli, history, engine):
     r = cli("kpis")
     assert r.exit_code == 0, r.output
     assert "NPS (promoters - detractors, %): 100.0" in r.output
+    # each customer counts in the furthest stage reached: the label says so
+    assert "\n  Customers per stage (furthest reached): " in r.output
+    assert "(rolling 90 days; 2 customers):" in r.output
     data = json.loads(cli("kpis", "--json").output)
     assert data["latest"]["nps"] == 100.0 and data["latest"]["customers"] == 2
     assert count(engine, "kpi_snapshots") == 1
@@ -146,7 +187,7 @@ def test_demo_scores_the_samples_and_prints_kpis():
     assert re.search(r"^  NPS \(promoters - detractors, %\): -?\d+\.\d$", out, re.M)
     for _, label in KPI_ROWS:  # every KPI, as `cx-connector kpis` shows them
         assert f"\n  {label}: " in out, label
-    assert "customers per stage: awareness " in out
+    assert f"\n  {STAGES_LABEL}: awareness " in out
     assert "run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data" in out
     data = json.loads(CliRunner().invoke(main, ["demo", "--json"], catch_exceptions=False).output)
     scored = {c["email"]: c["scores"] for c in data["scoring"]["customers"]}

@@ -111,6 +111,15 @@ def table(rows: list[dict], columns: list[str]) -> None:
                             for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+#: a score or KPI without a value, in every human-readable output (JSON says null)
+NO_VALUE = "n/a"
+
+
+def shown(value: Any, fmt: str = "{}") -> str:
+    """``value`` for a person to read: :data:`NO_VALUE` when there is none."""
+    return NO_VALUE if value is None else fmt.format(value)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 

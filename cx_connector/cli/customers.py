@@ -6,7 +6,7 @@ import click
 
 from cx_connector import customers as people
 from cx_connector import db, identity
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import State, emit_json, json_option, pass_state, shown, table
 
 
 @click.group("customers")
@@ -35,7 +35,7 @@ def list_(state: State, limit: int, offset: int, health: str | None, as_json: bo
     for r in rows:
         r["sources"] = ",".join(r["sources"])
         for key, value in r["scores"].items():
-            r[key] = value
+            r[key] = shown(value)  # a scored customer's missing value; not scored: blank
     extra = [c for c in ("cx_score", "cx_health", "cx_retention_probability", "cx_churn_risk")
              if any(c in r for r in rows)]
     table(rows, ["id", "email", "name", "sources", "touchpoints", "last_touch", *extra])
@@ -70,7 +70,7 @@ def show(state: State, who: str, limit: int, as_json: bool) -> None:
     if summary["scores"]:
         click.echo("  scores:")
         for k, v in summary["scores"].items():
-            click.echo(f"    {k}: {v}")
+            click.echo(f"    {k}: {shown(v)}")
     click.echo(f"  touchpoints ({summary['touchpoints']}, newest first):")
     for t in tps:
         rating = (f" {t['rating_type']}={t['rating_score']}/{t['rating_scale_max']}"
@@ -107,5 +107,5 @@ def explain(state: State, who: str, as_json: bool) -> None:
     click.echo(f"customer {cid}, scored {out['scored_at']:%Y-%m-%d %H:%M} UTC")
     for name, field in FIELDS.items():
         value = out["scores"][name]["value"]
-        click.echo(f"\n{field.label} ({name}): {'no value' if value is None else value}")
+        click.echo(f"\n{field.label} ({name}): {shown(value)}")
         click.echo(f"  {out['scores'][name]['explanation']}")

@@ -21,13 +21,14 @@ import click
 from sqlalchemy import func, select
 
 from cx_connector import db, inbox, logs, registry
-from cx_connector.cli.base import emit_json, table
-from cx_connector.cli.scoring import KPI_ROWS
+from cx_connector.cli.base import emit_json, shown, table
+from cx_connector.cli.scoring import KPI_ROWS, stages_line
 from cx_connector.config import config_from_mapping
 from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
 from cx_connector.models import customers, deliveries, scores, touchpoints
 from cx_connector.runtime import Runtime, build
+from cx_connector.wording import counted
 
 
 def demo_config(database_url: str) -> Any:
@@ -91,10 +92,7 @@ def score_samples(rt: Runtime) -> dict[str, Any]:
 
 def _customer_line(c: dict[str, Any]) -> str:
     v = c["scores"]
-
-    def show(value: Any, fmt: str = "{}") -> str:
-        return "n/a" if value is None else fmt.format(value)
-
+    show = shown  # n/a for a missing value, as `customers show` and `score` print it
     parts = [f"CX {show(v.get('cx_score'))} ({show(v.get('cx_health'))})",
              f"retention {show(v.get('cx_retention_probability'), '{}%')} "
              f"(churn risk {show(v.get('cx_churn_risk'))})",
@@ -132,7 +130,8 @@ def echo_writeback(preview: dict[str, Any]) -> None:
         click.echo("  nothing to write: no scored customer has a record on a platform that writes back")
         return
     for name, p in preview.items():
-        click.echo(f"  {name}: {p['writes']} record writes in {p['requests']} requests")
+        click.echo(f"  {name}: {counted(p['writes'], 'record write')} in "
+                   f"{counted(p['requests'], 'request')}")
         for req in p["planned"]:
             click.echo(f"    {req['method']} {req['path']}")
             click.echo("      " + json_dumps(req["body"])[:2000])
@@ -181,7 +180,7 @@ def demo(database_url: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    click.echo(f"cx-connector demo: {len(report['deliveries'])} sample deliveries from "
+    click.echo(f"cx-connector demo: {counted(len(report['deliveries']), 'sample delivery')} from "
                f"{', '.join(config.connectors)} posted to /webhooks/<source>\n")
     click.echo("Inbox: " + ", ".join(f"{k} {v}" for k, v in sorted(report["inbox"].items())))
     if report["privacy"].get("queued"):
@@ -220,9 +219,9 @@ def demo(database_url: str | None, as_json: bool) -> None:
         click.echo("  (why: run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data; "
                    "it prints the command that explains each score)")
     k = scoring["kpis"] or {}
-    click.echo(f"\nCompany KPIs (rolling {k.get('window_days')} days):")
+    window = f" (rolling {counted(k['window_days'], 'day')})" if k.get("window_days") else ""
+    click.echo(f"\nCompany KPIs{window}:")
     for key, label in KPI_ROWS:
-        click.echo(f"  {label}: {'n/a' if k.get(key) is None else k.get(key)}")
-    click.echo("  customers per stage: " + ", ".join(
-        f"{stage} {n}" for stage, n in (k.get("customers_per_stage") or {}).items()))
+        click.echo(f"  {label}: {shown(k.get(key))}")
+    click.echo(f"  {stages_line(k)}")
     echo_writeback(report["writeback"])

@@ -90,8 +90,12 @@ def spend_summary(f: Features) -> tuple[np.ndarray, np.ndarray]:
     return x, m
 
 
-def _customers(n: int) -> str:
-    return "1 customer has" if n == 1 else f"{n} customers have"
+def _only(n: int) -> str:
+    """The start of a fallback's reason: "only 1 customer has", "only 12 customers have",
+    and "no customer has" for none ("only 0 customers have" read as careless)."""
+    if n == 0:
+        return "no customer has"
+    return "only 1 customer has" if n == 1 else f"only {n} customers have"
 
 
 def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | None = None) -> PopulationFit:
@@ -100,7 +104,7 @@ def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | No
     n = int(buyers.sum())
     fit, error = None, None
     if n < s.min_purchasers:
-        error = (f"only {_customers(n)} purchases; the model is fitted from "
+        error = (f"{_only(n)} purchases; the model is fitted from "
                  f"{s.min_purchasers} (scoring.min_purchasers)")
     else:
         try:
@@ -111,7 +115,7 @@ def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | No
     repeat = (gx > 0) & (gm > 0)
     gg, gg_error = None, None
     if repeat.sum() < s.min_purchasers:
-        gg_error = (f"only {_customers(int(repeat.sum()))} repeat purchases with a value; the spend "
+        gg_error = (f"{_only(int(repeat.sum()))} repeat purchases with a value; the spend "
                     f"model is fitted from {s.min_purchasers} (scoring.min_purchasers)")
     else:
         try:
