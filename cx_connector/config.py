@@ -27,7 +27,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from cx_connector import registry
 from cx_connector.alerts.settings import AlertSettings, AlertSettingsSchema, reference_problems
-from cx_connector.connector import Duration
+from cx_connector.connector import Duration, WholeNumber
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
 
@@ -170,8 +170,8 @@ class ScheduleSchema(_Strict):
 
 class WritebackSchema(_Strict):
     dry_run = fields.Boolean(load_default=False)
-    max_attempts = fields.Integer(load_default=Writeback.max_attempts,
-                                  validate=validate.Range(min=1, max=100))
+    max_attempts = WholeNumber(load_default=Writeback.max_attempts,
+                               validate=validate.Range(min=1, max=100))
     backoff_base = Duration(load_default=Writeback.backoff_base)
     backoff_max = Duration(load_default=Writeback.backoff_max)
     claim_timeout = Duration(load_default=Writeback.claim_timeout)
@@ -184,8 +184,8 @@ class WritebackSchema(_Strict):
 
 
 class WebhooksSchema(_Strict):
-    max_body_bytes = fields.Integer(load_default=Webhooks.max_body_bytes,
-                                    validate=validate.Range(min=1024, max=64 * 1024 * 1024))
+    max_body_bytes = WholeNumber(load_default=Webhooks.max_body_bytes,
+                                 validate=validate.Range(min=1024, max=64 * 1024 * 1024))
     signature_tolerance = Duration(load_default=Webhooks.signature_tolerance)
     database_timeout = Duration(load_default=Webhooks.database_timeout)
 
