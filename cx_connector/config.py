@@ -155,13 +155,33 @@ class _Strict(Schema):
         unknown = RAISE
 
 
+class TimeOfDay(fields.String):
+    """``HH:MM``, 24 h. Unquoted, YAML 1.1 reads ``3:30`` as the base-60 number 210 (and
+    ``3`` as 3): a number gets the same "use HH:MM" hint as ``25:00``, saying what YAML did
+    and how to quote it, not marshmallow's "Not a valid string."."""
+
+    HINT = "use HH:MM (24 h, UTC)"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and 60 <= value < 24 * 60:  # H:MM read in base 60
+                h, m = divmod(value, 60)
+                raise ValidationError(f"{self.HINT}, in quotes: YAML read this as the number {value} "
+                                      f"(unquoted, {h}:{m:02d} is a base-60 number); "
+                                      f"write \"{h:02d}:{m:02d}\"")
+            raise ValidationError(f"{self.HINT}, in quotes: YAML read this as the number {value}; "
+                                  "write e.g. \"03:30\"")
+        text = super()._deserialize(value, attr, data, **kw)
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text):
+            raise ValidationError(self.HINT)
+        return text
+
+
 class ScheduleSchema(_Strict):
     score_every = Duration(load_default=Schedule.score_every)
     sync_every = Duration(load_default=Schedule.sync_every)
     enrich_every = Duration(load_default=Schedule.enrich_every)
-    full_score_at = fields.String(load_default=Schedule.full_score_at,
-                                  validate=validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$",
-                                                           error="use HH:MM (24 h, UTC)"))
+    full_score_at = TimeOfDay(load_default=Schedule.full_score_at)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Schedule:

@@ -289,3 +289,31 @@ def test_check_config_exits_2_on_a_fraction(tmp_path):
     assert result.exit_code == 2
     assert "scoring.horizon_days: must be a whole number, not 90.5" in result.output
 
+
+# --- schedule.full_score_at: YAML 1.1 reads an unquoted 3:30 as the number 210 ----------------
+
+
+@pytest.mark.parametrize(("yaml_value", "says"), [
+    ("3:30", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 210 (unquoted, 3:30 is a '
+             'base-60 number); write "03:30"'),
+    ("23:15", 'YAML read this as the number 1395 (unquoted, 23:15 is a base-60 number); write "23:15"'),
+    ("25:00", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 1500; write e.g. "03:30"'),
+    ("3", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 3; write e.g. "03:30"'),
+    ('"25:00"', "use HH:MM (24 h, UTC)"),
+    ('"3:30"', "use HH:MM (24 h, UTC)"),
+])
+def test_full_score_at_read_as_a_number_gets_the_hh_mm_hint(tmp_path, yaml_value, says):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"schedule:\n  full_score_at: {yaml_value}\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    assert result.exit_code == 2
+    line = next(x for x in result.output.splitlines() if "schedule.full_score_at" in x)
+    assert line.endswith(says), line
+    assert "Not a valid string" not in result.output
+
+
+@pytest.mark.parametrize("yaml_value", ['"03:30"', "03:30", "'23:59'"])  # unquoted 03:30 is a string
+def test_full_score_at_accepts_hh_mm(tmp_path, yaml_value):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"schedule:\n  full_score_at: {yaml_value}\n")
+    assert load_config(cfg, env={}).schedule.full_score_at == yaml_value.strip("'\"")
