@@ -222,3 +222,57 @@ def test_the_explain_command_quotes_only_what_needs_it():
     # a '#' would start a YAML comment: single-quoted in YAML, then for the shell
     assert explain_command("postgresql://u:p#1@db/cx", 7).startswith(
         "echo 'database_url: '\"'\"'postgresql://u:p#1@db/cx'\"'\"'' > cx-demo.yaml")
+
+
+TABLES = ("customers", "touchpoints", "deliveries", "outbox", "scores", "job_runs")
+
+
+def test_the_demo_refuses_a_database_with_data_and_changes_nothing(database_url, rt, engine):
+    """The demo rescored everyone in the database it was given and left sample write-backs
+    in the outbox, which a real `sync` would send: a database with data is a usage error."""
+    from tests.conftest import count
+    add(rt, order("ann", ago(3), 30, "1", "coffee"))  # one real customer
+    before = {t: count(engine, t) for t in TABLES}
+    r = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--database-url': this database already holds customers and touchpoints." \
+        in r.output
+    assert "only runs on a new file or an empty database" in r.output
+    assert {t: count(engine, t) for t in TABLES} == before
+
+
+def test_the_demo_refuses_a_database_with_only_webhook_deliveries(database_url, post_signed, engine):
+    from tests.conftest import count
+    post_signed("generic", b"{not json")  # a failed delivery, and nothing else
+    assert count(engine, "deliveries") == 1 and count(engine, "customers") == 0
+    r = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert r.exit_code == 2 and "this database already holds webhook deliveries." in r.output
+
+
+def test_the_demo_runs_on_an_empty_database_once(database_url, engine):
+    """A migrated database without rows is empty; the second run finds the first one's
+    samples and is refused, saying why."""
+    from tests.conftest import count
+    first = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "(the day after the newest sample event)" in first.output
+    before = {t: count(engine, t) for t in TABLES}
+    again = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert again.exit_code == 2
+    assert ("A database an earlier demo filled is refused too: the demo runs once per database."
+            in again.output)
+    assert {t: count(engine, t) for t in TABLES} == before
+
+
+def test_the_demo_refuses_its_own_file_without_migrating_it_first(tmp_path):
+    """A refused database is not touched, not even its schema (it may be an older release's)."""
+    url = f"sqlite:///{tmp_path / 'cx-demo.db'}"
+    assert CliRunner().invoke(main, ["demo", "--database-url", url], catch_exceptions=False).exit_code == 0
+    path = tmp_path / "cx-demo.db"
+    import sqlite3
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0001_initial'")
+    r = CliRunner().invoke(main, ["demo", "--database-url", url], catch_exceptions=False)
+    assert r.exit_code == 2 and "already holds customers, touchpoints and webhook deliveries" in r.output
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001_initial",)

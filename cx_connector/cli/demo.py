@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 
 from cx_connector import db, inbox, logs, registry
 from cx_connector.cli.base import emit_json, shown, table
@@ -148,12 +148,46 @@ def explain_command(database_url: str, who: int | str) -> str:
             f"cx-connector --config cx-demo.yaml customers explain {who}")
 
 
+#: what makes a database "not empty" for the demo, with the words its refusal uses
+HOLDS = ((customers, "customers"), (touchpoints, "touchpoints"), (deliveries, "webhook deliveries"))
+
+
+def data_held(engine: Any) -> list[str]:
+    """What the database already holds of :data:`HOLDS` (nothing: a new file, an empty
+    database or one with the tables but no rows). Read before any migration: a database
+    the demo refuses must not be changed either, not even its schema. One row is enough to
+    tell (no count of a large table)."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        present = set(inspect(conn).get_table_names())
+        return [words for table, words in HOLDS if table.name in present and conn.execute(
+            select(literal(1)).select_from(table).limit(1)).first() is not None]
+
+
+def refuse_data(held: list[str]) -> None:
+    """The demo posts sample customers, rescores everyone and leaves sample write-backs
+    pending in the outbox, which a real `sync` would later send to the platform ids of the
+    samples: in a database with data of its own that is damage, not a demo."""
+    what = ", ".join(held[:-1]) + (" and " if len(held) > 1 else "") + held[-1]
+    raise click.BadParameter(
+        f"this database already holds {what}. The demo adds sample customers, rescores "
+        "everyone and queues write-backs that a real `sync` would send, so it only runs on a "
+        "new file or an empty database: choose one (e.g. sqlite:///cx-demo-2.db). A database "
+        "an earlier demo filled is refused too: the demo runs once per database.",
+        param_hint="'--database-url'")
+
+
 @click.command("demo")
 @click.option("--database-url", default=None,
               help="Keep the demo data in this database (default: a temporary SQLite file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def demo(database_url: str | None, as_json: bool) -> None:
-    """Run the pipeline on the bundled sample events (SQLite, no accounts needed)."""
+    """Run the pipeline on the bundled sample events (SQLite, no accounts needed).
+
+    With --database-url the database must be new or empty (no customer, touchpoint or
+    webhook delivery): the demo refuses one with data, including one it filled before
+    (exit code 2)."""
     with tempfile.TemporaryDirectory(prefix="cx-demo-") as tmp:
         url = database_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
         try:
@@ -162,6 +196,10 @@ def demo(database_url: str | None, as_json: bool) -> None:
             raise click.ClickException(str(exc)) from None
         logs.configure("ERROR", "text", config.secrets())
         rt = build(config)
+        held = data_held(rt.engine) if database_url else []
+        if held:
+            rt.engine.dispose()
+            refuse_data(held)
         db.upgrade(rt.engine)
         report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
         report["deliveries"] = ingest_samples(rt)
