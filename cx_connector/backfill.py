@@ -58,6 +58,7 @@ from cx_connector.models import backfill_state, customers, job_runs
 from cx_connector.runtime import Runtime
 from cx_connector.throttle import Clock, Limiter
 from cx_connector.touchpoint import clean_text
+from cx_connector.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,8 @@ class _Run:
             return todo, done
         unfinished = [r for r in saved.values() if r["status"] in UNFINISHED]
         if unfinished and not self.restart:
-            what = "; ".join(f"{r['resource']}: {r['status']} after {r['pages']} pages, "
-                             f"{r['records']} records" for r in unfinished)
+            what = "; ".join(f"{r['resource']}: {r['status']} after {counted(r['pages'], 'page')}, "
+                             f"{counted(r['records'], 'record')}" for r in unfinished)
             raise BackfillRefused(
                 f"an earlier backfill of {self.source} did not finish ({what}). Continue it with "
                 f"`cx-connector backfill {self.source} --resume`, or start over with --restart")
@@ -357,7 +358,7 @@ class _Run:
                     f"{self.source}: the answer was not JSON ({exc.msg})"
                 attempts += 1
                 if attempts >= self.max_attempts:
-                    raise _Stop("failed", f"{message} ({attempts} attempts); "
+                    raise _Stop("failed", f"{message} ({counted(attempts, 'attempt')}); "
                                           + self._resume_hint()) from exc
                 wait = _backoff(attempts)
                 self._wait(res, wait, f"{message}; attempt {attempts + 1} in {wait:g} s")

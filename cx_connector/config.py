@@ -27,7 +27,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from cx_connector import registry
 from cx_connector.alerts.settings import AlertSettings, AlertSettingsSchema, reference_problems
-from cx_connector.connector import Duration
+from cx_connector.connector import Duration, WholeNumber
 from cx_connector.errors import ConfigError
 from cx_connector.scoring.settings import ScoringSettings, ScoringSettingsSchema
 
@@ -155,13 +155,33 @@ class _Strict(Schema):
         unknown = RAISE
 
 
+class TimeOfDay(fields.String):
+    """``HH:MM``, 24 h. Unquoted, YAML 1.1 reads ``3:30`` as the base-60 number 210 (and
+    ``3`` as 3): a number gets the same "use HH:MM" hint as ``25:00``, saying what YAML did
+    and how to quote it, not marshmallow's "Not a valid string."."""
+
+    HINT = "use HH:MM (24 h, UTC)"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and 60 <= value < 24 * 60:  # H:MM read in base 60
+                h, m = divmod(value, 60)
+                raise ValidationError(f"{self.HINT}, in quotes: YAML read this as the number {value} "
+                                      f"(unquoted, {h}:{m:02d} is a base-60 number); "
+                                      f"write \"{h:02d}:{m:02d}\"")
+            raise ValidationError(f"{self.HINT}, in quotes: YAML read this as the number {value}; "
+                                  "write e.g. \"03:30\"")
+        text = super()._deserialize(value, attr, data, **kw)
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text):
+            raise ValidationError(self.HINT)
+        return text
+
+
 class ScheduleSchema(_Strict):
     score_every = Duration(load_default=Schedule.score_every)
     sync_every = Duration(load_default=Schedule.sync_every)
     enrich_every = Duration(load_default=Schedule.enrich_every)
-    full_score_at = fields.String(load_default=Schedule.full_score_at,
-                                  validate=validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$",
-                                                           error="use HH:MM (24 h, UTC)"))
+    full_score_at = TimeOfDay(load_default=Schedule.full_score_at)
 
     @post_load
     def _make(self, data: dict, **_: Any) -> Schedule:
@@ -170,8 +190,8 @@ class ScheduleSchema(_Strict):
 
 class WritebackSchema(_Strict):
     dry_run = fields.Boolean(load_default=False)
-    max_attempts = fields.Integer(load_default=Writeback.max_attempts,
-                                  validate=validate.Range(min=1, max=100))
+    max_attempts = WholeNumber(load_default=Writeback.max_attempts,
+                               validate=validate.Range(min=1, max=100))
     backoff_base = Duration(load_default=Writeback.backoff_base)
     backoff_max = Duration(load_default=Writeback.backoff_max)
     claim_timeout = Duration(load_default=Writeback.claim_timeout)
@@ -184,8 +204,8 @@ class WritebackSchema(_Strict):
 
 
 class WebhooksSchema(_Strict):
-    max_body_bytes = fields.Integer(load_default=Webhooks.max_body_bytes,
-                                    validate=validate.Range(min=1024, max=64 * 1024 * 1024))
+    max_body_bytes = WholeNumber(load_default=Webhooks.max_body_bytes,
+                                 validate=validate.Range(min=1024, max=64 * 1024 * 1024))
     signature_tolerance = Duration(load_default=Webhooks.signature_tolerance)
     database_timeout = Duration(load_default=Webhooks.database_timeout)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -510,6 +511,34 @@ class Duration(fields.Field):
             return timedelta(seconds=seconds)
         except OverflowError:  # YAML .inf, or more weeks than a timedelta holds
             raise ValidationError("too long (timedelta overflow)") from None
+
+
+class WholeNumber(fields.Integer):
+    """A marshmallow field for a whole-number setting (days, attempts, a batch size), for
+    the core config and connector settings alike.
+
+    marshmallow's ``Integer`` turns ``90.5`` into 90 without a word (``int(90.5)``), so a
+    fractional value passed ``check-config`` and was silently cut. Here it is an error. A
+    float with no fraction (``90.0``) loses nothing and is taken; so is ``"90"``, what a
+    ``${VAR}`` gives (``strict=True`` would refuse it: interpolation yields strings).
+    """
+
+    default_error_messages = {"invalid": "not a whole number"}
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, str):  # from a ${VAR}
+            text = value.strip()
+            try:
+                return super()._validated(int(text))
+            except ValueError:
+                pass
+            try:
+                value = float(text)  # "90.5" is refused below, "90.0" taken as 90
+            except ValueError:
+                raise self.make_error("invalid") from None
+        if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            raise ValidationError(f"must be a whole number, not {value!r}")
+        return super()._validated(value)
 
 
 #: hosts that may be called over plain http: this machine (tests, local mock servers)

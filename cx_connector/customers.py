@@ -139,6 +139,23 @@ def listing(conn: Connection, *, health: str | None = None, query: str | None = 
     return list(conn.execute(q).scalars())[offset:]
 
 
+def count(conn: Connection, *, health: str | None = None) -> int:
+    """How many customers :func:`listing` lists with ``health`` over all its pages (one
+    count query; the CLI asks only when a page is full, to say that more exist)."""
+    if health is not None and health not in HEALTH_FILTERS:
+        raise ValueError(f"health must be one of {', '.join(HEALTH_FILTERS)}")
+    alive = customers_t.c.merged_into_id.is_(None)
+    if health is None:
+        q = select(func.count()).select_from(customers_t).where(alive)
+    else:
+        h = health_of(conn)
+        joined = customers_t.outerjoin(scores, scores.c.customer_id == customers_t.c.id)
+        # "none": not scored (no scores row: the outer join's NULL), or scored without a health
+        q = select(func.count()).select_from(joined).where(alive, h.is_(None) if health == "none"
+                                                            else h == health)
+    return int(conn.execute(q).scalar_one())
+
+
 def timeline(conn: Connection, customer_id: int, *, limit: int = 50,
              before: tuple[datetime, int] | None = None) -> list[dict[str, Any]]:
     """The customer's touchpoints, newest first; ``before`` = ``(occurred_at, id)`` of the

@@ -4,7 +4,8 @@ One JSON object per line, on stderr, from every process (web workers, gunicorn's
 master through :class:`GunicornLogger`, the clock, CLI commands). Every line has
 ``time``, ``level``, ``logger`` and ``message``; ``request_id`` inside a web request;
 ``job`` and ``job_run_id`` inside a job run (see :func:`fields`); then the call's own
-``extra`` fields, and ``exception`` with the traceback.
+``extra`` fields, and ``exception`` with the traceback. ``logging.format: text`` writes
+the same fields as ``key=value`` after the message (:class:`TextFormatter`).
 
 Secrets are kept out of log calls by design (headers and bodies are never logged);
 :class:`ScrubSecrets` is the second line of defence: any configured secret value
@@ -18,6 +19,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -53,6 +55,29 @@ def carry_context(fn: Callable[..., T]) -> Callable[..., T]:
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+#: where :class:`ScrubSecrets` leaves the scrubbed copy of the context's :func:`fields`
+_CONTEXT_ATTR = "_cx_log_fields"
+
+
+def structured(record: logging.LogRecord) -> dict[str, Any]:
+    """A line's fields beyond time, level, logger and message: ``request_id``, the
+    context's :func:`fields` (``job``, ``job_run_id``), then the call's own ``extra``
+    (which wins over a context field of the same name)."""
+    out: dict[str, Any] = {}
+    rid = request_id.get()
+    if rid:
+        out["request_id"] = rid
+    context = getattr(record, _CONTEXT_ATTR, None)
+    if context is None:
+        context = _fields.get()
+    if context:
+        out.update(context)
+    values = record.__dict__
+    for key in _extra_keys(values):
+        out[key] = values[key]
+    return out
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -61,18 +86,42 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        rid = request_id.get()
-        if rid:
-            out["request_id"] = rid
-        extra = _fields.get()
-        if extra:
-            out.update(extra)
-        values = record.__dict__
-        for key in _extra_keys(values):
-            out[key] = values[key]
+        out.update(structured(record))
         if record.exc_info or record.exc_text:
             out["exception"] = record.exc_text or self.formatException(record.exc_info)
         return _ENCODER.encode(out)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...``: the fields a JSON line carries
+    (:func:`structured`: the job, its status and duration, the request id...) after the
+    message, so that ``job finished`` says which job, how it ended and how long it took.
+
+    A value with a space, a quote, an ``=`` or a line break is a JSON string (quoted and
+    escaped), so a line stays one line and splits back into its pairs; dicts and lists
+    are compact JSON. Values have been scrubbed of secrets by :class:`ScrubSecrets`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        pairs = " ".join(f"{key}={_text_value(value)}" for key, value in structured(record).items())
+        return f"{line} {pairs}" if pairs else line
+
+
+_BARE = re.compile(r"[^\s\"'=\\]+")
+#: compact: a dict or list value must not contain spaces (they separate the pairs)
+_COMPACT = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else _COMPACT.encode(value)
+    if isinstance(value, _PLAIN) or value is None or isinstance(value, dict | list | tuple):
+        return _COMPACT.encode(value)
+    return _text_value(str(value))  # a datetime, a Decimal...
 
 
 #: one encoder for every line (``json.dumps`` with options builds a new one per call)
@@ -99,26 +148,31 @@ class ScrubSecrets(logging.Filter):
                 text = text.replace(s, "[redacted]")
         return text
 
+    def _scrub_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, str):
+            return self._scrub(value)
+        text = json.dumps(value, default=str, ensure_ascii=False)  # dicts, lists: as logged
+        scrubbed = self._scrub(text)
+        if scrubbed == text:
+            return value
+        try:
+            return json.loads(scrubbed)
+        except ValueError:
+            return scrubbed
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
         record.msg = self._scrub(record.getMessage())
         record.args = ()
         values = record.__dict__
-        for key in [k for k in values if k not in _STANDARD]:
-            value = values[key]
-            if value is None or isinstance(value, _PLAIN):
-                continue
-            if isinstance(value, str):
-                setattr(record, key, self._scrub(value))
-                continue
-            text = json.dumps(value, default=str, ensure_ascii=False)  # dicts, lists: as logged
-            scrubbed = self._scrub(text)
-            if scrubbed != text:
-                try:
-                    setattr(record, key, json.loads(scrubbed))
-                except ValueError:
-                    setattr(record, key, scrubbed)
+        for key in [k for k in values if k not in _STANDARD and k != _CONTEXT_ATTR]:
+            setattr(record, key, self._scrub_value(values[key]))
+        context = _fields.get()
+        if context:  # the job's fields, printed with the line by either formatter
+            setattr(record, _CONTEXT_ATTR, {k: self._scrub_value(v) for k, v in context.items()})
         if record.exc_info and not record.exc_text:
             # formatted once, scrubbed, and cached where every formatter looks for it
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -131,8 +185,7 @@ _HANDLER_NAME = "cx-connector"
 
 
 def _formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if fmt == "json" else \
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
 def is_configured() -> bool:

@@ -69,6 +69,7 @@ from cx_connector.errors import (
 from cx_connector.models import audit_log, identities, outbox, written_values
 from cx_connector.runtime import Runtime
 from cx_connector.throttle import Clock, Limiter
+from cx_connector.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -652,7 +653,7 @@ class _Marking:
             attempts += 1
             if attempts >= run.opts.max_attempts:
                 values.update(status="dead", fields=remaining or cur.fields,
-                              last_error=f"gave up after {attempts} attempts: {result.reason}")
+                              last_error=f"gave up after {counted(attempts, 'attempt')}: {result.reason}")
                 stats.dead += 1
             else:
                 key = (request, attempts, result.retry_after or 0.0)

@@ -73,6 +73,13 @@ def test_import_reports_unstorable_amounts_by_line_and_keeps_the_rest(cli, tmp_p
     assert count(engine, "touchpoints") == 2
 
 
+def test_import_summary_counts_in_the_singular(cli, tmp_path):
+    f = tmp_path / "one.jsonl"
+    f.write_text(line("o1") + "\n" + "{broken\n")
+    r = cli("import", str(f))
+    assert "1 valid line (1 new touchpoint, 0 already known), 1 invalid line skipped" in r.output
+
+
 def test_import_json_summary_and_stdin(cli, engine):
     r = cli("import", "-", "--json", input=line("o9") + "\n")
     assert r.exit_code == 0
@@ -90,6 +97,11 @@ def test_events_list_show_and_replay(cli, post_signed, engine, rt, monkeypatch):
     assert "{bad json" in cli("events", "show", str(rows[0]["id"])).output
     r = cli("events", "replay", "--failed")
     assert r.exit_code == 1 and "failed: body is not valid JSON" in r.output
+    processed = json.loads(cli("events", "list", "--status", "processed", "--json").output)[0]["id"]
+    with engine.begin() as conn:  # delivered again after its touchpoint was lost: stored anew
+        conn.execute(text("DELETE FROM touchpoints"))
+    replayed = cli("events", "replay", str(processed)).output
+    assert f"delivery {processed}: processed (1 new touchpoint)" in replayed
     assert cli("events", "replay").exit_code == 2  # usage error: ID or --failed
 
 

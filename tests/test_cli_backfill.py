@@ -48,11 +48,11 @@ def test_plain_progress_lines_and_summary(cli, engine):
     assert r.exit_code == 0, r.output
     assert "backfill zendesk: satisfaction_ratings\n" in r.stderr
     assert "backfill zendesk satisfaction_ratings: starting\n" in r.stderr
-    assert ("backfill zendesk satisfaction_ratings: page 1, 2 records · 1 pages · 2 new touchpoints"
+    assert ("backfill zendesk satisfaction_ratings: page 1, 2 records · 1 page · 2 new touchpoints"
             in r.stderr)
     assert "backfill zendesk satisfaction_ratings: done, 3 records · 2 pages · 3 new touchpoints" in r.stderr
     assert "satisfaction_ratings  done    2      3        3" in r.stdout
-    assert "zendesk: 3 records, 3 new touchpoints. The next scoring run rescores all 1 customers." \
+    assert "zendesk: 3 records, 3 new touchpoints. The next scoring run rescores the 1 customer." \
         in r.stdout
     assert count(engine, "touchpoints") == 3
 

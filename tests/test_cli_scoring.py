@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cx_connector import leases
 from cx_connector.cli import main
-from cx_connector.cli.scoring import KPI_ROWS
+from cx_connector.cli.scoring import KPI_ROWS, STAGES_LABEL
 from cx_connector.fields import FIELDS
 from cx_connector.scoring import run
 from tests.scoring.shop import add, order, tp
@@ -54,6 +54,44 @@ def test_score_reports_the_run_and_the_model_used(cli, history):
     text = cli("score", "--full").output
     assert "Scored 2 customers (full pass: asked for)" in text
     assert "Retention: recency fallback (only 1 customer has purchases" in text
+
+
+def test_score_counts_agree_with_their_nouns(cli, history):
+    """'Scored 1 customers' read as careless: one customer, one noun in the singular."""
+    day = ago(20).date().isoformat()  # only ann had a touchpoint then
+    out = cli("score", "--as-of", day).output
+    assert out.startswith("Scored 1 customer (")
+    assert "Cross-sell by category: 0 associations between 1 item from 1 customer" in out
+    # the spend model's fallback reason says "no customer", not "only 0 customers"
+    assert "(no customer has repeat purchases with a value;" in out
+    out = cli("score", "--full").output
+    assert out.startswith("Scored 2 customers (full pass: asked for) in ")
+    assert "2 changed, 0 writes queued." in out
+
+
+def test_score_as_of_says_report_only_once(cli, history):
+    day = ago(20).date().isoformat()
+    out = cli("score", "--as-of", day).output.splitlines()[0]
+    assert f"(report-only run as of {day}: nothing stored)" in out
+    assert out.replace("-", " ").count("report only") == 1, out
+
+
+def test_a_missing_value_reads_n_a_in_score_and_customers(cli, history):
+    """One wording for a score without a value in every text output of score and customers:
+    'n/a' (as the demo and kpis say it), never Python's None nor 'no value'."""
+    out = cli("score", "--customer", "bob@example.com").output
+    assert "\n  cx_score: n/a\n" in out and "\n  cx_clv_90d: n/a\n" in out
+    shown = cli("customers", "show", "bob@example.com").output
+    assert "\n    cx_score: n/a\n" in shown
+    explained = cli("customers", "explain", "bob@example.com").output
+    assert "\nCX score (cx_score): n/a\n" in explained
+    listed = cli("customers", "list").output.splitlines()
+    assert listed[1].startswith("2 ") and " n/a " in listed[1]  # bob, newest first: no CX score
+    for text in (out, shown, explained, "\n".join(listed)):
+        assert "None" not in text and "no value" not in text
+    # JSON keeps null
+    data = json.loads(cli("customers", "explain", "bob@example.com", "--json").output)
+    assert data["scores"]["cx_score"]["value"] is None
 
 
 def test_score_as_of_prints_a_customer_and_stores_nothing(cli, history, engine):
@@ -130,6 +168,9 @@ def test_kpis_prints_the_snapshot_and_stores_it(cli, history, engine):
     r = cli("kpis")
     assert r.exit_code == 0, r.output
     assert "NPS (promoters - detractors, %): 100.0" in r.output
+    # each customer counts in the furthest stage reached: the label says so
+    assert "\n  Customers per stage (furthest reached): " in r.output
+    assert "(rolling 90 days; 2 customers):" in r.output
     data = json.loads(cli("kpis", "--json").output)
     assert data["latest"]["nps"] == 100.0 and data["latest"]["customers"] == 2
     assert count(engine, "kpi_snapshots") == 1
@@ -146,7 +187,7 @@ def test_demo_scores_the_samples_and_prints_kpis():
     assert re.search(r"^  NPS \(promoters - detractors, %\): -?\d+\.\d$", out, re.M)
     for _, label in KPI_ROWS:  # every KPI, as `cx-connector kpis` shows them
         assert f"\n  {label}: " in out, label
-    assert "customers per stage: awareness " in out
+    assert f"\n  {STAGES_LABEL}: awareness " in out
     assert "run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data" in out
     data = json.loads(CliRunner().invoke(main, ["demo", "--json"], catch_exceptions=False).output)
     scored = {c["email"]: c["scores"] for c in data["scoring"]["customers"]}
@@ -181,3 +222,57 @@ def test_the_explain_command_quotes_only_what_needs_it():
     # a '#' would start a YAML comment: single-quoted in YAML, then for the shell
     assert explain_command("postgresql://u:p#1@db/cx", 7).startswith(
         "echo 'database_url: '\"'\"'postgresql://u:p#1@db/cx'\"'\"'' > cx-demo.yaml")
+
+
+TABLES = ("customers", "touchpoints", "deliveries", "outbox", "scores", "job_runs")
+
+
+def test_the_demo_refuses_a_database_with_data_and_changes_nothing(database_url, rt, engine):
+    """The demo rescored everyone in the database it was given and left sample write-backs
+    in the outbox, which a real `sync` would send: a database with data is a usage error."""
+    from tests.conftest import count
+    add(rt, order("ann", ago(3), 30, "1", "coffee"))  # one real customer
+    before = {t: count(engine, t) for t in TABLES}
+    r = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--database-url': this database already holds customers and touchpoints." \
+        in r.output
+    assert "only runs on a new file or an empty database" in r.output
+    assert {t: count(engine, t) for t in TABLES} == before
+
+
+def test_the_demo_refuses_a_database_with_only_webhook_deliveries(database_url, post_signed, engine):
+    from tests.conftest import count
+    post_signed("generic", b"{not json")  # a failed delivery, and nothing else
+    assert count(engine, "deliveries") == 1 and count(engine, "customers") == 0
+    r = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert r.exit_code == 2 and "this database already holds webhook deliveries." in r.output
+
+
+def test_the_demo_runs_on_an_empty_database_once(database_url, engine):
+    """A migrated database without rows is empty; the second run finds the first one's
+    samples and is refused, saying why."""
+    from tests.conftest import count
+    first = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "(the day after the newest sample event)" in first.output
+    before = {t: count(engine, t) for t in TABLES}
+    again = CliRunner().invoke(main, ["demo", "--database-url", database_url], catch_exceptions=False)
+    assert again.exit_code == 2
+    assert ("A database an earlier demo filled is refused too: the demo runs once per database."
+            in again.output)
+    assert {t: count(engine, t) for t in TABLES} == before
+
+
+def test_the_demo_refuses_its_own_file_without_migrating_it_first(tmp_path):
+    """A refused database is not touched, not even its schema (it may be an older release's)."""
+    url = f"sqlite:///{tmp_path / 'cx-demo.db'}"
+    assert CliRunner().invoke(main, ["demo", "--database-url", url], catch_exceptions=False).exit_code == 0
+    path = tmp_path / "cx-demo.db"
+    import sqlite3
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0001_initial'")
+    r = CliRunner().invoke(main, ["demo", "--database-url", url], catch_exceptions=False)
+    assert r.exit_code == 2 and "already holds customers, touchpoints and webhook deliveries" in r.output
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001_initial",)

@@ -55,7 +55,7 @@ def test_setup_twice_then_dry_run_prints_requests(cli, hub):
     responses.replace(responses.GET, f"{HUB}/crm/v3/properties/contacts",
                       json={"results": [property_definition(f) for f in SCORE_FIELDS]})
     r = cli("setup")
-    assert r.exit_code == 0 and "hubspot: nothing to do, all 14 already exist" in r.output
+    assert r.exit_code == 0 and "hubspot: nothing to do, all 14 fields already exist" in r.output
 
 
 @responses.activate
@@ -66,6 +66,10 @@ def test_sync_dry_run_json_then_sync_then_outbox(cli, hub):
     out = json.loads(r.output)
     assert out["status"] == "ok" and out["details"]["dry_run"] is True
     assert out["details"]["platforms"]["hubspot"]["planned"][0]["body"]["inputs"][1]["id"] == "2"
+    # counts agree with their nouns: "1 requests" read as careless
+    r = cli("sync", "--dry-run")
+    assert "hubspot (dry run): 2 pending writes, 1 request would be sent:" in r.output
+    assert "POST /crm/v3/objects/contacts/batch/update  (2 records)" in r.output
 
     r = cli("outbox")
     assert "hubspot: 2 pending" in r.output and "cx_score=87" in r.output
@@ -74,7 +78,7 @@ def test_sync_dry_run_json_then_sync_then_outbox(cli, hub):
         {"category": "VALIDATION_ERROR", "message": "bad value for cx_health", "context": {"ids": ["2"]}}]})
     r = cli("sync")
     assert r.exit_code == 0
-    assert "hubspot: 2 writes in 1 requests: 1 written, 0 to retry, 1 dead" in r.output
+    assert "hubspot: 2 writes in 1 request: 1 written, 0 to retry, 1 dead" in r.output
 
     r = cli("outbox", "--dead", "--json")
     dead = json.loads(r.output)["writes"]
@@ -83,7 +87,7 @@ def test_sync_dry_run_json_then_sync_then_outbox(cli, hub):
     assert "bad value for cx_health" in r.output
 
     r = cli("outbox", "retry")
-    assert f"re-queued 1 dead writes: {dead[0]['id']}" in r.output
+    assert f"re-queued 1 dead write: {dead[0]['id']}" in r.output
     assert [x["status"] for x in rows(hub.engine)] == ["done", "pending"]
     assert "no dead writes to re-queue" in cli("outbox", "retry").output
 
@@ -105,7 +109,7 @@ def test_demo_step_shows_what_would_be_written_to_each_platform(rt, capsys):
     assert {k: v["requests"] for k, v in preview.items()} == {"hubspot": 1, "zendesk": 1, "shopify": 1}
     demo.echo_writeback(preview)
     out = capsys.readouterr().out
-    assert "hubspot: 1 record writes in 1 requests" in out
+    assert "hubspot: 1 record write in 1 request" in out
     assert "PUT /api/v2/users/update_many.json" in out and "gid://shopify/Customer/7369823420631" in out
     assert [r["status"] for r in rows(rt.engine)] == ["pending"] * 3
 

@@ -212,3 +212,108 @@ def test_admin_section():
                  "admin.cookie": "unknown key (misspelt? see config/cx-connector.example.yaml)"}
     text = EXAMPLE.read_text()
     assert "secure_cookie: auto" in text and "session_lifetime: 12h" in text
+
+
+# --- whole numbers: a fraction is an error, never cut to an integer ------------------------
+
+
+def _integer_fields(schema, path=""):
+    """Every integer field under ``schema``: (key path, field)."""
+    from marshmallow import fields as mf
+
+    from cx_connector.alerts.settings import Named
+    out = []
+    for name, field in schema().fields.items():
+        key = f"{path}.{name}" if path else name
+        if isinstance(field, mf.Nested):
+            out += _integer_fields(type(field.schema), key)
+        elif isinstance(field, Named):
+            out += _integer_fields(field.schema, f"{key}.<name>")
+        elif isinstance(field, mf.Integer):
+            out.append((key, field))
+    return out
+
+
+def test_every_integer_setting_refuses_a_fraction():
+    """Found by walking the schemas, connectors' sections included: a new integer setting
+    declared with marshmallow's Integer (which cuts 90.5 to 90) fails this test."""
+    from cx_connector import registry
+    from cx_connector.config import ConfigSchema
+    from cx_connector.connector import WholeNumber
+    found = _integer_fields(ConfigSchema)
+    for name, cls in registry.available().items():
+        found += _integer_fields(cls.settings_schema, f"connectors.{name}")
+    paths = {path for path, _ in found}
+    assert {"scoring.horizon_days", "scoring.kpi_window_days", "scoring.min_purchasers",
+            "scoring.cross_sell.min_support", "scoring.cross_sell.top_k", "scoring.cx.contacts_per_issue_max",
+            "writeback.max_attempts", "webhooks.max_body_bytes", "alerts.max_attempts",
+            "alerts.webhooks.<name>.max_per_minute", "alerts.rules.<name>.times",
+            "alerts.rules.<name>.detractor_max", "connectors.hubspot.batch_size",
+            "connectors.zendesk.csat_scale", "connectors.shopify.graphql_bucket_size"} <= paths
+    assert [path for path, field in found if not isinstance(field, WholeNumber)] == []
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ({"scoring": {"horizon_days": 90.5}}, "scoring.horizon_days", "90.5"),
+    ({"scoring": {"kpi_window_days": 30.9}}, "scoring.kpi_window_days", "30.9"),
+    ({"scoring": {"cross_sell": {"top_k": 2.5}}}, "scoring.cross_sell.top_k", "2.5"),
+    ({"writeback": {"max_attempts": "3.5"}}, "writeback.max_attempts", "3.5"),  # from a ${VAR}
+    ({"webhooks": {"max_body_bytes": 1048576.5}}, "webhooks.max_body_bytes", "1048576.5"),
+    ({"alerts": {"max_attempts": 1.5}}, "alerts.max_attempts", "1.5"),
+])
+def test_a_fraction_where_a_whole_number_is_meant_is_an_error(section, key, value):
+    assert problems(section) == {key: f"must be a whole number, not {value}"}
+
+
+def test_a_connector_setting_with_a_fraction_is_an_error():
+    from tests.conftest import TEST_CONNECTORS
+    zendesk = {**TEST_CONNECTORS["zendesk"], "csat_scale": 5.5, "batch_size": 99.9}  # 5.5 passed OneOf as 5
+    assert problems({"connectors": {"zendesk": zendesk}}) == {
+        "connectors.zendesk.csat_scale": "must be a whole number, not 5.5",
+        "connectors.zendesk.batch_size": "must be a whole number, not 99.9"}
+
+
+def test_whole_numbers_written_otherwise_are_taken():
+    c = config_from_mapping({"scoring": {"horizon_days": "${H}", "kpi_window_days": 30.0},
+                             "writeback": {"max_attempts": " 4 "}}, env={"H": "60"})
+    assert (c.scoring.horizon_days, c.scoring.kpi_window_days, c.writeback.max_attempts) == (60, 30, 4)
+    assert isinstance(c.scoring.kpi_window_days, int)
+    assert problems({"scoring": {"horizon_days": "ninety"}}) == {"scoring.horizon_days": "not a whole number"}
+    assert problems({"scoring": {"horizon_days": True}}) == {"scoring.horizon_days": "not a whole number"}
+
+
+def test_check_config_exits_2_on_a_fraction(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scoring:\n  horizon_days: 90.5\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    assert result.exit_code == 2
+    assert "scoring.horizon_days: must be a whole number, not 90.5" in result.output
+
+
+# --- schedule.full_score_at: YAML 1.1 reads an unquoted 3:30 as the number 210 ----------------
+
+
+@pytest.mark.parametrize(("yaml_value", "says"), [
+    ("3:30", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 210 (unquoted, 3:30 is a '
+             'base-60 number); write "03:30"'),
+    ("23:15", 'YAML read this as the number 1395 (unquoted, 23:15 is a base-60 number); write "23:15"'),
+    ("25:00", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 1500; write e.g. "03:30"'),
+    ("3", 'use HH:MM (24 h, UTC), in quotes: YAML read this as the number 3; write e.g. "03:30"'),
+    ('"25:00"', "use HH:MM (24 h, UTC)"),
+    ('"3:30"', "use HH:MM (24 h, UTC)"),
+])
+def test_full_score_at_read_as_a_number_gets_the_hh_mm_hint(tmp_path, yaml_value, says):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"schedule:\n  full_score_at: {yaml_value}\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    assert result.exit_code == 2
+    line = next(x for x in result.output.splitlines() if "schedule.full_score_at" in x)
+    assert line.endswith(says), line
+    assert "Not a valid string" not in result.output
+
+
+@pytest.mark.parametrize("yaml_value", ['"03:30"', "03:30", "'23:59'"])  # unquoted 03:30 is a string
+def test_full_score_at_accepts_hh_mm(tmp_path, yaml_value):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"schedule:\n  full_score_at: {yaml_value}\n")
+    assert load_config(cfg, env={}).schedule.full_score_at == yaml_value.strip("'\"")

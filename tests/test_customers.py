@@ -85,6 +85,40 @@ def test_the_cli_lists_by_health(tmp_path, database_url, rt, scored):
     assert bad.exit_code == 2 and "'blue' is not one of" in bad.output
 
 
+def test_count_agrees_with_the_listing_for_every_filter(rt, scored):
+    with db.read(rt.engine) as conn:
+        for health in (None, *people.HEALTH_FILTERS):
+            assert people.count(conn, health=health) == len(people.listing(conn, health=health)), health
+        assert people.count(conn) == 5
+        with pytest.raises(ValueError, match="health must be one of"):
+            people.count(conn, health="blue")
+
+
+def test_the_cli_says_when_a_list_is_cut_short(tmp_path, database_url, rt, scored):
+    """`customers list` stops at --limit: a last line says how many match in all; a page
+    that holds everyone says nothing; --json stays a bare list (no count to add to it)."""
+    cfg = tmp_path / "cx.yaml"
+    cfg.write_text(f"database_url: {database_url}\n")
+
+    def listed(*args):
+        r = CliRunner().invoke(main, ["--config", str(cfg), "customers", "list", *args],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output.splitlines()
+
+    out = listed("--limit", "2")
+    assert len(out) == 4 and out[-1] == "2 of 5 customers shown; --limit N or --offset 2 for more"
+    assert listed("--limit", "2", "--offset", "2")[-1] == "3-4 of 5 customers shown; --offset 4 for more"
+    assert listed("--limit", "1", "--health", "red")[-1] == (
+        "1 of 2 customers with cx_health red shown; --limit N or --offset 1 for more")
+    for args in ((), ("--limit", "5"), ("--limit", "2", "--offset", "3"), ("--health", "red")):
+        assert " shown; " not in "\n".join(listed(*args)), args
+    assert len(listed("--limit", "5")) == 6  # the header and five customers, nothing else
+    assert listed("--health", "yellow") == ["no customers match"]
+    data = json.loads("\n".join(listed("--limit", "2", "--json")))
+    assert isinstance(data, list) and len(data) == 2
+
+
 def test_the_health_index_comes_and_goes_with_its_migration(database_url):
     engine = db.make_engine(database_url)
     try:

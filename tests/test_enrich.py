@@ -222,7 +222,7 @@ def test_cli_enrich_exits_1_when_a_platform_cuts_the_run_short(tmp_path, databas
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich"], catch_exceptions=False)
     assert r.exit_code == 1, r.output
     assert "LOOKED_UP" in r.stdout  # the table still shows what was done
-    assert r.stderr.startswith("error: hubspot stopped the lookups, 1 ids left: ")
+    assert r.stderr.startswith("error: hubspot stopped the lookups, 1 id left: ")
     assert "run `cx-connector enrich` again later" in r.stderr
 
     r = CliRunner().invoke(main, ["--config", str(cfg), "enrich", "--json"], catch_exceptions=False)

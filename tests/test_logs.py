@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,57 @@ def test_json_lines_with_request_id_and_secrets_scrubbed(capsys):
     assert lines[0]["report"] == {"url": "x?[redacted]", "n": [1, 2]}  # nested values too
     assert lines[1]["message"] == "failed"  # the traceback has its own key, scrubbed
     assert "ValueError: boom [redacted]" in lines[1]["exception"]
+
+
+def test_text_lines_carry_the_fields_of_the_json_lines_scrubbed(capsys):
+    """logging.format text: the context's fields (job, job_run_id) and the call's extra come
+    after the message as key=value, secrets redacted in both, one line per record."""
+    logs.configure("INFO", "text", ["s3cr3t-value-123"])
+    try:
+        log = logging.getLogger("cx_connector.test")
+        with logs.fields(job="score", job_run_id=7, origin="url?s3cr3t-value-123"):
+            log.info("job finished", extra={"status": "ok", "duration_ms": 120})
+            log.warning("odd", extra={"detail": "two words\nand s3cr3t-value-123", "report": {"n": [1, 2]},
+                                      "none": None, "job": "override"})
+        log.info("plain")
+    finally:
+        logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                           if h.get_name() != "cx-connector"]
+    err = capsys.readouterr().err
+    assert "s3cr3t-value-123" not in err
+    first, second, third = err.splitlines()
+    assert first.endswith(" INFO cx_connector.test: job finished job=score job_run_id=7 "
+                          'origin=url?[redacted] status=ok duration_ms=120')
+    assert second.endswith(' WARNING cx_connector.test: odd job=override job_run_id=7 '
+                           'origin=url?[redacted] detail="two words\\nand [redacted]" '
+                           'report={"n":[1,2]} none=null')
+    assert third.endswith(" INFO cx_connector.test: plain")
+
+
+def test_the_json_line_scrubs_the_context_fields_too(capsys):
+    logs.configure("INFO", "json", ["s3cr3t-value-123"])
+    try:
+        with logs.fields(job="sync", origin="url?s3cr3t-value-123"):
+            logging.getLogger("cx_connector.test").info("hello")
+    finally:
+        logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                           if h.get_name() != "cx-connector"]
+    line = json.loads(capsys.readouterr().err)
+    assert line["job"] == "sync" and line["origin"] == "url?[redacted]"
+
+
+def test_the_clock_in_text_format_says_which_job_finished_how_and_in_how_long(tmp_path, database_url):
+    secret = "generic-secret-for-text-clock-654"
+    cfg = tmp_path / "cx.yaml"
+    cfg.write_text(f"database_url: {database_url}\nlogging: {{format: text}}\n"
+                   f"connectors:\n  generic:\n    secret: {secret}\n")
+    done = subprocess.run([sys.executable, "-m", "cx_connector", "--config", str(cfg), "scheduler", "--once",
+                           "--job", "kpis"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if "job finished" in x]
+    assert re.search(r" INFO cx_connector\.scheduler: job finished job=kpis job_run_id=\d+ status=ok "
+                     r"duration_ms=\d+$", line), line
+    assert secret not in done.stderr
 
 
 def test_request_id_is_echoed_and_generated(client):

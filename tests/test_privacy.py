@@ -470,7 +470,8 @@ def test_cli_forget_asks_first_and_erases_on_yes(world, cli, engine):
     r = cli("forget", "john@example.com", input="n\n")
     assert r.exit_code == 1 and "Aborted" in r.output
     assert "john@example.com" in everything(engine)
-    assert "1 customer(s)" in r.output and "touchpoint(s) to anonymise" in r.output
+    assert "john@example.com: 1 customer (1), 5 platform records, 5 touchpoints to anonymise, 8 raw " \
+        "deliveries to erase" in r.output
     r = cli("forget", "john@example.com", input="y\n")
     assert r.exit_code == 0 and "erased: " in r.output
     assert [n for n in JOHN if n.lower() in everything(engine)] == []
@@ -498,7 +499,7 @@ def test_cli_forget_of_someone_unknown_says_so(cli, engine):
 
 def test_cli_export_to_the_export_dir_to_a_file_and_to_stdout(world, cli, export_dir, tmp_path):
     r = cli("export", "shopify:115310627314723954", "--request-id", "T-1")
-    assert r.exit_code == 0 and "exported 1 customer(s)" in r.output
+    assert r.exit_code == 0 and "exported 1 customer, 5 touchpoints, 8 raw deliveries to " in r.output
     [path] = list(export_dir.iterdir())
     assert re.fullmatch(r"export-\d{8}T\d{6}Z-shopify-request-T-1\.json", path.name)
     assert json.loads(path.read_text())["customers"][0]["profile"]["email"] == "john@example.com"

@@ -140,6 +140,17 @@ def test_500_burst_and_timeouts_are_retried_with_backoff_then_land(hub):
 
 
 @responses.activate
+def test_a_write_that_gets_one_attempt_gave_up_after_1_attempt(hub):
+    """The reason the outbox lists reads in the singular: 'after 1 attempts' read as careless."""
+    hub.config = make_config(str(hub.engine.url), writeback={"max_attempts": 1})
+    seed(hub, "hubspot", IDS[:1])
+    responses.add(responses.POST, URL, status=502)
+    assert run(hub)["platforms"]["hubspot"]["dead"] == 1
+    [dead] = sync.list_writes(hub.engine, dead=True)
+    assert dead["last_error"].startswith("gave up after 1 attempt: ")
+
+
+@responses.activate
 def test_persistent_failure_goes_dead_with_its_reason_and_retry_requeues_it(hub):
     hub.config = make_config(str(hub.engine.url), writeback={"max_attempts": 3})
     seed(hub, "hubspot", IDS[:2])

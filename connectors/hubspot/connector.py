@@ -35,6 +35,7 @@ from cx_connector.connector import (
     SettingsSchema,
     SetupReport,
     Throttle,
+    WholeNumber,
     WriteResult,
     dedupe_keys,
 )
@@ -102,7 +103,7 @@ class HubSpotSettingsSchema(SettingsSchema):
     access_token = fields.String(required=True, validate=validate.Length(min=1))
     webhook_url = ServiceUrl(required=True)
     api_base_url = ServiceUrl(load_default="https://api.hubapi.com")
-    batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
+    batch_size = WholeNumber(load_default=100, validate=validate.Range(min=1, max=100))
     portal_id = fields.String(load_default=None, allow_none=True,
                               validate=validate.Regexp(r"^\d{1,20}$", error="the numeric account id"))
     app_url = ServiceUrl(load_default="https://app.hubspot.com")
@@ -119,7 +120,7 @@ class HubSpotSettingsSchema(SettingsSchema):
     accept_legacy_signatures = fields.Boolean(load_default=True)
     currency = fields.String(load_default=None, allow_none=True,
                              validate=validate.Regexp(r"^[A-Z]{3}$", error="an ISO 4217 code, e.g. EUR"))
-    requests_per_10s = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10000))
+    requests_per_10s = WholeNumber(load_default=100, validate=validate.Range(min=1, max=10000))
     alert_task_owner = fields.String(load_default="contact_owner", validate=validate.Regexp(
         r"^(contact_owner|none|\d{1,20})$", error="contact_owner, none, or a numeric HubSpot owner id"))
     alert_task_priority = fields.String(load_default="HIGH",

@@ -36,6 +36,7 @@ from cx_connector.connector import (
     SettingsSchema,
     SetupReport,
     Throttle,
+    WholeNumber,
     WriteResult,
 )
 from cx_connector.http import Session
@@ -70,9 +71,9 @@ class ShopifySettingsSchema(SettingsSchema):
     api_version = fields.String(load_default="2026-07", validate=validate.Regexp(
         r"^(\d{4}-(01|04|07|10)|unstable)$", error="a Shopify API version such as 2026-07"))
     api_base_url = ServiceUrl(load_default=None, allow_none=True)
-    batch_size = fields.Integer(load_default=25, validate=validate.Range(min=1, max=25))
-    graphql_points_per_second = fields.Integer(load_default=100, validate=validate.Range(min=1))
-    graphql_bucket_size = fields.Integer(load_default=1000, validate=validate.Range(min=10))
+    batch_size = WholeNumber(load_default=25, validate=validate.Range(min=1, max=25))
+    graphql_points_per_second = WholeNumber(load_default=100, validate=validate.Range(min=1))
+    graphql_bucket_size = WholeNumber(load_default=1000, validate=validate.Range(min=10))
     max_delivery_age = Duration(load_default=ShopifySettings.max_delivery_age)
 
     @post_load

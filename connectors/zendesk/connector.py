@@ -36,6 +36,7 @@ from cx_connector.connector import (
     SettingsSchema,
     SetupReport,
     Throttle,
+    WholeNumber,
     WriteResult,
 )
 from cx_connector.errors import PayloadError
@@ -74,12 +75,12 @@ class ZendeskSettingsSchema(SettingsSchema):
     trigger_webhook_secret = fields.String(load_default=None, allow_none=True,
                                            validate=validate.Length(min=1))
     api_base_url = ServiceUrl(load_default=None, allow_none=True)
-    batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
-    csat_scale = fields.Integer(load_default=5, validate=validate.OneOf(
+    batch_size = WholeNumber(load_default=100, validate=validate.Range(min=1, max=100))
+    csat_scale = WholeNumber(load_default=5, validate=validate.OneOf(
         (2, 3, 5), error="the CSAT survey's rating scale: 2, 3 or 5"))
-    requests_per_minute = fields.Integer(load_default=200, validate=validate.Range(min=1, max=100000))
-    incremental_exports_per_minute = fields.Integer(load_default=10, validate=validate.Range(min=1,
-                                                                                           max=1000))
+    requests_per_minute = WholeNumber(load_default=200, validate=validate.Range(min=1, max=100000))
+    incremental_exports_per_minute = WholeNumber(load_default=10, validate=validate.Range(min=1,
+                                                                                        max=1000))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> ZendeskSettings:

@@ -63,6 +63,7 @@ from cx_connector.http import Session
 from cx_connector.models import alert_deliveries, alert_states, audit_log
 from cx_connector.runtime import Runtime
 from cx_connector.throttle import Clock, Limiter
+from cx_connector.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +406,7 @@ class Run:
             else:  # dead: refused for good, or retried max_attempts times
                 reason = outcome.reason or "refused"
                 if outcome.status == "retry":
-                    reason = f"gave up after {attempts} attempts: {reason}"
+                    reason = f"gave up after {counted(attempts, 'attempt')}: {reason}"
                 values.update(status="dead", last_error=reason, uncertain=row.uncertain or outcome.uncertain)
                 action = "alert_delivery_failed"
                 details.update(attempt=attempts, reason=reason)

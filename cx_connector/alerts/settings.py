@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from cx_connector.connector import Duration
+from cx_connector.connector import Duration, WholeNumber
 
 #: what a rule can watch for; see :mod:`cx_connector.alerts.conditions`
 CONDITIONS: dict[str, str] = {
@@ -205,7 +205,7 @@ class WebhookSchema(_Strict):
     )
     format = fields.String(load_default="json", validate=validate.OneOf(["json", "slack"]))
     personal_data = fields.Boolean(load_default=True)
-    max_per_minute = fields.Integer(load_default=60, validate=validate.Range(min=1, max=6000))
+    max_per_minute = WholeNumber(load_default=60, validate=validate.Range(min=1, max=6000))
 
     @validates_schema
     def _signed(self, data: dict, **_: Any) -> None:
@@ -224,14 +224,14 @@ class RuleSchema(_Strict):
     platforms = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     notify_existing = fields.Boolean(load_default=False)
     notify_on_clear = fields.Boolean(load_default=False)
-    detractor_max = fields.Integer(validate=validate.Range(min=0, max=9))
+    detractor_max = WholeNumber(validate=validate.Range(min=0, max=9))
     within = Duration()
     value = fields.String(
         validate=validate.OneOf(VALUE_MEASURES, error="one of: " + ", ".join(VALUE_MEASURES))
     )
     value_at_least = fields.Float(validate=validate.Range(min=0))
     retention_below = fields.Float(validate=validate.Range(min=0, max=100, min_inclusive=False))
-    times = fields.Integer(validate=validate.Range(min=1, max=100))
+    times = WholeNumber(validate=validate.Range(min=1, max=100))
 
     @validates_schema(skip_on_field_errors=False)  # report these along with any bad value
     def _fits_condition(self, data: dict, **_: Any) -> None:
@@ -255,7 +255,7 @@ class RuleSchema(_Strict):
 
 class AlertSettingsSchema(_Strict):
     every = Duration(load_default=AlertSettings.every)
-    max_attempts = fields.Integer(
+    max_attempts = WholeNumber(
         load_default=AlertSettings.max_attempts, validate=validate.Range(min=1, max=100)
     )
     backoff_base = Duration(load_default=AlertSettings.backoff_base)

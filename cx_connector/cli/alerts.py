@@ -11,6 +11,7 @@ from cx_connector import scheduler
 from cx_connector.alerts import run as alerts_run
 from cx_connector.alerts import status
 from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.wording import counted
 
 
 @click.group("alerts", invoke_without_command=True)
@@ -169,6 +170,6 @@ def retry(state: State, ids: tuple[int, ...], as_json: bool) -> None:
     if as_json:
         emit_json({"requeued": requeued})
     elif requeued:
-        click.echo(f"re-queued {len(requeued)} failed deliveries: {', '.join(map(str, requeued))}")
+        click.echo(f"re-queued {counted(len(requeued), 'failed delivery')}: {', '.join(map(str, requeued))}")
     else:
         click.echo("no failed deliveries to re-queue")

@@ -9,6 +9,7 @@ import click
 
 from cx_connector import backfill
 from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
+from cx_connector.wording import counted
 
 BAR_WIDTH = 24
 
@@ -44,7 +45,8 @@ class Reporter:
             self._line(p)
 
     def _stats(self, p: backfill.Progress) -> str:
-        parts = [f"{_n(p.records)} records", f"{_n(p.pages)} pages", f"{_n(p.touchpoints)} new touchpoints"]
+        parts = [counted(p.records, "record"), counted(p.pages, "page"),
+                 counted(p.touchpoints, "new touchpoint")]
         if p.rate:
             parts.append(f"{p.rate:,.0f}/s")
         if p.eta is not None:
@@ -172,14 +174,17 @@ def _print_summary(s: dict[str, Any]) -> None:
     table(rows, ["resource", "status", "pages", "records", "new_touchpoints", "skipped"])
     reasons = [f"{r['resource']}: {why}" for r in s["resources"] for why in r["skipped_reasons"]]
     if reasons:
-        out.write(f"{s['skipped']} records skipped" + (", first ones:" if s["skipped"] > 10 else ":") + "\n")
+        out.write(f"{counted(s['skipped'], 'record')} skipped"
+                  + (", first ones:" if s["skipped"] > 10 else ":") + "\n")
         for why in reasons[:10]:
             out.write(f"  {why}\n")
     if s["status"] == "ok":
         if s["resources"]:
-            out.write(f"{s['source']}: {_n(s['records'])} records, {_n(s['new_touchpoints'])} new "
-                      f"touchpoints. The next scoring run rescores all {_n(s['customers_marked'])} "
-                      "customers.\n")
+            marked = s["customers_marked"]
+            rescored = ("" if not marked else " The next scoring run rescores "
+                        + ("the 1 customer." if marked == 1 else f"all {counted(marked, 'customer')}."))
+            out.write(f"{s['source']}: {counted(s['records'], 'record')}, "
+                      f"{counted(s['new_touchpoints'], 'new touchpoint')}.{rescored}\n")
         else:
             out.write(f"{s['source']}: the backfill had already finished; nothing to resume\n")
     else:

@@ -3,7 +3,8 @@
 Every deliberate error (:class:`~cx_connector.errors.CxError`) ends the command
 with its message on stderr and its exit code (2 for configuration and schema
 problems), never a traceback. Anything else (a bug) is logged like every other log
-line, as JSON with the traceback and secrets scrubbed, and exits 1.
+line, as JSON with the traceback and secrets scrubbed, and exits 1. A reader that goes
+away (``| head``) ends the command quietly with exit code 141, as SIGPIPE ends other tools.
 
 Commands log to stderr at WARNING unless ``logging.level`` asks for more detail (their
 normal output is for the person at the terminal); the clock process logs at the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -61,10 +63,22 @@ class State:
         return self._runtime
 
 
+#: exit code when the reader of our output went away (``| head``): 128 + SIGPIPE, what a
+#: shell reports for any program that SIGPIPE ends (``yes | head -1`` under ``pipefail``)
+EXIT_BROKEN_PIPE = 141
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            # what is still buffered goes out here, where a reader that left is handled,
+            # not in the interpreter's flush at exit ("Exception ignored ... BrokenPipeError")
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:
+            _reader_gone()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except CxError as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
@@ -82,6 +96,27 @@ class Group(click.Group):
             logging.getLogger("cx_connector.cli").exception(
                 "command failed", extra={"command": ctx.invoked_subcommand})
             ctx.exit(1)
+
+
+def _reader_gone() -> None:
+    """Our output's reader went away (``cx-connector customers list | head -1``).
+
+    Python ignores SIGPIPE, so the write raised BrokenPipeError instead of ending the
+    process as it ends a C program; that is no failure of the command, so no traceback.
+    Standard output now points at /dev/null: the output still buffered must not raise
+    again when the interpreter flushes it at exit (see "Note on SIGPIPE" in the Python
+    docs of :mod:`signal`). The exit code is :data:`EXIT_BROKEN_PIPE`, as for any program
+    ended by SIGPIPE.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (a test's captured output)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _logging_configured() -> bool:
@@ -109,6 +144,15 @@ def table(rows: list[dict], columns: list[str]) -> None:
     for row in cells:
         out.write("  ".join((v if len(v) <= w else v[:w - 1] + "…").ljust(w)
                             for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+#: a score or KPI without a value, in every human-readable output (JSON says null)
+NO_VALUE = "n/a"
+
+
+def shown(value: Any, fmt: str = "{}") -> str:
+    """``value`` for a person to read: :data:`NO_VALUE` when there is none."""
+    return NO_VALUE if value is None else fmt.format(value)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

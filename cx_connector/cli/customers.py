@@ -6,7 +6,8 @@ import click
 
 from cx_connector import customers as people
 from cx_connector import db, identity
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import State, emit_json, json_option, pass_state, shown, table
+from cx_connector.wording import counted
 
 
 @click.group("customers")
@@ -22,23 +23,33 @@ def customers() -> None:
 @json_option
 @pass_state
 def list_(state: State, limit: int, offset: int, health: str | None, as_json: bool) -> None:
-    """List customers (merged-away customers are not listed), newest first."""
+    """List customers (merged-away customers are not listed), newest first.
+
+    When more customers match than are shown, a last line says how many (the JSON output
+    is a bare list, kept as it was: it cannot say so without breaking its readers)."""
     rt = state.runtime()
     with db.read(rt.engine) as conn:
         rows = people.summaries(conn, people.listing(conn, health=health, limit=limit, offset=offset))
+        # counted only when the page is full: a short page is the end of the list
+        total = people.count(conn, health=health) if rows and len(rows) >= limit else None
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        click.echo("no customers yet")
+        click.echo("no customers yet" if health is None and not offset else "no customers match")
         return
     for r in rows:
         r["sources"] = ",".join(r["sources"])
         for key, value in r["scores"].items():
-            r[key] = value
+            r[key] = shown(value)  # a scored customer's missing value; not scored: blank
     extra = [c for c in ("cx_score", "cx_health", "cx_retention_probability", "cx_churn_risk")
              if any(c in r for r in rows)]
     table(rows, ["id", "email", "name", "sources", "touchpoints", "last_touch", *extra])
+    if total is not None and offset + len(rows) < total:
+        which = f" with cx_health {health}" if health else ""
+        first = f"{offset + 1:,}-{offset + len(rows):,}" if offset else f"{len(rows):,}"
+        more = f"--offset {offset + len(rows)}" if offset else f"--limit N or --offset {len(rows)}"
+        click.echo(f"{first} of {counted(total, 'customer')}{which} shown; {more} for more")
 
 
 @customers.command("show")
@@ -70,7 +81,7 @@ def show(state: State, who: str, limit: int, as_json: bool) -> None:
     if summary["scores"]:
         click.echo("  scores:")
         for k, v in summary["scores"].items():
-            click.echo(f"    {k}: {v}")
+            click.echo(f"    {k}: {shown(v)}")
     click.echo(f"  touchpoints ({summary['touchpoints']}, newest first):")
     for t in tps:
         rating = (f" {t['rating_type']}={t['rating_score']}/{t['rating_scale_max']}"
@@ -107,5 +118,5 @@ def explain(state: State, who: str, as_json: bool) -> None:
     click.echo(f"customer {cid}, scored {out['scored_at']:%Y-%m-%d %H:%M} UTC")
     for name, field in FIELDS.items():
         value = out["scores"][name]["value"]
-        click.echo(f"\n{field.label} ({name}): {'no value' if value is None else value}")
+        click.echo(f"\n{field.label} ({name}): {shown(value)}")
         click.echo(f"  {out['scores'][name]['explanation']}")

@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 
 from cx_connector import db, inbox, logs, registry
-from cx_connector.cli.base import emit_json, table
-from cx_connector.cli.scoring import KPI_ROWS
+from cx_connector.cli.base import emit_json, shown, table
+from cx_connector.cli.scoring import KPI_ROWS, stages_line
 from cx_connector.config import config_from_mapping
 from cx_connector.db import json_dumps
 from cx_connector.errors import ConfigError
 from cx_connector.models import customers, deliveries, scores, touchpoints
 from cx_connector.runtime import Runtime, build
+from cx_connector.wording import counted
 
 
 def demo_config(database_url: str) -> Any:
@@ -91,10 +92,7 @@ def score_samples(rt: Runtime) -> dict[str, Any]:
 
 def _customer_line(c: dict[str, Any]) -> str:
     v = c["scores"]
-
-    def show(value: Any, fmt: str = "{}") -> str:
-        return "n/a" if value is None else fmt.format(value)
-
+    show = shown  # n/a for a missing value, as `customers show` and `score` print it
     parts = [f"CX {show(v.get('cx_score'))} ({show(v.get('cx_health'))})",
              f"retention {show(v.get('cx_retention_probability'), '{}%')} "
              f"(churn risk {show(v.get('cx_churn_risk'))})",
@@ -132,7 +130,8 @@ def echo_writeback(preview: dict[str, Any]) -> None:
         click.echo("  nothing to write: no scored customer has a record on a platform that writes back")
         return
     for name, p in preview.items():
-        click.echo(f"  {name}: {p['writes']} record writes in {p['requests']} requests")
+        click.echo(f"  {name}: {counted(p['writes'], 'record write')} in "
+                   f"{counted(p['requests'], 'request')}")
         for req in p["planned"]:
             click.echo(f"    {req['method']} {req['path']}")
             click.echo("      " + json_dumps(req["body"])[:2000])
@@ -149,12 +148,46 @@ def explain_command(database_url: str, who: int | str) -> str:
             f"cx-connector --config cx-demo.yaml customers explain {who}")
 
 
+#: what makes a database "not empty" for the demo, with the words its refusal uses
+HOLDS = ((customers, "customers"), (touchpoints, "touchpoints"), (deliveries, "webhook deliveries"))
+
+
+def data_held(engine: Any) -> list[str]:
+    """What the database already holds of :data:`HOLDS` (nothing: a new file, an empty
+    database or one with the tables but no rows). Read before any migration: a database
+    the demo refuses must not be changed either, not even its schema. One row is enough to
+    tell (no count of a large table)."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        present = set(inspect(conn).get_table_names())
+        return [words for table, words in HOLDS if table.name in present and conn.execute(
+            select(literal(1)).select_from(table).limit(1)).first() is not None]
+
+
+def refuse_data(held: list[str]) -> None:
+    """The demo posts sample customers, rescores everyone and leaves sample write-backs
+    pending in the outbox, which a real `sync` would later send to the platform ids of the
+    samples: in a database with data of its own that is damage, not a demo."""
+    what = ", ".join(held[:-1]) + (" and " if len(held) > 1 else "") + held[-1]
+    raise click.BadParameter(
+        f"this database already holds {what}. The demo adds sample customers, rescores "
+        "everyone and queues write-backs that a real `sync` would send, so it only runs on a "
+        "new file or an empty database: choose one (e.g. sqlite:///cx-demo-2.db). A database "
+        "an earlier demo filled is refused too: the demo runs once per database.",
+        param_hint="'--database-url'")
+
+
 @click.command("demo")
 @click.option("--database-url", default=None,
               help="Keep the demo data in this database (default: a temporary SQLite file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def demo(database_url: str | None, as_json: bool) -> None:
-    """Run the pipeline on the bundled sample events (SQLite, no accounts needed)."""
+    """Run the pipeline on the bundled sample events (SQLite, no accounts needed).
+
+    With --database-url the database must be new or empty (no customer, touchpoint or
+    webhook delivery): the demo refuses one with data, including one it filled before
+    (exit code 2)."""
     with tempfile.TemporaryDirectory(prefix="cx-demo-") as tmp:
         url = database_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
         try:
@@ -163,6 +196,10 @@ def demo(database_url: str | None, as_json: bool) -> None:
             raise click.ClickException(str(exc)) from None
         logs.configure("ERROR", "text", config.secrets())
         rt = build(config)
+        held = data_held(rt.engine) if database_url else []
+        if held:
+            rt.engine.dispose()
+            refuse_data(held)
         db.upgrade(rt.engine)
         report: dict[str, Any] = {"database_url": url if database_url else "(temporary)"}
         report["deliveries"] = ingest_samples(rt)
@@ -181,7 +218,7 @@ def demo(database_url: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
-    click.echo(f"cx-connector demo: {len(report['deliveries'])} sample deliveries from "
+    click.echo(f"cx-connector demo: {counted(len(report['deliveries']), 'sample delivery')} from "
                f"{', '.join(config.connectors)} posted to /webhooks/<source>\n")
     click.echo("Inbox: " + ", ".join(f"{k} {v}" for k, v in sorted(report["inbox"].items())))
     if report["privacy"].get("queued"):
@@ -220,9 +257,9 @@ def demo(database_url: str | None, as_json: bool) -> None:
         click.echo("  (why: run `cx-connector demo --database-url sqlite:///cx-demo.db` to keep the data; "
                    "it prints the command that explains each score)")
     k = scoring["kpis"] or {}
-    click.echo(f"\nCompany KPIs (rolling {k.get('window_days')} days):")
+    window = f" (rolling {counted(k['window_days'], 'day')})" if k.get("window_days") else ""
+    click.echo(f"\nCompany KPIs{window}:")
     for key, label in KPI_ROWS:
-        click.echo(f"  {label}: {'n/a' if k.get(key) is None else k.get(key)}")
-    click.echo("  customers per stage: " + ", ".join(
-        f"{stage} {n}" for stage, n in (k.get("customers_per_stage") or {}).items()))
+        click.echo(f"  {label}: {shown(k.get(key))}")
+    click.echo(f"  {stages_line(k)}")
     echo_writeback(report["writeback"])

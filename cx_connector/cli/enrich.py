@@ -9,6 +9,7 @@ import click
 from cx_connector import enrich as enrichment
 from cx_connector import scheduler
 from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
+from cx_connector.wording import counted
 
 
 @click.command("enrich")
@@ -56,6 +57,7 @@ def enrich_cmd(state: State, source: str | None, limit: int | None, as_json: boo
     if cut_short:
         if not as_json:
             for name, r in cut_short.items():
-                click.echo(f"error: {name} stopped the lookups, {r['left']} ids left: {r['stopped']}; "
+                click.echo(f"error: {name} stopped the lookups, {counted(r['left'], 'id')} left: "
+                           f"{r['stopped']}; "
                            "run `cx-connector enrich` again later to continue", err=True)
         raise SystemExit(1)

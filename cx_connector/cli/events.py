@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from cx_connector import db, inbox
 from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 from cx_connector.models import deliveries, touchpoints
+from cx_connector.wording import counted
 
 
 @click.group("events")
@@ -98,7 +99,7 @@ def replay(state: State, delivery_id: int | None, all_failed: bool, source: str 
         for r in results:
             line = f"delivery {r.delivery_id}: {r.status}"
             if r.status == "processed":
-                line += f" ({r.touchpoints} new touchpoints)"
+                line += f" ({counted(r.touchpoints, 'new touchpoint')})"
             if r.error:
                 line += f": {r.error}"
             click.echo(line)

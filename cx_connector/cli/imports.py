@@ -14,6 +14,7 @@ from cx_connector.cli.base import State, emit_json, json_option, pass_state
 from cx_connector.connector import Normalised
 from cx_connector.metrics import stored
 from cx_connector.touchpoint import Touchpoint, TouchpointSchema
+from cx_connector.wording import counted
 
 BATCH = 500
 
@@ -91,7 +92,7 @@ def import_(state: State, file: click.File, as_json: bool) -> None:
         for e in errors:
             for m in e["errors"]:
                 click.echo(f"line {e['line']}: {m}", err=True)
-        click.echo(f"{good} valid lines ({new} new touchpoints, {good - new} already known), "
-                   f"{bad} invalid lines skipped")
+        click.echo(f"{counted(good, 'valid line')} ({counted(new, 'new touchpoint')}, {good - new} already "
+                   f"known), {counted(bad, 'invalid line')} skipped")
     if bad:
         raise SystemExit(1)

@@ -13,6 +13,7 @@ import click
 
 from cx_connector import db, privacy
 from cx_connector.cli.base import State, emit_json, pass_state
+from cx_connector.wording import counted
 
 WHO_HELP = ("WHO is a customer id, an email address, a phone number, or SOURCE:ID for a "
             "platform record (e.g. shopify:7064055069 or hubspot:512).")
@@ -42,17 +43,18 @@ def forget(state: State, who: str, yes: bool, reason: str) -> None:
         click.echo(f"nothing is held about {who}: no customer and no stored delivery mentions it "
                    "(recorded in the audit log)")
         return
-    click.echo(f"{who}: {len(person.survivors)} customer(s) "
+    click.echo(f"{who}: {counted(len(person.survivors), 'customer')} "
                f"({', '.join(str(c) for c in sorted(person.survivors)) or 'none'}), "
-               f"{len(person.records)} platform record(s), {n_tps} touchpoint(s) to anonymise, "
-               f"{len(dids)} raw delivery(ies) to erase")
+               f"{counted(len(person.records), 'platform record')}, "
+               f"{counted(n_tps, 'touchpoint')} to anonymise, {counted(len(dids), 'raw delivery')} to erase")
     if not yes:
         click.confirm("Erase this person's personal data? This cannot be undone", abort=True)
     with db.write(rt.engine) as conn:
         result = privacy.forget(conn, target, now=rt.now(), actor="cli", reason=reason)
-    click.echo(f"erased: {len(result.customers)} customer row(s), {result.identities} identities, "
-               f"{result.deliveries} raw deliveries, {result.writes} pending writes; "
-               f"{result.touchpoints} touchpoints kept anonymous")
+    click.echo(f"erased: {counted(len(result.customers), 'customer row')}, "
+               f"{counted(result.identities, 'identity')}, {counted(result.deliveries, 'raw delivery')}, "
+               f"{counted(result.writes, 'pending write')}; {counted(result.touchpoints, 'touchpoint')} "
+               "kept anonymous")
 
 
 @click.command("export", epilog=WHO_HELP)
@@ -83,8 +85,8 @@ def export(state: State, who: str, output: str | None, request_id: str | None) -
     held = document["customers"]
     if not held:
         click.echo(f"nothing is held about {who} beyond "
-                   f"{len(document['raw_deliveries'])} raw deliveries; the file says so: {path}")
+                   f"{counted(len(document['raw_deliveries']), 'raw delivery')}; the file says so: {path}")
     else:
-        click.echo(f"exported {len(held)} customer(s), "
-                   f"{sum(len(c['touchpoints']) for c in held)} touchpoints, "
-                   f"{len(document['raw_deliveries'])} raw deliveries to {path}")
+        click.echo(f"exported {counted(len(held), 'customer')}, "
+                   f"{counted(sum(len(c['touchpoints']) for c in held), 'touchpoint')}, "
+                   f"{counted(len(document['raw_deliveries']), 'raw delivery')} to {path}")

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from cx_connector import db, identity, scheduler
-from cx_connector.cli.base import State, emit_json, json_option, pass_state, table
+from cx_connector.cli.base import State, emit_json, json_option, pass_state, shown, table
+from cx_connector.wording import counted
 
 
 def _run(rt: Any, job_id: str, func: Any, lease: str) -> dict[str, Any]:
@@ -33,33 +34,42 @@ def _g(value: float) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     secs = report.get("duration_ms", 0) / 1000
-    mode = {"full": "full pass", "incremental": "incremental run", "as_of": "report-only run"}[report["mode"]]
-    line = f"Scored {report['customers_scored']} customers ({mode}: {report['why']}) in {secs:.1f} s"
+    if report["mode"] == "as_of":
+        # the run's own reason ("as of DAY (report only: nothing stored)") would say "report
+        # only" a second time after the mode
+        day = report["as_of"].astimezone(UTC).date().isoformat()
+        how = f"report-only run as of {day}: nothing stored"
+    else:
+        mode = {"full": "full pass", "incremental": "incremental run"}[report["mode"]]
+        how = f"{mode}: {report['why']}"
+    line = f"Scored {counted(report['customers_scored'], 'customer')} ({how}) in {secs:.1f} s"
     if report.get("stored", True) and report["mode"] != "as_of":
-        line += f"; {report.get('changed', 0)} changed, {report.get('outbox_queued', 0)} writes queued"
+        line += (f"; {report.get('changed', 0)} changed, "
+                 f"{counted(report.get('outbox_queued', 0), 'write')} queued")
     click.echo(line + ".")
     models = report.get("models")
     if models:
         b, g, c = models["bgnbd"], models["gamma_gamma"], models["cross_sell"]
         if b["used"] == "bgnbd":
-            click.echo(f"Retention: BG/NBD fitted on {b['customers']} purchasing customers: r={_g(b['r'])} "
-                       f"alpha={_g(b['alpha'])} a={_g(b['a'])} b={_g(b['b'])} "
+            click.echo(f"Retention: BG/NBD fitted on {counted(b['customers'], 'purchasing customer')}: "
+                       f"r={_g(b['r'])} alpha={_g(b['alpha'])} a={_g(b['a'])} b={_g(b['b'])} "
                        f"(log-likelihood {b['log_likelihood']:.1f})")
         else:
             click.echo(f"Retention: recency fallback ({b['reason']})")
         if g["used"] == "gamma_gamma":
-            click.echo(f"Spend: Gamma-Gamma fitted on {g['customers']} repeat buyers: p={_g(g['p'])} "
-                       f"q={_g(g['q'])} gamma={_g(g['gamma'])} (average purchase {g['population_mean']:.2f})")
+            click.echo(f"Spend: Gamma-Gamma fitted on {counted(g['customers'], 'repeat buyer')}: "
+                       f"p={_g(g['p'])} q={_g(g['q'])} gamma={_g(g['gamma'])} "
+                       f"(average purchase {g['population_mean']:.2f})")
         else:
             click.echo(f"Spend: customers' own average purchase ({g['reason']})")
-        click.echo(f"Cross-sell by {c['by']}: {c['rules']} associations between {c['items']} items "
-                   f"from {c['customers']} customers")
+        click.echo(f"Cross-sell by {c['by']}: {counted(c['rules'], 'association')} between "
+                   f"{counted(c['items'], 'item')} from {counted(c['customers'], 'customer')}")
     for name, counts in (report.get("distribution") or {}).items():
         click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for customer in report.get("customers") or []:
         click.echo(f"\ncustomer {customer['id']}:")
         for field, value in customer["scores"].items():
-            click.echo(f"  {field}: {value}")
+            click.echo(f"  {field}: {shown(value)}")
             click.echo(f"      {customer['explanation'][field]}")
 
 
@@ -113,6 +123,16 @@ KPI_ROWS = [
     ("checkout_conversion", "Checkout-to-order conversion (%)"), ("avg_cx_score", "Average CX score"),
 ]
 
+#: each customer counts once, in the furthest journey stage they reached: "purchase 0" means
+#: everyone who bought went further, not that nobody bought
+STAGES_LABEL = "Customers per stage (furthest reached)"
+
+
+def stages_line(snapshot: dict[str, Any]) -> str:
+    """The KPI snapshot's customers per journey stage, as ``kpis`` and the demo print it."""
+    return f"{STAGES_LABEL}: " + ", ".join(
+        f"{stage} {n}" for stage, n in (snapshot.get("customers_per_stage") or {}).items())
+
 
 @click.command("kpis")
 @click.option("--history", "days", default=7, show_default=True, type=click.IntRange(1, 3650),
@@ -131,15 +151,13 @@ def kpis_cmd(state: State, days: int, as_json: bool) -> None:
         emit_json({"latest": snaps[0] if snaps else None, "history": snaps})
         return
     latest = snaps[0]
-    click.echo(f"KPIs as of {latest['as_of']} (rolling {latest['window_days']} days; "
-               f"{latest['customers']} customers):")
+    click.echo(f"KPIs as of {latest['as_of']} (rolling {counted(latest['window_days'], 'day')}; "
+               f"{counted(latest['customers'], 'customer')}):")
     for key, label in KPI_ROWS:
-        value = latest.get(key)
-        click.echo(f"  {label}: {'n/a' if value is None else value}")
+        click.echo(f"  {label}: {shown(latest.get(key))}")
     if len(latest.get("currencies") or []) > 1:
         click.echo(f"  (revenue mixes currencies: {', '.join(latest['currencies'])})")
-    click.echo("  Customers per journey stage: " + ", ".join(
-        f"{k} {v}" for k, v in latest["customers_per_stage"].items()))
+    click.echo(f"  {stages_line(latest)}")
     if len(snaps) > 1:
         click.echo("\nTrend:")
         table(snaps, ["day", "nps", "csat", "retention_rate", "revenue", "avg_cx_score",

@@ -10,6 +10,7 @@ from cx_connector import audit, db, scheduler, sync
 from cx_connector.cli.base import Source, State, emit_json, json_option, pass_state, table
 from cx_connector.errors import PlatformAPIError
 from cx_connector.throttle import Clock, Limiter
+from cx_connector.wording import counted
 
 #: setup, sync, outbox retry: only a connector that writes back makes sense
 source_option = click.option("--source", "sources", multiple=True, metavar="NAME",
@@ -82,7 +83,9 @@ def _print_setup(name: str, report: Any, dry_run: bool) -> None:
             click.echo("  " + item.request.render().replace("\n", "\n  "))
     summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(tally.items()))
     if not any(s in tally for s in ("created", "would_create", "conflict", "failed")):
-        click.echo(f"{name}: nothing to do, all {len(report.items)} already exist")
+        n = len(report.items)
+        click.echo(f"{name}: nothing to do, " + (f"the {counted(n, 'field')} already exists" if n == 1 else
+                                                  f"all {counted(n, 'field')} already exist"))
     else:
         click.echo(f"{name}: {summary}")
 
@@ -125,17 +128,18 @@ def _print_sync(details: dict[str, Any]) -> None:
         click.echo("no enabled connector writes back")
     for name, p in platforms.items():
         if details.get("dry_run"):
-            click.echo(f"{name} (dry run): {p['writes']} pending writes, {p['requests']} requests "
-                       "would be sent:")
+            click.echo(f"{name} (dry run): {counted(p['writes'], 'pending write')}, "
+                       f"{counted(p['requests'], 'request')} would be sent:")
             for req in p.get("planned", []):
-                click.echo(f"  {req['method']} {req['path']}  ({len(req['records'])} records)")
+                click.echo(f"  {req['method']} {req['path']}  ({counted(len(req['records']), 'record')})")
                 click.echo("    " + db.json_dumps(req["body"]))
             continue
-        click.echo(f"{name}: {p['writes']} writes in {p['requests']} requests: {p['landed']} written, "
+        click.echo(f"{name}: {counted(p['writes'], 'write')} in {counted(p['requests'], 'request')}: "
+                   f"{p['landed']} written, "
                    f"{p['retried']} to retry, {p['dead']} dead, {p['gone']} gone, {p['merged']} merged"
                    + (f"; waited {p['waited_seconds']:.1f}s for the rate limit"
                       if p["waited_seconds"] else "")
-                   + (f"; {p['rate_limited']} times rate limited" if p["rate_limited"] else ""))
+                   + (f"; {counted(p['rate_limited'], 'time')} rate limited" if p["rate_limited"] else ""))
         for err in p.get("errors", []):
             click.echo(f"  error: {err}", err=True)
 
@@ -192,7 +196,7 @@ def retry(state: State, ids: tuple[int, ...], sources: tuple[str, ...], as_json:
     if as_json:
         emit_json({"requeued": requeued})
     elif requeued:
-        click.echo(f"re-queued {len(requeued)} dead writes: {', '.join(map(str, requeued))}; "
+        click.echo(f"re-queued {counted(len(requeued), 'dead write')}: {', '.join(map(str, requeued))}; "
                    "they go out with the next sync")
     else:
         click.echo("no dead writes to re-queue")

@@ -12,6 +12,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from cx_connector.connector import WholeNumber
+
 LAYERS: tuple[str, ...] = ("needs_met", "ease", "enjoyment")
 """The CX pyramid, bottom to top (Forrester): needs met, easy, enjoyable."""
 
@@ -112,8 +114,8 @@ class ChurnSchema(_Strict):
 
 class CrossSellSchema(_Strict):
     by = fields.String(load_default="category", validate=validate.OneOf(["category", "product"]))
-    min_support = fields.Integer(load_default=5, validate=validate.Range(min=1))
-    top_k = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100))
+    min_support = WholeNumber(load_default=5, validate=validate.Range(min=1))
+    top_k = WholeNumber(load_default=10, validate=validate.Range(min=1, max=100))
 
     @post_load
     def _make(self, data: dict, **_: Any) -> CrossSellSettings:
@@ -141,8 +143,8 @@ class CXSchema(_Strict):
                                          validate=validate.Range(min=0, max=1))
     resolution_target_hours = _positive(load_default=CXSettings.resolution_target_hours)
     resolution_slow_hours = _positive(load_default=CXSettings.resolution_slow_hours)
-    contacts_per_issue_max = fields.Integer(load_default=CXSettings.contacts_per_issue_max,
-                                            validate=validate.Range(min=1))
+    contacts_per_issue_max = WholeNumber(load_default=CXSettings.contacts_per_issue_max,
+                                         validate=validate.Range(min=1))
 
     @validates_schema
     def _order(self, data: dict, **_: Any) -> None:
@@ -171,11 +173,11 @@ class HealthSchema(_Strict):
 
 
 class ScoringSettingsSchema(_Strict):
-    horizon_days = fields.Integer(load_default=90, validate=validate.Range(min=1, max=3650))
-    min_purchasers = fields.Integer(load_default=50, validate=validate.Range(min=2))
+    horizon_days = WholeNumber(load_default=90, validate=validate.Range(min=1, max=3650))
+    min_purchasers = WholeNumber(load_default=50, validate=validate.Range(min=2))
     fallback_half_life_days = _positive(load_default=ScoringSettings.fallback_half_life_days)
     engagement_half_life_days = _positive(load_default=ScoringSettings.engagement_half_life_days)
-    kpi_window_days = fields.Integer(load_default=90, validate=validate.Range(min=1, max=3650))
+    kpi_window_days = WholeNumber(load_default=90, validate=validate.Range(min=1, max=3650))
     churn = fields.Nested(ChurnSchema, load_default=ChurnSettings)
     cross_sell = fields.Nested(CrossSellSchema, load_default=CrossSellSettings)
     cx = fields.Nested(CXSchema, load_default=CXSettings)
