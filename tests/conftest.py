@@ -9,6 +9,7 @@ between tests). Nothing of our own is mocked; platform HTTP is mocked with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -51,6 +52,21 @@ def fixture_bytes(*parts: str) -> bytes:
 def fixture_json(*parts: str) -> Any:
     return json.loads(fixture_bytes(*parts))
 
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A command run in-process (CliRunner: the demo, `score`) configures the root logger
+    as the real process would: its level (the demo's is ERROR) and a stderr handler. Put
+    both back, or a later test's caplog misses the warnings it checks for."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    alembic = logging.getLogger("alembic").level
+    yield
+    root.setLevel(level)
+    for h in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(h)
+    logging.getLogger("alembic").setLevel(alembic)
 
 @pytest.fixture(scope="session")
 def _template_db(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -36,6 +36,7 @@ from cx_connector.scoring.retention import (
 )
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
+from cx_connector.wording import counted
 
 VERSION = 2
 
@@ -285,10 +286,6 @@ def _pct(p: float | None) -> str:
     return "n/a" if p is None else f"{100 * p:.0f}%"
 
 
-def _n(count: int | float, words: tuple[str, str]) -> str:
-    return f"{count:g} {words[0] if count == 1 else words[1]}"
-
-
 def _days(n: int) -> str:
     return "1 day" if n == 1 else f"{n} different days"
 
@@ -325,7 +322,7 @@ def _retention_words(e: dict[str, Any]) -> str:
     else:
         return f"{_no_purchases(r)} and no touchpoints showing engagement yet, so no retention probability."
     if r.get("orders_not_counted") or r.get("orders_partly_refunded"):
-        counts = [_n(r[k], words) for k, words in (("orders_not_counted", ORDERS_UNDONE),
+        counts = [counted(r[k], *words) for k, words in (("orders_not_counted", ORDERS_UNDONE),
                                                     ("orders_partly_refunded", ORDERS_PART)) if r.get(k)]
         text += " " + "; ".join(counts) + "."
     return text
@@ -356,10 +353,11 @@ def _expected_words(e: dict[str, Any]) -> str:
     h = x.get("days", e["settings"]["horizon_days"])  # stored before it was fixed at 90: the horizon
     if r["method"] == "bgnbd":
         return (f"BG/NBD conditional expectation of purchases in the next {h} days, from the same "
-                f"{_n(r['purchase_days'], PURCHASE_DAYS)}: {x['value']:.2f}.")
+                f"{counted(r['purchase_days'], *PURCHASE_DAYS)}: {x['value']:.2f}.")
     return (f"Fallback ({e['model'].get('bgnbd_fallback') or 'no model'}): the customer's own rate "
-            f"({_n(r['purchase_days'], PURCHASE_DAYS)} over max({r['weeks_since_first'] * 7:.0f} days as a "
-            f"buyer, {h} days)) x {h} days x retention {_pct(r['probability'])} = {x['value']:.2f}.")
+            f"({counted(r['purchase_days'], *PURCHASE_DAYS)} over "
+            f"max({r['weeks_since_first'] * 7:.0f} days as a buyer, {h} days)) x {h} days x retention "
+            f"{_pct(r['probability'])} = {x['value']:.2f}.")
 
 
 def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
@@ -382,8 +380,8 @@ def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
             # E[M] = w m + (1 - w) population mean, w = p x / (p x + q - 1) (Fader & Hardie 2013)
             w = g["p"] * repeats / (g["p"] * repeats + g["q"] - 1)
             basis = (f"The value per purchase is {100 * w:.0f}% their own average repeat purchase "
-                     f"{v['repeat_mean']:.2f} ({_n(repeats, PURCHASE_DAYS)} after the first, which the model "
-                     f"leaves out) and {100 - 100 * w:.0f}% the population average "
+                     f"{v['repeat_mean']:.2f} ({counted(repeats, *PURCHASE_DAYS)} after the first, "
+                     f"which the model leaves out) and {100 - 100 * w:.0f}% the population average "
                      f"{g['population_mean']:.2f}, from {model}, which trusts a customer's own average "
                      f"more the more purchases it rests on.")
         elif repeats:  # stored before repeat_mean was kept
@@ -394,8 +392,8 @@ def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
                      f"{model}: one purchase says little about the next one.")
     else:
         basis = (f"The value per purchase is their own average purchase "
-                 f"({_n(v['days_with_value'], PURCHASE_DAYS)} with a value); the spend model is not used: "
-                 f"{e['model'].get('gamma_gamma_fallback')}.")
+                 f"({counted(v['days_with_value'], *PURCHASE_DAYS)} with a value); the spend model is not "
+                 f"used: {e['model'].get('gamma_gamma_fallback')}.")
     clv = values.get("cx_clv_90d")
     return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} = "
             f"{float(clv if clv is not None else x * per):.2f}. {basis} Revenue, not profit: no margin "
@@ -427,8 +425,9 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
                "Nothing bought yet")
         text = f"{why}, so the most popular item: {c['item']}, bought by {_pct(c['base_rate'])} of customers."
     elif c.get("method") == "popular":
-        text = (f"No strong association from what they bought ({_n(c['bought'], what)}), so the most popular "
-                f"item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of customers.")
+        text = (f"No strong association from what they bought ({counted(c['bought'], *what)}), so the most "
+                f"popular item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of "
+                "customers.")
     else:
         return f"Nothing to recommend: they already bought every {by}."
     retention = (e.get("retention") or {}).get("probability")
@@ -437,8 +436,9 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     buyers = ((e.get("model") or {}).get("cross_sell") or {}).get("customers", 0)
     least = (e.get("settings") or {}).get("min_purchasers", 0)
     if buyers < least:
-        who = "1 customer has" if buyers == 1 else f"{buyers} customers have"
-        return text + (f" Only {who} bought items (fewer than {least}, "
+        who = ("No customer has" if buyers == 0 else
+               f"Only {counted(buyers, 'customer has', 'customers have')}")
+        return text + (f" {who} bought items (fewer than {least}, "
                        "scoring.min_purchasers): too few to estimate a propensity, so no score.")
     strength = c.get("confidence", c.get("base_rate"))
     return (text + f" Score = retention probability {_pct(retention)} x {_pct(strength)} = "
@@ -457,7 +457,7 @@ def _cx_words(e: dict[str, Any], values: dict[str, Any]) -> str:
             parts.append(f"{LAYER_WORDS[layer]}: no data, left out")
             continue
         info = layers[layer]
-        events = ", ".join(_n(v, EVENT_WORDS[k]) for k, v in info["events"].items())
+        events = ", ".join(counted(v, *EVENT_WORDS[k]) for k, v in info["events"].items())
         if not c["weights"][layer]:  # a layer turned off in scoring.cx.weights
             parts.append(f"{LAYER_WORDS[layer]} {info['score']:.0f} (weight 0, not counted; {events})")
             continue
@@ -527,8 +527,9 @@ def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str
         "cx_nps_last": nps_words,
         "cx_nps_category": (f"{values.get('cx_nps_last')} is a {cat} answer (promoter 9-10, passive 7-8, "
                             f"detractor 0-6)." if cat else "No NPS answer yet."),
-        "cx_csat": (f"{csat['satisfied']} of {_n(csat['ratings'], ('CSAT rating was', 'CSAT ratings were'))} "
-                    f"satisfied (at least {e['settings']['cx']['rating_positive_at']:.0%} of the scale)."
+        "cx_csat": (f"{csat['satisfied']} of "
+                    f"{counted(csat['ratings'], 'CSAT rating was', 'CSAT ratings were')} satisfied (at "
+                    f"least {e['settings']['cx']['rating_positive_at']:.0%} of the scale)."
                     if csat else "No CSAT rating yet."),
         "cx_journey_stage": _journey_words(e, journey),
         "cx_scored_at": f"Computed as of {e.get('as_of')}.",

@@ -90,6 +90,10 @@ def go(driver: Any, element: Any) -> None:
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    # the old page is gone, the new one may still be parsing: a lookup now could miss a
+    # table further down (seen once: the Operations page's failed deliveries)
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def charts(driver: Any, css: str = "svg.chart") -> list[Any]:
