@@ -30,6 +30,7 @@ from cx_connector.admin import auth, insights
 from cx_connector.errors import CxError, InvalidParameter, NotFound, TooManyAttempts
 from cx_connector.models import deliveries, job_runs
 from cx_connector.runtime import Runtime
+from cx_connector.wording import counted
 
 console = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                     static_folder="static", static_url_path="/static")
@@ -344,7 +345,7 @@ def _source_field() -> str | None:
 def _receipt_words(receipt: inbox.Receipt) -> str:
     text = f"delivery {receipt.delivery_id}: {receipt.status}"
     if receipt.status == "processed":
-        text += f" ({receipt.touchpoints} new touchpoints)"
+        text += f" ({counted(receipt.touchpoints, 'new touchpoint')})"
     if receipt.error:
         text += f": {receipt.error}"
     return text
@@ -377,7 +378,7 @@ def replay_failed() -> Any:
             tally[rec.status] = tally.get(rec.status, 0) + 1
         words = ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
         more = " (the first batch: replay again for the rest)" if len(receipts) == REPLAY_BATCH else ""
-        flash(f"Replayed {len(receipts)} failed deliveries{more}: {words}.",
+        flash(f"Replayed {counted(len(receipts), 'failed delivery', 'failed deliveries')}{more}: {words}.",
               "error" if tally.get("failed") else "info")
     return redirect(url_for("admin.operations") + "#inbox", code=303)
 
@@ -398,7 +399,7 @@ def retry_dead() -> Any:
     auth.check_csrf()
     r = rt()
     done = sync.requeue_dead(r.engine, now=r.now(), source=_source_field(), actor="admin")
-    flash(f"Queued {len(done)} dead writes again; they go out with the next sync." if done else
+    flash(f"Queued {counted(len(done), 'dead write')} again; they go out with the next sync." if done else
           "No dead writes to retry.", "info")
     return redirect(url_for("admin.operations") + "#outbox", code=303)
 

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select
 
 from cx_connector.connector import Connector
 from cx_connector.models import customers, identities
+from cx_connector.wording import counted
 
 #: what happened, per condition, after the customer's name
 HEADLINES = {
@@ -120,7 +121,7 @@ def facts(a: Alert) -> list[tuple[str, str]]:
     if a.condition == "ticket_reopened":
         out = [
             ("Ticket", f"{d.get('ticket_id')} ({d.get('source')})"),
-            ("Reopened", f"{d.get('reopens')} times"),
+            ("Reopened", _times(d.get("reopens"))),
             ("Last reopened", _day(d.get("last_reopened_at"))),
         ]
         if (d.get("tickets_matching") or 1) > 1:
@@ -169,7 +170,7 @@ def summary(a: Alert, personal: bool = True) -> str:
         )
     more = (d.get("tickets_matching") or 1) - 1
     return (
-        f"{who}: ticket {d.get('ticket_id')} ({d.get('source')}) was reopened {d.get('reopens')} times, "
+        f"{who}: ticket {d.get('ticket_id')} ({d.get('source')}) was reopened {_times(d.get('reopens'))}, "
         f"last on {_day(d.get('last_reopened_at'))}"
         + (f"; {more} more of their tickets too." if more else ".")
     )
@@ -248,3 +249,9 @@ def record_lines(a: Alert) -> tuple[str, ...]:
         f"Alert rule {a.rule} ({HEADLINES[a.condition]}), fired {a.fired_at:%Y-%m-%d %H:%M} UTC.",
         f"Reference: {a.key}",
     )
+
+
+def _times(n: Any) -> str:
+    """"1 time", "3 times"; "repeatedly" when the details lack the count."""
+    return counted(n, "time") if isinstance(n, int) else "repeatedly"
+

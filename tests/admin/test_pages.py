@@ -256,7 +256,7 @@ def test_replaying_a_failed_delivery_stores_its_touchpoints_and_is_audited(admin
     resp = post(admin, f"/admin/deliveries/{delivery}/replay")
     assert resp.status_code == 303 and resp.headers["Location"] == "/admin/operations#inbox"
     page = admin.get("/admin/operations").text
-    assert f"Replayed delivery {delivery}: processed (1 new touchpoints)" in page
+    assert f"Replayed delivery {delivery}: processed (1 new touchpoint)" in page
     with db.read(rt.engine) as conn:
         assert conn.execute(select(deliveries.c.status, deliveries.c.attempts)
                             .where(deliveries.c.id == delivery)).one() == ("processed", 2)
