@@ -79,6 +79,10 @@ class CX:
     counts: np.ndarray
     nps_last: np.ndarray
     nps_at: np.ndarray
+    #: the latest NPS answer as given (score, and its scale's maximum; NaN: no answer), for
+    #: the explanation of an answer on another scale than 0-10
+    nps_score: np.ndarray
+    nps_scale: np.ndarray
     csat_total: np.ndarray
     csat_satisfied: np.ndarray
 
@@ -174,6 +178,7 @@ def score(f: Features, s: ScoringSettings) -> CX:
     # NPS: the latest answer; CSAT: share of satisfied ratings
     nps_last = np.full(n, np.nan)
     nps_at = np.full(n, np.nan)
+    nps_score, nps_scale = np.full(n, np.nan), np.full(n, np.nan)
     sel = np.flatnonzero(f.rating_kind == RATING_KINDS.index("nps_response"))
     if len(sel):
         order = sel[np.lexsort((f.rating_t[sel], f.rating_idx[sel]))]
@@ -182,12 +187,15 @@ def score(f: Features, s: ScoringSettings) -> CX:
         pick = order[last]
         nps_last[f.rating_idx[pick]] = nps_points(f.rating_score[pick], f.rating_max[pick])
         nps_at[f.rating_idx[pick]] = f.rating_t[pick]
+        nps_score[f.rating_idx[pick]] = f.rating_score[pick]
+        nps_scale[f.rating_idx[pick]] = f.rating_max[pick]
     csat = f.rating_kind == RATING_KINDS.index("csat_rating")
     csat_total = np.bincount(f.rating_idx[csat], minlength=n).astype(float)
     csat_ok = np.bincount(f.rating_idx[csat & (f.rating_share >= c.rating_positive_at)],
                           minlength=n).astype(float)
     return CX(score=cx, layer_score=layer_score, layer_weight=total, counts=counts,
-              nps_last=nps_last, nps_at=nps_at, csat_total=csat_total, csat_satisfied=csat_ok)
+              nps_last=nps_last, nps_at=nps_at, nps_score=nps_score, nps_scale=nps_scale,
+              csat_total=csat_total, csat_satisfied=csat_ok)
 
 
 def health(cx: np.ndarray, churn: np.ndarray, s: ScoringSettings) -> np.ndarray:

@@ -228,6 +228,9 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
     labels = _text(list(model.labels)) if model is not None else []
     cx_text = _cx_sections(cx, sl, len(rows))
     nps_at = _dates(np.floor(cx.nps_at[sl]))
+    nps_other = (cx.nps_scale[sl] != 10) & ~np.isnan(cx.nps_scale[sl])  # an answer rescaled to 0-10
+    nps_given = _floats(cx.nps_score[sl], 2)
+    nps_scale = _floats(cx.nps_scale[sl], 2)
     csat_total = cx.csat_total[sl].astype(np.int64).tolist()
     csat_ok = cx.csat_satisfied[sl].astype(np.int64).tolist()
     stage = f.stage[sl].tolist()
@@ -269,7 +272,8 @@ def build(f: Features, ret: Retention, rec: Recommendations, model: CrossSellMod
         if cx_text[i] is not None:
             sections.append(cx_text[i])
         if nps_at[i] != "null":
-            sections.append(f'"nps":{{"answered":{nps_at[i]}}}')
+            given = f',"score":{nps_given[i]},"scale":{nps_scale[i]}' if nps_other[i] else ""
+            sections.append(f'"nps":{{"answered":{nps_at[i]}{given}}}')
         if csat_total[i]:
             sections.append(f'"csat":{{"ratings":{csat_total[i]},"satisfied":{csat_ok[i]}}}')
         if stage[i] >= 0:
@@ -514,6 +518,9 @@ def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str
     journey = e.get("journey")
     nps_words = (f"The latest NPS answer ({nps['answered']}) was {values.get('cx_nps_last')}."
                  if nps else "No NPS answer yet.")
+    if nps and nps.get("scale") is not None:
+        nps_words += (f" It was given as {nps['score']:g} on a scale to {nps['scale']:g}, rescaled to 0-10 "
+                      "and rounded.")
     cat = values.get("cx_nps_category")
     words = {
         "cx_score": _cx_words(e, values),

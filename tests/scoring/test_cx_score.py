@@ -164,3 +164,14 @@ def test_advocacy_is_reached_by_a_positive_answer_only(rt):
                      "or a review rated at least 70% of its scale), and theirs was not.")
     per_stage = kpis.snapshot(rt, force=True)["kpis"]["customers_per_stage"]
     assert (per_stage["retention"], per_stage["advocacy"]) == (3, 3)
+
+
+def test_an_nps_answer_on_another_scale_says_it_was_rescaled(rt):
+    from cx_connector.scoring import explain
+    add(rt, tp("nps_response", "five", ago(3), rating=(4, 5)),
+        tp("nps_response", "ten", ago(3), rating=(8, 10)))
+    run.run(rt, full=True)
+    five = explain.render(explanation(rt, "five"), values(rt, "five"))["cx_nps_last"]
+    assert values(rt, "five")["cx_nps_last"] == 8
+    assert five.endswith("was 8. It was given as 4 on a scale to 5, rescaled to 0-10 and rounded."), five
+    assert "rescaled" not in explain.render(explanation(rt, "ten"), values(rt, "ten"))["cx_nps_last"]
