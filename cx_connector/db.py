@@ -424,8 +424,15 @@ class _GroupCommit:
             raise job.error
         return job.result
 
-    def _commit(self, batch: list[_Job]) -> None:
-        ok: list[_Job] = []
+    def _commit(self, batch: list[_Job], *, again: bool = True) -> None:
+        """One transaction for ``batch``. A work the database picked as a deadlock victim
+        (or a serialisation failure) is run once more, in a transaction of its own after
+        this one has committed: its locks were released with its savepoint, but the
+        locks of the works before it are held until the commit, so running it again at
+        once would only wait for the same lock. Two workers' groups of webhooks for the
+        same customers in different orders do deadlock on PostgreSQL; without this, the
+        victim's webhooks were answered 503 (the outage test's retries saw it)."""
+        jobs, ok, victims = list(batch), [], []
         try:
             with write(self.engine) as conn:
                 if self.checkpointer is not None:
@@ -439,14 +446,22 @@ class _GroupCommit:
                     try:
                         job.result = job.context.run(job.work, conn)
                     except Exception as exc:
-                        if isinstance(exc, sa_exc.DBAPIError) and is_connection_error(exc):
+                        if again and is_deadlock_victim(exc):
+                            raw_rows(conn, "ROLLBACK TO SAVEPOINT cx_grouped")  # its locks go now
+                            victims.append(job)
+                        elif isinstance(exc, sa_exc.DBAPIError) and is_connection_error(exc):
                             raise  # the whole transaction is lost
-                        raw_rows(conn, "ROLLBACK TO SAVEPOINT cx_grouped")  # only this work
-                        job.error = exc
+                        else:
+                            raw_rows(conn, "ROLLBACK TO SAVEPOINT cx_grouped")  # only this work
+                            job.error = exc
                     else:
                         ok.append(job)
                     raw_rows(conn, "RELEASE SAVEPOINT cx_grouped")
         except BaseException as exc:  # nothing was committed: every work that had succeeded fails
+            if again and len(jobs) == 1 and is_deadlock_victim(exc):  # rolled back whole: run it again
+                jobs[0].result = None
+                self._commit(jobs, again=False)
+                return
             # (the COMMIT itself may be what failed: a work alone in its transaction is in
             # ``ok`` too, or its caller would be answered as if stored)
             if is_unreachable(exc):
@@ -461,6 +476,20 @@ class _GroupCommit:
                     job.error = exc
             if not isinstance(exc, Exception):
                 raise
+            return
+        if victims:
+            self._commit(victims, again=False)
+
+
+#: SQLSTATEs of a transaction the database gave up so that another could go on (a deadlock
+#: victim, a serialisation failure): everything it wrote was undone, and the same work run
+#: again is expected to succeed
+_VICTIM_SQLSTATES = {"40P01", "40001"}
+
+
+def is_deadlock_victim(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, DatabaseUnavailable) else exc
+    return getattr(getattr(cause, "orig", None), "sqlstate", None) in _VICTIM_SQLSTATES
 
 
 #: seconds after a transaction found the database unreachable during which new webhooks of

@@ -292,3 +292,63 @@ def test_a_failed_commit_fails_every_work_of_its_transaction(engine, alone):
             assert _actions(engine) == ["leader"]
     finally:
         event.remove(engine, "commit", lost)
+
+
+class _DeadlockDetected(Exception):
+    sqlstate = "40P01"
+
+
+def _deadlock_victim(conn: Connection) -> None:
+    """What the database raises in the transaction it picks as a deadlock's victim: the real
+    error on PostgreSQL (which also aborts the transaction until the savepoint is rolled
+    back), the same SQLSTATE on SQLite (which has one writer, so no deadlocks of its own)."""
+    if conn.dialect.name == "postgresql":
+        raw = "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
+        db.raw_rows(conn, raw)
+    raise sa_exc.OperationalError("UPDATE customers ...", {}, _DeadlockDetected("deadlock detected"))
+
+
+def _victim_once(name: str) -> tuple[Any, list[int]]:
+    runs = [0]
+
+    def work(conn: Connection) -> str:
+        runs[0] += 1
+        audit.record(conn, actor="test", action=f"{name}-{runs[0]}", at=NOW)
+        if runs[0] == 1:
+            _deadlock_victim(conn)
+        return name
+    return work, runs
+
+
+def test_a_deadlock_victim_in_a_group_runs_again_after_the_others_commit(engine):
+    """Two workers' groups of webhooks for the same customers, in different orders, deadlock
+    on PostgreSQL; the victim's work is run again (after its group has committed and
+    released its locks), so its webhook is stored and answered 200, not 503."""
+    victim, runs = _victim_once("victim")
+    leader, (first, again, last), release = _behind_a_blocked_leader(
+        engine, [_note("first"), victim, _note("last")])
+    release.set()
+    for t in (leader, first, again, last):
+        t.join(10)
+    assert (leader.result, first.result, again.result, last.result) == ("leader", "first", "victim", "last")
+    assert again.error is None and runs == [2]
+    assert _actions(engine) == ["first", "last", "leader", "victim-2"]  # nothing of the first try
+
+
+def test_a_deadlock_victim_alone_runs_again(engine):
+    victim, runs = _victim_once("alone")
+    assert db.write_grouped(engine, victim) == "alone"
+    assert runs == [2] and _actions(engine) == ["alone-2"]
+
+
+def test_a_work_that_is_the_victim_twice_fails_with_503_and_the_others_stand(engine):
+    def always(conn: Connection) -> None:
+        audit.record(conn, actor="test", action="never", at=NOW)
+        _deadlock_victim(conn)
+
+    leader, (first, victim), release = _behind_a_blocked_leader(engine, [_note("first"), always])
+    release.set()
+    for t in (leader, first, victim):
+        t.join(10)
+    assert first.result == "first" and isinstance(victim.error, DatabaseUnavailable), victim.error
+    assert _actions(engine) == ["first", "leader"]
