@@ -17,7 +17,11 @@ transactions of :data:`WRITE_CHUNK` customers (so webhooks are never blocked for
 the latest values and their explanation (``scores``), a ``score_snapshots`` row when a
 value other than ``cx_scored_at`` changed, the changed values in the outbox
 (:func:`cx_connector.outbox.enqueue_many`, for customers whose values changed or who
-were marked changed), and ``customers.scored_at``. ``scored_at`` is set to the ``changed_at`` the run read
+were marked changed), and ``customers.scored_at``; a full pass stores its models last, once
+every customer's scores are stored, so a pass that stopped half-way (a deploy, a database
+error) leaves the previous models, and the next run is a full pass again rather than an
+incremental one that would leave the rest scored under the old models or settings.
+``scored_at`` is set to the ``changed_at`` the run read
 before it read the touchpoints: a touchpoint committed while the run worked moves
 ``changed_at`` past it, so that customer stays due for the next run.
 
@@ -484,8 +488,6 @@ def write(rt: Runtime, result: Result, selected: Selection, *, now: datetime,
         raise AssertionError("scored customers differ from the selected ones")
     changed_total = queued_total = skipped = 0
     with db.write(rt.engine) as conn:
-        if full:
-            store_models(conn, result.models, now)
         context_id = store.context_id(conn, result.context, now)
     for start in range(0, len(ids), WRITE_CHUNK):
         rows = range(start, min(start + WRITE_CHUNK, len(ids)))
@@ -516,5 +518,8 @@ def write(rt: Runtime, result: Result, selected: Selection, *, now: datetime,
             watermarks = selected.changed_at[rows.start:rows.stop]
             store.set_scored_at(conn, zip(_pick(chunk_ids, marked), _pick(watermarks, marked), strict=True))
             changed_total += changed.count(True)
+    if full:  # last: a pass stopped before its end leaves the old models, so the next run is full again
+        with db.write(rt.engine) as conn:
+            store_models(conn, result.models, now)
     return {"changed": changed_total, "outbox_queued": queued_total, "merged_meanwhile": skipped,
             "stored": True}

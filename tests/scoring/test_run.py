@@ -376,3 +376,35 @@ def test_values_texts_keep_types_and_close_without_the_last_field():
     assert set_only[1:] == ['{"cx_score":1.0}', '{"cx_score":true,"cx_health":"red"}', "{}"]
     rows = range(1, 3)                        # a slice: the same texts as those rows of the whole
     assert result.texts(rows) == (full[1:3], set_only[1:3])
+
+
+def test_a_full_pass_stopped_half_way_is_done_again_by_the_next_run(rt, database_url, monkeypatch):
+    """The pass's models are stored last: a pass that stopped after some chunks (a deploy,
+    SIGKILL, a database error) leaves the old models, so the next run is a full pass again.
+    It once stored them first, and the next runs were incremental: the customers not yet
+    written kept the scores of the old settings until the next daily pass."""
+    from tests.scoring.shop import explanation as shop_explanation
+    add(rt, *[order(f"c{i}", ago(10 + i), 10, f"o{i}") for i in range(5)])
+    run.run(rt)
+    monkeypatch.setattr(run, "WRITE_CHUNK", 2)
+    changed = build(make_config(database_url, scoring={"churn": {"high_below": 50, "medium_below": 80}}),
+                    engine=rt.engine, clock=lambda: NOW + timedelta(minutes=5))
+    from cx_connector.scoring import store
+    real, calls = store.set_scored_at, [0]
+
+    def stopped_in_the_second_chunk(*args, **kwargs):  # the last statement of a chunk's transaction
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("the process was stopped here")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "set_scored_at", stopped_in_the_second_chunk)
+    with pytest.raises(RuntimeError):
+        run.run(changed)
+    monkeypatch.setattr(store, "set_scored_at", real)
+    half = [shop_explanation(rt, f"c{i}")["settings"]["churn"]["high_below"] for i in range(5)]
+    assert sorted(half) == [30, 30, 30, 50, 50]  # one chunk of two written, under the new rules
+    report = run.run(_with_clock(changed, NOW + timedelta(minutes=6)))
+    assert report["mode"] == "full" and report["customers_scored"] == 5, report["why"]
+    for i in range(5):
+        assert shop_explanation(rt, f"c{i}")["settings"]["churn"]["high_below"] == 50
