@@ -74,7 +74,9 @@ def jobs() -> list[Job]:
         Job("score", scoring.job, lambda config: config.schedule.score_every, lease=scoring.LEASE),
         # alerts react to new scores at once, and to new touchpoints (NPS, reopens) on their own
         Job("alerts", alerts.job, lambda config: config.alerts.every, lease=alerts.LEASE, after=("score",)),
-        Job("kpis", kpis.job, lambda config: kpis.CHECK_EVERY, lease=kpis.LEASE),
+        # the overview's tiles come from the snapshot: a new one right after a full pass (the
+        # job itself finds out whether a full pass finished since: a cheap check otherwise)
+        Job("kpis", kpis.job, lambda config: kpis.CHECK_EVERY, lease=kpis.LEASE, after=("score",)),
         Job("sync", sync.job, lambda config: config.schedule.sync_every, lease="job:sync"),
     ]
 
@@ -217,7 +219,7 @@ class Clock:
     """
 
     def __init__(self, rt: Runtime, all_jobs: list[Job] | None = None) -> None:
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.rt = rt
@@ -235,11 +237,24 @@ class Clock:
                                id=job.id, name=job.id, args=(rt, job.id, job.func),
                                kwargs={"lease": job.lease or None}, next_run_time=rt.now(),
                                replace_existing=True)
+        #: jobs submitted and not finished; followers of a job that were due while they
+        #: still ran (brought forward then, APScheduler would skip the run and warn)
+        self.running: set[str] = set()
+        self.deferred: set[str] = set()
+        self.sched.add_listener(self.submitted, EVENT_JOB_SUBMITTED)
         self.sched.add_listener(self.finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
+    def submitted(self, event: Any) -> None:
+        self.running.add(event.job_id)
+
     def finished(self, event: Any) -> None:
-        """The listener (in the worker thread that ran the job): queues the job's followers.
-        It must not touch the scheduler (see the class docstring)."""
+        """The listener (in the worker thread that ran the job): queues the job's followers,
+        and the job itself if it was wanted again while it ran. It must not touch the
+        scheduler (see the class docstring)."""
+        self.running.discard(event.job_id)
+        if event.job_id in self.deferred:
+            self.deferred.discard(event.job_id)
+            self.wake.put(event.job_id)
         for job_id in self.followers.get(event.job_id, []):
             self.wake.put(job_id)
 
@@ -252,6 +267,11 @@ class Clock:
     def serve(self) -> None:
         """Bring each queued follower's next run forward to now, until :meth:`stop`."""
         while (job_id := self.wake.get()) is not None:
+            if job_id in self.running:  # its own run (at start-up, all are due at once): after it
+                self.deferred.add(job_id)
+                if job_id in self.running:
+                    continue
+                self.deferred.discard(job_id)  # it finished meanwhile: bring it forward now
             self.sched.modify_job(job_id, next_run_time=self.rt.now())
 
     def stop(self) -> None:

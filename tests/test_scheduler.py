@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -182,3 +183,47 @@ def test_a_job_finishing_while_the_clock_stops_does_not_hold_up_the_stop(config,
     assert exits == [] and time.monotonic() - t0 < 4
     assert not clock.sched.running
     rt.engine.dispose()
+
+
+def test_a_follower_still_running_runs_again_after_it_not_skipped(config, caplog):
+    """At start-up every job is due at once: ``score`` ends while ``alerts`` (its follower)
+    still runs its own first run. Brought forward then, APScheduler skipped it with a
+    warning on every clock start; now it runs again once its own run has finished."""
+    rt = runtime.build(config)
+    release, runs = threading.Event(), []
+
+    def follower(_rt):
+        runs.append(time.monotonic())
+        release.wait(10)
+        return {}
+
+    hour = lambda config: timedelta(hours=1)  # noqa: E731
+    clock = scheduler.Clock(rt, [scheduler.Job("follower", follower, hour, after=("first",)),
+                                 scheduler.Job("first", lambda _rt: {}, hour)])
+    runner = threading.Thread(target=clock.run, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="apscheduler"):
+        runner.start()
+        try:
+            for _ in range(200):  # "first" has ended while the follower runs
+                if "follower" in getattr(clock, "deferred", ()):
+                    break
+                time.sleep(0.02)
+            release.set()
+            for _ in range(100):
+                if len(runs) == 2:
+                    break
+                time.sleep(0.02)
+        finally:
+            release.set()
+            clock.stop()
+            runner.join(5)
+            clock.sched.shutdown(wait=True)
+    assert len(runs) == 2
+    assert "maximum number of running instances" not in caplog.text
+    rt.engine.dispose()
+
+
+def test_kpis_follow_each_scoring_run():
+    """The overview's tiles are the KPI snapshot: it is brought up to date right after a
+    full pass, not up to an hour later (the job itself skips when nothing changed)."""
+    assert "score" in {job.id: job for job in scheduler.jobs()}["kpis"].after
