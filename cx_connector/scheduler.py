@@ -116,6 +116,10 @@ def _run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None,
             # a run starts once it holds the lease: runs of one lease never overlap in job_runs
             record["started_at"] = started = rt.now()
             with db.write(rt.engine) as conn:
+                # a run still "running" with the lease now ours was left by a process that
+                # stopped mid-run (the clock's stop limit, SIGKILL): it never will finish
+                conn.execute(update(job_runs).where(job_runs.c.job == job_id, job_runs.c.status == "running")
+                             .values(status="interrupted", finished_at=started, error=INTERRUPTED))
                 record["id"] = conn.execute(job_runs.insert().values(
                     job=job_id, started_at=started, status="running", details={},
                     host=socket.gethostname()).returning(job_runs.c.id)).scalar_one()
@@ -145,6 +149,11 @@ def _run_job(rt: Runtime, job_id: str, func: JobFunc, *, lease: str | None,
                         extra={"job": job_id, "error": exc.message})
         _record_later(rt, record, t0)
     return record
+
+#: the error of a run whose process stopped before it finished
+INTERRUPTED = ("the process running it stopped before the run finished (its work is redone by "
+               "the next run)")
+
 
 def _database_away(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseUnavailable) or db.is_connection_error(exc)

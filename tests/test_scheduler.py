@@ -227,3 +227,22 @@ def test_kpis_follow_each_scoring_run():
     """The overview's tiles are the KPI snapshot: it is brought up to date right after a
     full pass, not up to an hour later (the job itself skips when nothing changed)."""
     assert "score" in {job.id: job for job in scheduler.jobs()}["kpis"].after
+
+
+def test_a_run_left_running_by_a_stopped_process_is_marked_interrupted(rt):
+    """A clock that stops past its limit (or is SIGKILLed) leaves its run "running" for
+    ever; the next run of that job, holding the lease, marks it interrupted."""
+    from cx_connector import db
+    def running(conn, job):
+        row = dict(job=job, started_at=rt.now(), status="running", details={}, host="gone")
+        return conn.execute(job_runs.insert().values(**row).returning(job_runs.c.id)).scalar_one()
+
+    with db.write(rt.engine) as conn:
+        left, other = running(conn, "score"), running(conn, "sync")
+    scheduler.run_job(rt, "score", lambda _rt: {})
+    with rt.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(job_runs))}
+    assert rows[left].status == "interrupted" and rows[left].finished_at is not None
+    assert "stopped before the run finished" in rows[left].error
+    assert rows[other].status == "running"  # another job's run: not this lease's to judge
+    assert [r.status for r in rows.values() if r.job == "score" and r.id != left] == ["ok"]
