@@ -302,26 +302,26 @@ def _retention_words(e: dict[str, Any]) -> str:
     if m == "bgnbd":
         b = e["model"]["bgnbd"]
         text = (f"Bought on {_days(r['purchase_days'])} (first {r['first_purchase']}, last "
-                f"{r['last_purchase']}, {r['days_since_last_purchase']:g} days ago). The BG/NBD model "
-                f"fitted on {b['customers']} purchasing customers (r={b['r']:.3g}, alpha={b['alpha']:.3g}, "
-                f"a={b['a']:.3g}, b={b['b']:.3g}) gives: probability still an active customer "
-                f"{_pct(r['p_alive'])} x probability of buying within {h} days if active "
+                f"{r['last_purchase']}, {counted(r['days_since_last_purchase'], 'day')} ago). The BG/NBD "
+                f"model fitted on {b['customers']} purchasing customers (r={b['r']:.3g}, "
+                f"alpha={b['alpha']:.3g}, a={b['a']:.3g}, b={b['b']:.3g}) gives: probability still an active "
+                f"customer {_pct(r['p_alive'])} x probability of buying within {h} days if active "
                 f"{_pct(r['p_buy_if_alive'])} = {_pct(r['probability'])}.")
         if r["purchase_days"] == 1:  # P(alive) is 1 for every one-time buyer: why, or it reads as a bug
             text += (" (Under BG/NBD a customer can only drop out right after a purchase, so a one-time "
                      "buyer counts as active however long ago they bought; the chance of buying within "
                      f"{h} days is what falls with the time since.)")
     elif m == "recency":
-        reason = e["model"].get("bgnbd_fallback") or "no model"
+        reason = _fallback(e, "bgnbd_fallback")
         half = st["fallback_half_life_days"]
-        text = (f"Bought on {_days(r['purchase_days'])}, the last {r['days_since_last_purchase']:g} "
-                f"days ago. Fallback ({reason}): the probability halves every {half:g} days "
-                f"since the last purchase: 0.5^({r['days_since_last_purchase']:g}/{half:g}) "
-                f"= {_pct(r['probability'])}.")
+        text = (f"Bought on {_days(r['purchase_days'])}, the last "
+                f"{counted(r['days_since_last_purchase'], 'day')} ago. Fallback ({reason}): the "
+                f"probability halves every {half:g} days since the last purchase: "
+                f"0.5^({r['days_since_last_purchase']:g}/{half:g}) = {_pct(r['probability'])}.")
     elif m == "engagement":
         text = (f"{_no_purchases(r)}, so this is the probability of still being engaged: the last "
-                f"engagement was {r['days_since_engagement']:g} days ago and the probability halves every "
-                f"{st['engagement_half_life_days']:g} days: {_pct(r['probability'])}.")
+                f"engagement was {counted(r['days_since_engagement'], 'day')} ago and the probability "
+                f"halves every {st['engagement_half_life_days']:g} days: {_pct(r['probability'])}.")
         return text
     else:
         return f"{_no_purchases(r)} and no touchpoints showing engagement yet, so no retention probability."
@@ -333,10 +333,21 @@ def _retention_words(e: dict[str, Any]) -> str:
 
 
 PURCHASE_DAYS = ("purchase day", "purchase days")
+#: whom an item's popularity is a share of (the co-occurrence model's population)
+BUYERS = "the customers who bought items"
 ORDERS_UNDONE = ("cancelled or fully refunded order is not counted as a purchase",
                  "cancelled or fully refunded orders are not counted as purchases")
 ORDERS_PART = ("partly refunded order counts at its net value",
                "partly refunded orders count at their net value")
+
+
+def _fallback(e: dict[str, Any], key: str) -> str:
+    """Why a model was not used, dated: the models are fitted by the full pass and reused
+    until the next, so "only 34 customers have purchases" is that pass's count, not today's."""
+    model = e.get("model") or {}
+    reason = model.get(key) or "no model"
+    fitted = str(model.get("fitted_at") or "")[:10]
+    return f"at the full pass of {fitted}: {reason}" if fitted else reason
 
 
 def _no_purchases(r: dict[str, Any]) -> str:
@@ -358,7 +369,7 @@ def _expected_words(e: dict[str, Any]) -> str:
     if r["method"] == "bgnbd":
         return (f"BG/NBD conditional expectation of purchases in the next {h} days, from the same "
                 f"{counted(r['purchase_days'], *PURCHASE_DAYS)}: {x['value']:.2f}.")
-    return (f"Fallback ({e['model'].get('bgnbd_fallback') or 'no model'}): the customer's own rate "
+    return (f"Fallback ({_fallback(e, 'bgnbd_fallback')}): the customer's own rate "
             f"({counted(r['purchase_days'], *PURCHASE_DAYS)} over "
             f"max({r['weeks_since_first'] * 7:.0f} days as a buyer, {h} days)) x {h} days x retention "
             f"{_pct(r['probability'])} = {x['value']:.2f}.")
@@ -397,7 +408,7 @@ def _value_words(e: dict[str, Any], values: dict[str, Any]) -> str:
     else:
         basis = (f"The value per purchase is their own average purchase "
                  f"({counted(v['days_with_value'], *PURCHASE_DAYS)} with a value); the spend model is not "
-                 f"used: {e['model'].get('gamma_gamma_fallback')}.")
+                 f"used ({_fallback(e, 'gamma_gamma_fallback')}).")
     clv = values.get("cx_clv_90d")
     return (f"Expected purchases {x:.4g} x expected value per purchase {per:.2f} = "
             f"{float(clv if clv is not None else x * per):.2f}. {basis} Revenue, not profit: no margin "
@@ -419,19 +430,19 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     by = ((e.get("model") or {}).get("cross_sell") or {}).get("by", "category")
     what = ("category", "categories") if by == "category" else ("product", "products")
     if c.get("method") == "rule":
-        text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2g} times as often as "
-                f"the average customer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
+        text = (f"Customers who bought {c['because']} bought {c['item']} {c['lift']:.2f} times as often as "
+                f"the average buyer ({c['support']} customers bought both; {_pct(c['confidence'])} of "
                 f"{c['because']} buyers bought {c['item']}).")
     elif c.get("method") == "popular" and not c.get("bought"):
         # a won deal or an order without line items is a purchase with no item to go by
         purchased = (e.get("retention") or {}).get("purchase_days")
         why = (f"No {what[0]} known from their purchases (no line items)" if purchased else
                "Nothing bought yet")
-        text = f"{why}, so the most popular item: {c['item']}, bought by {_pct(c['base_rate'])} of customers."
+        text = f"{why}, so the most popular item: {c['item']}, bought by {_pct(c['base_rate'])} of {BUYERS}."
     elif c.get("method") == "popular":
         text = (f"No strong association from what they bought ({counted(c['bought'], *what)}), so the most "
                 f"popular item they do not have yet: {c['item']}, bought by {_pct(c['base_rate'])} of "
-                "customers.")
+                f"{BUYERS}.")
     else:
         return f"Nothing to recommend: they already bought every {by}."
     retention = (e.get("retention") or {}).get("probability")
@@ -519,8 +530,8 @@ def render(explanation: dict[str, Any], values: dict[str, Any]) -> dict[str, str
     nps_words = (f"The latest NPS answer ({nps['answered']}) was {values.get('cx_nps_last')}."
                  if nps else "No NPS answer yet.")
     if nps and nps.get("scale") is not None:
-        nps_words += (f" It was given as {nps['score']:g} on a scale to {nps['scale']:g}, rescaled to 0-10 "
-                      "and rounded.")
+        nps_words += (f" It was answered {nps['score']:g} of {nps['scale']:g}, rescaled to 0-10 and "
+                      "rounded.")
     cat = values.get("cx_nps_category")
     words = {
         "cx_score": _cx_words(e, values),

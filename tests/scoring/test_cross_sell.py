@@ -37,6 +37,9 @@ def test_the_strongest_association_not_yet_bought_is_recommended(shop):
     # 6 of 8 coffee buyers bought syrups; syrups buyers are 6 of 12: lift 0.75 / 0.5
     assert c == {"bought": 1, "item": "syrups", "method": "rule", "because": "coffee", "support": 6,
                  "confidence": 0.75, "lift": 1.5}
+    words = explain.render(explanation(shop, "coffee0"), v)["cx_next_best_product"]
+    assert words.startswith("Customers who bought coffee bought syrups 1.50 times as often as the average "
+                            "buyer (6 customers bought both; 75% of coffee buyers bought syrups)."), words
 
 
 def test_without_an_association_the_most_popular_item_not_bought_is_recommended(shop):
@@ -66,8 +69,8 @@ def test_too_few_buyers_give_a_recommendation_but_no_score(rt):
     assert v["cx_next_best_product"] == "tea" and v["cx_cross_sell_score"] is None
     words = explain.render(explanation(rt, "b"), v)["cx_cross_sell_score"]
     assert words.startswith("No strong association from what they bought (1 category), so the most "
-                            "popular item they do not have yet: tea, bought by 50% of customers. Only 2 "
-                            "customers have bought items (fewer than 50")
+                            "popular item they do not have yet: tea, bought by 50% of the customers who "
+                            "bought items. Only 2 customers have bought items (fewer than 50")
 
 
 def test_customers_who_bought_everything_get_no_recommendation(shop):

@@ -173,5 +173,5 @@ def test_an_nps_answer_on_another_scale_says_it_was_rescaled(rt):
     run.run(rt, full=True)
     five = explain.render(explanation(rt, "five"), values(rt, "five"))["cx_nps_last"]
     assert values(rt, "five")["cx_nps_last"] == 8
-    assert five.endswith("was 8. It was given as 4 on a scale to 5, rescaled to 0-10 and rounded."), five
+    assert five.endswith("was 8. It was answered 4 of 5, rescaled to 0-10 and rounded."), five
     assert "rescaled" not in explain.render(explanation(rt, "ten"), values(rt, "ten"))["cx_nps_last"]

@@ -139,3 +139,11 @@ def test_fallback_reasons_count_in_words(rt):
     assert report["models"]["bgnbd"]["reason"].startswith("only 1 customer has purchases;")
     assert explanation(rt, "ann")["model"]["gamma_gamma_fallback"].startswith(
         "no customer has repeat purchases with a value;")
+
+
+def test_one_day_reads_in_the_singular(rt):
+    from cx_connector.scoring import explain
+    add(rt, tp("email_engaged", "bob", ago(1)))
+    run.run(rt, full=True)
+    words = explain.render(explanation(rt, "bob"), values(rt, "bob"))["cx_retention_probability"]
+    assert "the last engagement was 1 day ago" in words, words
