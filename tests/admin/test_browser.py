@@ -83,13 +83,27 @@ def shot(driver: Any, name: str) -> Path:
 
 def go(driver: Any, element: Any) -> None:
     """Click a link or a form's button and wait for the next page to load."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+
+    def gone(_driver: Any) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # mid-navigation Chrome may say this instead of "stale" (seen once in CI): the old
+            # page's node is not in the current document, which is what we wait for
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, 20).until(gone)
     # the old page is gone, the new one may still be parsing: a lookup now could miss a
     # table further down (seen once: the Operations page's failed deliveries)
     WebDriverWait(driver, 20).until(
