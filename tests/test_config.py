@@ -118,19 +118,22 @@ def test_example_config_is_valid_and_documents_every_key():
         assert f"{key}:" in text
 
 
-def test_cli_exits_2_with_key_path(tmp_path):
+def check_config(tmp_path, text: str):
+    """`cx-connector check-config` on a file holding ``text``: the CLI's result."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("connectors:\n  shopify:\n    shop: acme.myshopify.com\n    access_token: t\n")
-    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    cfg.write_text(text)
+    return CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+
+def test_cli_exits_2_with_key_path(tmp_path):
+    result = check_config(tmp_path, "connectors:\n  shopify:\n    shop: acme.myshopify.com\n"
+                                    "    access_token: t\n")
     assert result.exit_code == 2
     assert "connectors.shopify.client_secret: missing" in result.output
 
 
 def test_cli_check_config_ok_hides_secrets(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("database_url: postgresql://user:hunter2pass@db/cx\n"
+    result = check_config(tmp_path, "database_url: postgresql://user:hunter2pass@db/cx\n"
                    "connectors:\n  generic:\n    secret: generic-secret-0123456789\n")
-    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
     assert result.exit_code == 0, result.output
     assert "generic" in result.output
     assert "hunter2pass" not in result.output and "generic-secret-0123456789" not in result.output
@@ -283,9 +286,7 @@ def test_whole_numbers_written_otherwise_are_taken():
 
 
 def test_check_config_exits_2_on_a_fraction(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("scoring:\n  horizon_days: 90.5\n")
-    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    result = check_config(tmp_path, "scoring:\n  horizon_days: 90.5\n")
     assert result.exit_code == 2
     assert "scoring.horizon_days: must be a whole number, not 90.5" in result.output
 
@@ -303,9 +304,7 @@ def test_check_config_exits_2_on_a_fraction(tmp_path):
     ('"3:30"', "use HH:MM (24 h, UTC)"),
 ])
 def test_full_score_at_read_as_a_number_gets_the_hh_mm_hint(tmp_path, yaml_value, says):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"schedule:\n  full_score_at: {yaml_value}\n")
-    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    result = check_config(tmp_path, f"schedule:\n  full_score_at: {yaml_value}\n")
     assert result.exit_code == 2
     line = next(x for x in result.output.splitlines() if "schedule.full_score_at" in x)
     assert line.endswith(says), line
