@@ -28,3 +28,11 @@ def counted(n: int, noun: str, nouns: str | None = None) -> str:
     """
     number = f"{n:,}" if isinstance(n, int) else f"{n:g}"
     return f"{number} {noun if n == 1 else (nouns or plural(noun))}"
+
+
+def only_customers(n: int, what: str) -> str:
+    """Too few customers to do something with: "no customer has X", "only 1 customer has
+    X", "only 2,371 customers have X" (never "only 0 customers have")."""
+    if n == 0:
+        return f"no customer has {what}"
+    return f"only {counted(n, 'customer has', 'customers have')} {what}"

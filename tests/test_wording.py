@@ -28,3 +28,10 @@ def test_an_irregular_plural_is_given():
     assert counted(2, "person", "people") == "2 people"
     assert counted(1, "person", "people") == "1 person"
     assert plural("batch") == "batches"
+
+
+def test_only_customers_never_says_only_zero():
+    from cx_connector.wording import only_customers
+    assert only_customers(0, "purchases") == "no customer has purchases"
+    assert only_customers(1, "purchases") == "only 1 customer has purchases"
+    assert only_customers(2357, "purchases") == "only 2,357 customers have purchases"

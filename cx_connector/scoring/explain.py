@@ -36,7 +36,7 @@ from cx_connector.scoring.retention import (
 )
 from cx_connector.scoring.settings import LAYERS, ScoringSettings
 from cx_connector.touchpoint import STAGES
-from cx_connector.wording import counted
+from cx_connector.wording import counted, only_customers
 
 VERSION = 2
 
@@ -451,9 +451,8 @@ def _cross_sell_words(e: dict[str, Any]) -> str:
     buyers = ((e.get("model") or {}).get("cross_sell") or {}).get("customers", 0)
     least = (e.get("settings") or {}).get("min_purchasers", 0)
     if buyers < least:
-        who = ("No customer has" if buyers == 0 else
-               f"Only {counted(buyers, 'customer has', 'customers have')}")
-        return text + (f" {who} bought items (fewer than {least}, "
+        who = only_customers(buyers, "bought items")
+        return text + (f" {who[0].upper()}{who[1:]} (fewer than {least}, "
                        "scoring.min_purchasers): too few to estimate a propensity, so no score.")
     strength = c.get("confidence", c.get("base_rate"))
     return (text + f" Score = retention probability {_pct(retention)} x {_pct(strength)} = "

@@ -43,6 +43,7 @@ from cx_connector.scoring.bgnbd import BGNBDParams
 from cx_connector.scoring.features import Features
 from cx_connector.scoring.gamma_gamma import GammaGammaParams
 from cx_connector.scoring.settings import ScoringSettings
+from cx_connector.wording import only_customers
 
 #: retention methods (``method`` codes in :class:`Retention`)
 METHODS = ("none", "bgnbd", "recency", "engagement")
@@ -94,21 +95,14 @@ def spend_summary(f: Features) -> tuple[np.ndarray, np.ndarray]:
     return x, m
 
 
-def _only(n: int, what: str) -> str:
-    """"only 3 customers have purchases", "only 1 customer has ...", "no customer has ..."."""
-    if n == 0:
-        return f"no customer has {what}"
-    return f"only 1 customer has {what}" if n == 1 else f"only {n} customers have {what}"
-
-
 def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | None = None) -> PopulationFit:
     """Fit BG/NBD and Gamma-Gamma over every purchasing customer in ``f``."""
     buyers, x, t_x, T = summary(f)
     n = int(buyers.sum())
     fit, error = None, None
     if n < s.min_purchasers:
-        error = (f"{_only(n, 'purchases')}; the model is fitted from "
-                 f"{s.min_purchasers} (scoring.min_purchasers)")
+        error = (f"{only_customers(n, 'purchases')}; the model is fitted from "
+                 f"{s.min_purchasers:,} (scoring.min_purchasers)")
     else:
         try:
             fit = bgnbd.fit(x, t_x, T, start=previous.bgnbd if previous else None)
@@ -118,8 +112,8 @@ def fit_population(f: Features, s: ScoringSettings, previous: PopulationFit | No
     repeat = (gx > 0) & (gm > 0)
     gg, gg_error = None, None
     if repeat.sum() < s.min_purchasers:
-        gg_error = (f"{_only(int(repeat.sum()), 'repeat purchases with a value')}; the spend "
-                    f"model is fitted from {s.min_purchasers} (scoring.min_purchasers)")
+        gg_error = (f"{only_customers(int(repeat.sum()), 'repeat purchases with a value')}; the spend "
+                    f"model is fitted from {s.min_purchasers:,} (scoring.min_purchasers)")
     else:
         try:
             gg = gamma_gamma.fit(gx[repeat], gm[repeat], start=previous.gamma_gamma if previous else None)

@@ -102,7 +102,7 @@ def test_population_fit_falls_back_below_min_purchasers(engine):
     with db.read(engine) as conn:
         f = features.load(conn, list(range(1, 2358)), cdnow.CUTOFF_END, full=True)
     pop = retention.fit_population(f, ScoringSettings(min_purchasers=5000))
-    assert pop.bgnbd is None and "only 2357 customers have purchases" in pop.bgnbd_error
+    assert pop.bgnbd is None and "only 2,357 customers have purchases" in pop.bgnbd_error
     assert pop.gamma_gamma is None and "scoring.min_purchasers" in pop.gamma_gamma_error
 
 
